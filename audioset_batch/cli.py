@@ -1,0 +1,567 @@
+"""The ``audioset`` command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+
+from audioset_batch.errors import AudiosetError, ConfigError
+from audioset_batch.settings import Settings, get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("audioset.cli")
+
+
+def _settings() -> Settings:
+    from audioset_batch.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return settings
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn our exceptions into one clear line on stderr and a non-zero exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except (AudiosetError, KeyError) as exc:
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="audioset-batch")
+def main() -> None:
+    """Score AudioSet embedding files into per-clip predictions (JSON Lines)."""
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Where the JSON Lines go ('-' for stdout).",
+)
+@click.option(
+    "--scores",
+    type=click.Choice(["top", "full"]),
+    default=None,
+    help="'full' adds every class score per clip (default: AUDIOSET_FULL_SCORES).",
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Labels per clip (default: AUDIOSET_TOP_K).")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Model artifact directory (default: the shipped model).",
+)
+@friendly_errors
+def score(source: str, output: str, scores: str | None, top_k: int | None, model_path: Path | None) -> None:
+    """Score one FILE or URL in-process, with no queue; writes the worker's JSONL format."""
+    from audioset_batch.hdf5_reader import Limits
+    from audioset_batch.object_store import ObjectURL, store_for
+    from audioset_batch.pipeline import score_file
+    from audioset_batch.scoring import OutputOptions
+    from model.inference import Predictor
+
+    settings = _settings()
+    predictor = Predictor.from_artifact(model_path or settings.model_path, batch_size=settings.batch_size)
+    options = OutputOptions(
+        top_k=top_k or settings.top_k, full_scores=(scores == "full") if scores else settings.full_scores
+    )
+    limits = Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+
+    def run(path: Path, name: str, out: IO[bytes]) -> None:
+        result = score_file(
+            path,
+            out,
+            predict=predictor.predict,
+            classes=predictor.manifest.classes,
+            model=predictor.manifest.tag,
+            source=name,
+            options=options,
+            limits=limits,
+            chunk_clips=settings.read_chunk_clips,
+            metrics_max_clips=settings.metrics_max_clips,
+        )
+        summary: dict[str, Any] = {
+            "source": name,
+            "clips": result.clips,
+            "model": predictor.manifest.tag,
+            "seconds": round(result.seconds, 3),
+            "metrics": result.metrics,
+        }
+        if result.notes:
+            summary["notes"] = result.notes
+        click.echo(json.dumps(summary), err=True)
+
+    def with_output(path: Path, name: str) -> None:
+        if output == "-":
+            run(path, name, sys.stdout.buffer)
+            sys.stdout.flush()
+        else:
+            target = Path(output)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with tmp.open("wb") as fh:
+                run(path, name, fh)
+            tmp.replace(target)
+
+    if "://" in source:
+        url = ObjectURL.parse(source)
+        with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
+            store_for(url.scheme, settings).download(url.bucket, url.key, tmp)
+            tmp.flush()
+            with_output(Path(tmp.name), f"{url.bucket}/{url.key}")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise click.BadParameter(f"{source}: no such file", param_hint="SOURCE")
+        with_output(path, str(path))
+
+
+# --- queue -------------------------------------------------------------------------------------
+
+
+def _wait(jobs: Any, job: str, as_json: bool) -> int:
+    from tqdm import tqdm
+
+    status = jobs.status(job)
+    bar = None if as_json else tqdm(total=status.total, desc=f"job {job}", unit="file", file=sys.stderr)
+    while True:
+        status = jobs.status(job)
+        if bar is not None:
+            bar.total = status.total
+            bar.n = status.done + status.failed
+            bar.set_postfix(scored=status.scored, skipped=status.skipped, failed=status.failed, refresh=False)
+            bar.refresh()
+        if status.finished:
+            break
+        time.sleep(0.5)
+    if bar is not None:
+        bar.close()
+    _print_status(status, as_json)
+    return 1 if status.failed else 0
+
+
+def _print_status(status: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(status.to_json()))
+    else:
+        click.echo(
+            f"{status.id}  {status.name}  total={status.total} scored={status.scored} "
+            f"skipped={status.skipped} failed={status.failed} pending={status.pending}"
+            f"{'  (finished)' if status.finished else ''}"
+        )
+
+
+@main.command()
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--job", "job_name", default=None, help="A name for the job (shown in `audioset jobs list`).")
+@click.option("--force", is_flag=True, help="Score again even where results for this ETag and model exist.")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 if any file failed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def enqueue(urls: tuple[str, ...], job_name: str | None, force: bool, wait: bool, as_json: bool) -> None:
+    """Enqueue each URL: an object, or a prefix whose .h5/.hdf5 objects are all enqueued."""
+    from audioset_batch.jobs import open_job_store
+    from producers.enqueue import enqueue as do_enqueue
+    from worker.app import make_app
+
+    settings = _settings()
+    jobs = open_job_store(settings.effective_state_url)
+    result = do_enqueue(make_app(settings), jobs, list(urls), settings, job_name=job_name, force=force)
+    if as_json:
+        click.echo(json.dumps({"job": result.job, "objects": result.objects, "sent": result.sent}))
+    else:
+        click.echo(result.job)
+        click.echo(f"{result.sent} file(s) enqueued", err=True)
+    if wait:
+        sys.exit(_wait(jobs, result.job, as_json))
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect jobs: counts of scored, skipped, failed and pending files."""
+
+
+@jobs.command("status")
+@click.argument("job")
+@click.option("--wait", is_flag=True, help="Wait until nothing is pending; exit 1 if any file failed.")
+@click.option("--failed", "show_failed", is_flag=True, help="Also list the failed files.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def jobs_status(job: str, wait: bool, show_failed: bool, as_json: bool) -> None:
+    from audioset_batch.jobs import UnknownJobError, open_job_store
+
+    jobs_store = open_job_store(_settings().effective_state_url)
+    try:
+        status = jobs_store.status(job)
+    except UnknownJobError:
+        click.echo(f"error: no job {job!r} (see `audioset jobs list`)", err=True)
+        sys.exit(2)
+    code = _wait(jobs_store, job, as_json) if wait else 0
+    if not wait:
+        _print_status(status, as_json)
+    if show_failed:
+        for item in sorted(jobs_store.items(job, "failed")):
+            click.echo(f"failed: {item}")
+    sys.exit(code)
+
+
+@jobs.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def jobs_list(limit: int, as_json: bool) -> None:
+    from audioset_batch.jobs import open_job_store
+
+    store = open_job_store(_settings().effective_state_url)
+    statuses = store.list_jobs(limit)
+    if as_json:
+        click.echo(json.dumps({"jobs": [s.to_json() for s in statuses], "counters": store.counters()}))
+        return
+    for status in statuses:
+        _print_status(status, False)
+    counters = store.counters()
+    if counters:
+        click.echo("producer counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+
+
+# --- running the service ----------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Worker processes (default: AUDIOSET_WORKER_CONCURRENCY or one per core).",
+)
+@click.option("-Q", "--queues", default=None, help="Queues to consume (default: AUDIOSET_QUEUE).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@friendly_errors
+def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, ...]) -> None:
+    """Start a Celery worker (extra arguments go to `celery worker`)."""
+    from worker.app import app
+
+    settings = _settings()
+    argv = [
+        "worker",
+        "--pool",
+        "prefork",
+        "-c",
+        str(concurrency or settings.effective_concurrency),
+        "-Q",
+        queues or settings.queue,
+        "-l",
+        settings.log_level,
+        *celery_args,
+    ]
+    app.worker_main(argv)
+
+
+@main.command()
+@click.argument("url")
+@click.option(
+    "--interval", type=float, default=None, help="Seconds between listings (default: AUDIOSET_WATCH_INTERVAL)."
+)
+@click.option("--once", is_flag=True, help="List once, enqueue what is new, and exit.")
+@friendly_errors
+def watch(url: str, interval: float | None, once: bool) -> None:
+    """Poll URL (a bucket prefix) and enqueue each new or changed HDF5 object exactly once."""
+    import signal
+    import threading
+
+    from audioset_batch.jobs import open_job_store
+    from producers.watcher import Watcher
+    from worker.app import make_app
+
+    settings = _settings()
+    watcher = Watcher(url, settings, make_app(settings), open_job_store(settings.effective_state_url))
+    click.echo(f"job {watcher.job}", err=True)
+    if once:
+        click.echo(f"{watcher.poll_once()} file(s) enqueued", err=True)
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    watcher.run(stop, interval)
+
+
+@main.command()
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder holding the incoming/ and results/ buckets (default: AUDIOSET_LOCAL_ROOT).",
+)
+@click.option("--demo", is_flag=True, help="Drop a sample file in, print its top labels, then exit.")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --demo waits for its result.")
+@friendly_errors
+def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None:
+    """Run the whole service locally: folder buckets, embedded broker, a worker and a watcher."""
+    from audioset_batch.demo import write_sample
+    from audioset_batch.embedded import INCOMING, RESULTS, EmbeddedService
+    from audioset_batch.object_store import LocalStore
+
+    settings = _settings()
+    service = EmbeddedService(root or settings.local_root, concurrency=concurrency)
+    click.echo(
+        f"incoming: {service.root / INCOMING}\nresults:  {service.root / RESULTS / service.settings.results_prefix}",
+        err=True,
+    )
+    service.start()
+    try:
+        if not demo:
+            click.echo("copy .h5 files into the incoming folder; Ctrl-C stops", err=True)
+            sys.exit(service.serve_forever())
+        key = "demo/sample.h5"
+        origin = write_sample(service.root / INCOMING / key)
+        etag = LocalStore(service.root).stat(INCOMING, key).etag
+        click.echo(f"wrote {INCOMING}/{key}: {origin}; waiting for the worker…", err=True)
+        record = service.wait_for_result(key, etag, timeout)
+        if "error" in record:
+            click.echo(f"error: {record['error']}: {record['message']}", err=True)
+            sys.exit(1)
+        _print_top_labels(service.root / RESULTS / record["result"].split("/", 1)[1], limit=5)
+    finally:
+        service.shutdown()
+
+
+def _print_top_labels(jsonl: Path, limit: int) -> None:
+    with jsonl.open("rb") as fh:
+        for number, line in enumerate(fh):
+            if number >= limit:
+                break
+            record = json.loads(line)
+            labels = ", ".join(f"{label['name']} {label['score']:.2f}" for label in record["labels"][:3])
+            click.echo(f"clip {record['index']} ({record['video_id'] or '-'}): {labels}")
+    click.echo(f"results: {jsonl}")
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def show_config(as_json: bool) -> None:
+    """Print the effective settings (secrets masked) and exit non-zero if they are invalid."""
+    settings = get_settings()
+    values = {
+        f"AUDIOSET_{name.upper()}": ("***" if "Secret" in type(value).__name__ else value) for name, value in settings
+    }
+    if as_json:
+        click.echo(json.dumps(values, default=str, indent=2))
+    else:
+        for name, value in values.items():
+            click.echo(f"{name}={'' if value is None else value}")
+
+
+# --- training and evaluation -----------------------------------------------------------------
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Class list CSV (index,mid,display_name); default: the shipped model's 527 AudioSet classes.",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run folder: checkpoints, and the artifact in <output>/model. Re-run to resume.",
+)
+@click.option("--architecture", default="decision_level_multi_attention", show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=4000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
+@click.option("--hidden-units", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--sampling", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True)
+@click.option(
+    "--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
+)
+@click.option("--eval-every", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", default="audioset-model", show_default=True)
+@click.option("--version", "model_version", default="1", show_default=True)
+@friendly_errors
+def train(
+    data: tuple[str, ...],
+    labels_path: Path | None,
+    output: Path,
+    architecture: str,
+    iterations: int,
+    batch_size: int,
+    learning_rate: float,
+    dropout: float,
+    hidden_units: int,
+    sampling: str,
+    validation_fraction: float,
+    eval_every: int,
+    seed: int,
+    name: str,
+    model_version: str,
+) -> None:
+    """Train a model on labelled HDF5 files (paths or bucket URLs)."""
+    from tqdm import tqdm
+
+    from audioset_batch.datasets import load_dataset
+    from model.architectures import ARCHITECTURES
+    from model.artifact import read_manifest
+    from model.labels import load_labels
+    from model.training import Progress, TrainConfig
+    from model.training import train as run_training
+
+    if architecture not in ARCHITECTURES:
+        raise click.BadParameter(f"choose one of {', '.join(ARCHITECTURES)}", param_hint="--architecture")
+    settings = _settings()
+    labels = load_labels(labels_path) if labels_path else read_manifest(settings.model_path).classes
+    dataset = load_dataset(list(data), settings)
+    config = TrainConfig(
+        architecture=architecture,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        iterations=iterations,
+        dropout=dropout,
+        hidden_units=hidden_units,
+        balanced=sampling == "balanced",
+        validation_fraction=validation_fraction,
+        eval_every=eval_every,
+        checkpoint_every=eval_every,
+        seed=seed,
+        name=name,
+        version=model_version,
+    )
+    bar = tqdm(total=iterations, desc="train", unit="it", file=sys.stderr)
+    last_map: list[float] = []
+
+    def progress(p: Progress) -> None:
+        if p.validation_map is not None:
+            last_map.append(p.validation_map)
+        bar.n = p.iteration
+        bar.set_postfix(loss=f"{p.loss:.4f}", val_mAP=f"{last_map[-1]:.4f}" if last_map else "-", refresh=False)
+        bar.refresh()
+
+    result = run_training(
+        config, dataset.x, dataset.y, labels, output, on_progress=progress, data_description=", ".join(dataset.sources)
+    )
+    bar.close()
+    click.echo(
+        json.dumps(
+            {
+                "artifact": str(result.artifact),
+                "best_iteration": result.best_iteration,
+                "validation_map": result.best_map,
+            }
+        )
+    )
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("data", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout.")
+@click.option(
+    "--per-class",
+    "per_class",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write class, positives, AP, AUC per class to this CSV.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG of per-class AP against class frequency.",
+)
+@friendly_errors
+def evaluate(model_path: Path, data: tuple[str, ...], as_json: bool, per_class: Path | None, plot: Path | None) -> None:
+    """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
+    from audioset_batch.datasets import load_dataset
+    from model.inference import Predictor
+    from model.metrics import evaluate as compute
+
+    settings = _settings()
+    predictor = Predictor.from_artifact(model_path, batch_size=settings.batch_size)
+    dataset = load_dataset(list(data), settings)
+    if dataset.y.shape[1] != predictor.classes:
+        raise click.BadParameter(f"data has {dataset.y.shape[1]} classes, the model {predictor.classes}")
+    result = compute(dataset.y, predictor.predict(dataset.x))
+    classes = predictor.manifest.classes
+    if per_class:
+        with per_class.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["index", "mid", "name", "positives", "average_precision", "auc"])
+            for m in result.per_class:
+                writer.writerow(
+                    [
+                        m.index,
+                        classes[m.index].mid,
+                        classes[m.index].name,
+                        m.positives,
+                        "" if m.average_precision is None else f"{m.average_precision:.6f}",
+                        "" if m.auc is None else f"{m.auc:.6f}",
+                    ]
+                )
+    if plot:
+        _plot_ap(result, plot)
+    summary = {"model": predictor.manifest.tag, **result.summary()}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"model {summary['model']} on {result.clips} clips: mAP {result.mean_average_precision:.4f}  "
+            f"mean AUC {result.mean_auc:.4f}  d-prime {result.d_prime:.3f}"
+        )
+
+
+def _plot_ap(result: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(m.positives, m.average_precision) for m in result.per_class if m.average_precision is not None]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([p for p, _ in points], [ap for _, ap in points], s=8, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("positive clips in the evaluation data (log)")
+    ax.set_ylabel("average precision")
+    ax.set_title(f"per-class AP (mAP {result.mean_average_precision:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Load labelled embedding files (local paths or bucket URLs) into memory for training and evaluation."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
+from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    x: np.ndarray  # (clips, frames, 128) as stored (uint8 or float)
+    y: np.ndarray  # (clips, classes) bool
+    sources: list[str]
+
+
+def _read(path: Path, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    with EmbeddingFile(path, limits) as data:
+        if data.y is None:
+            raise LayoutError(f"{name}: dataset 'y' (labels) is required for training and evaluation")
+        xs, ys = [], []
+        for chunk in data.chunks(65536):
+            xs.append(chunk.x)
+            assert chunk.y is not None
+            ys.append(chunk.y.astype(bool))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def load_dataset(locations: Sequence[str], settings: Settings) -> Dataset:
+    """Concatenate files in order; all must agree on frames and classes."""
+    limits = Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for location in locations:
+        if "://" in location:
+            url = ObjectURL.parse(location)
+            with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
+                store_for(url.scheme, settings).download(url.bucket, url.key, tmp)
+                tmp.flush()
+                x, y = _read(Path(tmp.name), location, limits)
+        else:
+            x, y = _read(Path(location), location, limits)
+        if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1] != ys[0].shape[1]):
+            raise LayoutError(
+                f"{location}: shapes x{x.shape[1:]} y{y.shape[1:]} differ from the first file's "
+                f"x{xs[0].shape[1:]} y{ys[0].shape[1:]}"
+            )
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ValueError("no data files given")
+    return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=list(locations))

@@ -1,0 +1,130 @@
+"""``audioset run``: the whole service on one machine with no servers to set up.
+
+Buckets are folders under ``--root`` (``incoming/`` and ``results/``), the
+broker is kombu's filesystem transport, job state is a SQLite file, and one
+Celery worker process plus a folder watcher run until interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from audioset_batch.jobs import open_job_store
+from audioset_batch.object_store import LocalStore
+from audioset_batch.results import loads, result_keys
+from audioset_batch.settings import Settings, load_settings
+
+log = logging.getLogger("audioset.run")
+INCOMING = "incoming"
+RESULTS = "results"
+
+
+def embedded_environment(root: Path) -> dict[str, str]:
+    """The settings the embedded mode overrides, as environment variables for the worker."""
+    return {
+        "AUDIOSET_BROKER_URL": "filesystem://",
+        "AUDIOSET_LOCAL_ROOT": str(root),
+        "AUDIOSET_INPUT_BUCKET": INCOMING,
+        "AUDIOSET_RESULTS_BUCKET": RESULTS,
+        "AUDIOSET_STATE_URL": f"sqlite:///{root / '.state.db'}",
+    }
+
+
+class EmbeddedService:
+    def __init__(self, root: Path, concurrency: int = 1, interval: float = 1.0) -> None:
+        self.root = root.resolve()
+        self.env = embedded_environment(self.root)
+        for bucket in (INCOMING, RESULTS):
+            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+        os.environ.update(self.env)
+        self.settings: Settings = load_settings()
+        self.concurrency = concurrency
+        self.interval = interval
+        self.stop = threading.Event()
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from producers.watcher import Watcher
+        from worker.app import make_app
+
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--pool",
+            "prefork",
+            "-c",
+            str(self.concurrency),
+            "-Q",
+            self.settings.queue,
+            "-n",
+            f"embedded-{os.getpid()}@%h",
+            "-l",
+            self.settings.log_level,
+        ]
+        self.worker = subprocess.Popen(command, env={**os.environ, **self.env})
+        watcher = Watcher(
+            f"file://{INCOMING}/",
+            self.settings,
+            make_app(self.settings),
+            open_job_store(self.settings.effective_state_url),
+        )
+        self.thread = threading.Thread(target=watcher.run, args=(self.stop, self.interval), daemon=True, name="watcher")
+        self.thread.start()
+
+    def wait_for_result(self, key: str, etag: str, timeout: float) -> dict[str, Any]:
+        """Poll the results folder until ``key``'s summary (or error) for this ETag appears."""
+        store = LocalStore(self.root)
+        keys = result_keys(key, self.settings.results_prefix)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name in (keys.summary, keys.error):
+                record = loads(store.get_bytes(RESULTS, name))
+                if record and record.get("etag") == etag:
+                    return record
+            if self.worker is not None and self.worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {self.worker.returncode}")
+            time.sleep(0.2)
+        raise TimeoutError(f"no result for {key} after {timeout:.0f}s")
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)  # warm shutdown: finish the file in hand
+            try:
+                self.worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+
+    def serve_forever(self, on_tick: Callable[[], None] | None = None) -> int:
+        """Block until SIGINT/SIGTERM or the worker dies."""
+        got: list[int] = []
+
+        def handler(signum: int, _frame: Any) -> None:
+            got.append(signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+        while not self.stop.is_set():
+            if self.worker is not None and self.worker.poll() is not None:
+                log.error("worker exited with code %s", self.worker.returncode)
+                return 1
+            if on_tick:
+                on_tick()
+            self.stop.wait(1.0)
+        return 0

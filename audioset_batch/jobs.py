@@ -1,0 +1,285 @@
+"""Job state: which files a job holds and how each ended. Survives producer restarts.
+
+Two backends behind one interface: Redis (the default with a Redis broker) and
+SQLite (the embedded default). Each item moves once from ``pending`` to a final
+status; a duplicate delivery cannot move it again, so counts never double.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+FINAL_STATUSES = ("scored", "skipped", "failed")
+STATUSES = ("pending", *FINAL_STATUSES)
+
+
+class UnknownJobError(KeyError):
+    """No job with that id exists in the state store."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    id: str
+    name: str
+    created: float
+    total: int
+    scored: int
+    skipped: int
+    failed: int
+
+    @property
+    def done(self) -> int:
+        return self.scored + self.skipped
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.done - self.failed)
+
+    @property
+    def finished(self) -> bool:
+        return self.pending == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "created": self.created,
+            "total": self.total,
+            "scored": self.scored,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "pending": self.pending,
+            "finished": self.finished,
+        }
+
+
+class JobStore(Protocol):
+    def create_job(self, name: str | None = None, job_id: str | None = None) -> str: ...
+
+    def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]: ...
+
+    def mark(self, job_id: str, source: str, status: str) -> bool: ...
+
+    def status(self, job_id: str) -> JobStatus: ...
+
+    def items(self, job_id: str, status: str | None = None) -> dict[str, str]: ...
+
+    def list_jobs(self, limit: int = 50) -> list[JobStatus]: ...
+
+    def count_delivery(self, task_id: str) -> int: ...
+
+    def incr_counter(self, name: str, amount: int = 1) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+_MARK_LUA = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+return 1
+"""
+
+
+class RedisJobStore:
+    """Keys under ``audioset:``; items in a hash per job, counters beside it."""
+
+    def __init__(self, url: str, prefix: str = "audioset") -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(
+            url, health_check_interval=30, socket_timeout=30, socket_connect_timeout=10, retry_on_timeout=True,
+            decode_responses=True,
+        )
+        self.prefix = prefix
+        self._mark = self.redis.register_script(_MARK_LUA)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def create_job(self, name: str | None = None, job_id: str | None = None) -> str:
+        job_id = job_id or new_job_id()
+        created = time.time()
+        if self.redis.hsetnx(self._k("job", job_id), "created", created):
+            self.redis.hset(self._k("job", job_id), "name", name or job_id)
+            self.redis.zadd(self._k("jobs"), {job_id: created})
+        return job_id
+
+    def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]:
+        added: list[str] = []
+        batch: list[str] = []
+        for source in sources:
+            batch.append(source)
+            if len(batch) >= 1000:
+                added += self._add(job_id, batch)
+                batch = []
+        return added + (self._add(job_id, batch) if batch else [])
+
+    def _add(self, job_id: str, sources: list[str]) -> list[str]:
+        pipe = self.redis.pipeline()
+        for source in sources:
+            pipe.hsetnx(self._k("job", job_id, "items"), source, "pending")
+        added = [s for s, new in zip(sources, pipe.execute(), strict=True) if new]
+        if added:
+            self.redis.hincrby(self._k("job", job_id, "counts"), "total", len(added))
+        return added
+
+    def mark(self, job_id: str, source: str, status: str) -> bool:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}")
+        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts")]
+        return bool(self._mark(keys=keys, args=[source, status]))
+
+    def status(self, job_id: str) -> JobStatus:
+        meta: dict[str, str] = self.redis.hgetall(self._k("job", job_id))  # type: ignore[assignment]
+        if not meta:
+            raise UnknownJobError(job_id)
+        raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "counts"))  # type: ignore[assignment]
+        counts = {k: int(v) for k, v in raw.items()}
+        return JobStatus(
+            id=job_id,
+            name=meta.get("name", job_id),
+            created=float(meta["created"]),
+            total=counts.get("total", 0),
+            scored=counts.get("scored", 0),
+            skipped=counts.get("skipped", 0),
+            failed=counts.get("failed", 0),
+        )
+
+    def items(self, job_id: str, status: str | None = None) -> dict[str, str]:
+        raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "items"))  # type: ignore[assignment]
+        return {k: v for k, v in raw.items() if status is None or v == status}
+
+    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
+        ids: list[str] = self.redis.zrevrange(self._k("jobs"), 0, limit - 1)  # type: ignore[assignment]
+        return [self.status(i) for i in ids]
+
+    def count_delivery(self, task_id: str) -> int:
+        key = self._k("deliveries", task_id)
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 7 * 24 * 3600)
+        return int(pipe.execute()[0])
+
+    def incr_counter(self, name: str, amount: int = 1) -> None:
+        self.redis.hincrby(self._k("counters"), name, amount)
+
+    def counters(self) -> dict[str, int]:
+        raw: dict[str, str] = self.redis.hgetall(self._k("counters"))  # type: ignore[assignment]
+        return {k: int(v) for k, v in raw.items()}
+
+
+class SqliteJobStore:
+    """A single SQLite file; safe across the processes of one machine (WAL, busy timeout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(
+                """
+                PRAGMA journal_mode=WAL;
+                CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, name TEXT, created REAL);
+                CREATE TABLE IF NOT EXISTS items (job TEXT, source TEXT, status TEXT, PRIMARY KEY (job, source));
+                CREATE TABLE IF NOT EXISTS deliveries (task_id TEXT PRIMARY KEY, n INTEGER);
+                CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+                """
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def create_job(self, name: str | None = None, job_id: str | None = None) -> str:
+        job_id = job_id or new_job_id()
+        self._conn().execute("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", (job_id, name or job_id, time.time()))
+        return job_id
+
+    def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]:
+        conn = self._conn()
+        added: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for source in sources:
+                cursor = conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, 'pending')", (job_id, source))
+                if cursor.rowcount == 1:
+                    added.append(source)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
+
+    def mark(self, job_id: str, source: str, status: str) -> bool:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}")
+        cursor = self._conn().execute(
+            "UPDATE items SET status = ? WHERE job = ? AND source = ? AND status = 'pending'", (status, job_id, source)
+        )
+        return cursor.rowcount == 1
+
+    def status(self, job_id: str) -> JobStatus:
+        conn = self._conn()
+        row = conn.execute("SELECT name, created FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(job_id)
+        counts = dict(
+            conn.execute("SELECT status, COUNT(*) FROM items WHERE job = ? GROUP BY status", (job_id,)).fetchall()
+        )
+        return JobStatus(
+            id=job_id,
+            name=row[0],
+            created=row[1],
+            total=sum(counts.values()),
+            scored=counts.get("scored", 0),
+            skipped=counts.get("skipped", 0),
+            failed=counts.get("failed", 0),
+        )
+
+    def items(self, job_id: str, status: str | None = None) -> dict[str, str]:
+        rows = self._conn().execute("SELECT source, status FROM items WHERE job = ?", (job_id,)).fetchall()
+        return {s: st for s, st in rows if status is None or st == status}
+
+    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
+        ids = [r[0] for r in self._conn().execute("SELECT id FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+        return [self.status(i) for i in ids]
+
+    def count_delivery(self, task_id: str) -> int:
+        conn = self._conn()
+        conn.execute("INSERT INTO deliveries VALUES (?, 1) ON CONFLICT(task_id) DO UPDATE SET n = n + 1", (task_id,))
+        return int(conn.execute("SELECT n FROM deliveries WHERE task_id = ?", (task_id,)).fetchone()[0])
+
+    def incr_counter(self, name: str, amount: int = 1) -> None:
+        self._conn().execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, amount, amount),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._conn().execute("SELECT name, value FROM counters").fetchall())
+
+
+def open_job_store(url: str) -> JobStore:
+    """``redis://…``/``rediss://…`` or ``sqlite:///path``."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisJobStore(url)
+    if url.startswith("sqlite:///"):
+        return SqliteJobStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"unsupported state store URL {url!r}; use redis://, rediss:// or sqlite:///path")

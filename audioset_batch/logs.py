@@ -1,0 +1,86 @@
+"""Logging: text or JSON lines, with every configured secret masked before it is written."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from audioset_batch.settings import Settings
+
+MASK = "***"
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value the settings hold, including passwords inside Redis URLs."""
+    values = [
+        s.get_secret_value()
+        for s in (settings.cos_access_key_id, settings.cos_secret_access_key, settings.cos_api_key)
+        if s is not None
+    ]
+    for url in (settings.broker_url, settings.state_url):
+        if url:
+            password = urlsplit(url).password
+            if password:
+                values.append(password)
+    return [v for v in values if len(v) >= 4]
+
+
+class RedactingFilter(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self.redact(record.getMessage())
+            record.args = None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    FIELDS = ("job", "source", "attempt", "task_id")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(settings: Settings, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets_of(settings)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    for noisy in ("ibm_botocore", "ibm_boto3", "urllib3", "h5py", "tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,240 @@
+"""Score one object from a bucket into the results bucket. Knows storage, not Celery."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
+from audioset_batch.hdf5_reader import EmbeddingFile, Limits
+from audioset_batch.object_store import ObjectStore, ObjectURL, store_for
+from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
+from audioset_batch.scoring import OutputOptions, Predict, score_chunk
+from audioset_batch.settings import Settings
+from model.labels import ClassLabel
+from model.metrics import evaluate
+
+log = logging.getLogger("audioset.pipeline")
+Status = Literal["scored", "skipped", "failed"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    source: str
+    status: Status
+    clips: int = 0
+    error: str | None = None
+    message: str | None = None
+    result: str | None = None
+
+
+@dataclass(slots=True)
+class FileScore:
+    clips: int
+    metrics: dict[str, Any] | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def score_file(
+    path: Path,
+    out: IO[bytes],
+    *,
+    predict: Predict,
+    classes: list[ClassLabel],
+    model: str,
+    source: str,
+    options: OutputOptions,
+    limits: Limits | None = None,
+    chunk_clips: int = 8192,
+    metrics_max_clips: int = 200_000,
+) -> FileScore:
+    """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``.
+
+    Shared by the worker and ``audioset score``, so both write identical lines.
+    """
+    started = time.monotonic()
+    notes: list[str] = []
+    truths: list[np.ndarray] = []
+    predictions: list[np.ndarray] = []
+    with EmbeddingFile(path, limits or Limits()) as embeddings:
+        want_metrics = embeddings.y is not None
+        if want_metrics and embeddings.classes != len(classes):
+            notes.append(f"metrics skipped: y has {embeddings.classes} classes, the model {len(classes)}")
+            want_metrics = False
+        if want_metrics and embeddings.clips > metrics_max_clips:
+            notes.append(
+                f"metrics skipped: {embeddings.clips} clips exceed AUDIOSET_METRICS_MAX_CLIPS={metrics_max_clips}"
+            )
+            want_metrics = False
+        for chunk in embeddings.chunks(chunk_clips):
+            lines, scores = score_chunk(
+                chunk.x,
+                predict,
+                classes=classes,
+                source=source,
+                model=model,
+                start_index=chunk.start,
+                video_ids=chunk.video_ids,
+                start_times=chunk.start_times,
+                options=options,
+            )
+            out.write(lines)
+            if want_metrics and chunk.y is not None:
+                truths.append(chunk.y.astype(bool))
+                predictions.append(scores)
+        clips = embeddings.clips
+    metrics = None
+    if want_metrics:
+        truth = np.concatenate(truths)
+        if truth.any():
+            metrics = evaluate(truth, np.concatenate(predictions)).summary()
+        else:
+            notes.append("metrics skipped: y has no positive labels")
+    return FileScore(clips=clips, metrics=metrics, seconds=time.monotonic() - started, notes=notes)
+
+
+class ObjectScorer:
+    """Scores objects named by URL, writing results next to nothing but the results prefix."""
+
+    def __init__(self, settings: Settings, predict: Predict, classes: list[ClassLabel], model: str) -> None:
+        self.settings = settings
+        self.predict = predict
+        self.classes = classes
+        self.model = model
+        self.options = OutputOptions(top_k=settings.top_k, full_scores=settings.full_scores)
+        self.limits = Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+
+    def _store(self, url: ObjectURL) -> ObjectStore:
+        """Results go to the same kind of store as the input (a COS endpoint, or the local root)."""
+        return store_for(url.scheme, self.settings)
+
+    def keys(self, url: ObjectURL) -> ResultKeys:
+        return result_keys(url.key, self.settings.results_prefix)
+
+    def already_scored(self, url: ObjectURL, etag: str) -> bool:
+        results = self._store(url)
+        summary = loads(results.get_bytes(self.settings.results_bucket, self.keys(url).summary))
+        return bool(
+            summary
+            and summary.get("etag") == etag
+            and summary.get("model") == self.model
+            and summary.get("top_k") == self.options.top_k
+            and summary.get("full_scores") == self.options.full_scores
+        )
+
+    def score(self, url: ObjectURL, *, force: bool = False, attempt: int = 1, job: str | None = None) -> Outcome:
+        """Score one object. Input and permanent storage errors become error records;
+        transient storage errors propagate so the caller can retry."""
+        source = f"{url.bucket}/{url.key}"
+        etag: str | None = None
+        try:
+            keys = self.keys(url)
+            store = results = self._store(url)
+            info = store.stat(url.bucket, url.key)
+            etag = info.etag
+            if info.size > self.settings.max_object_bytes:
+                raise LimitExceededError(
+                    f"object is {info.size} bytes, over the limit "
+                    f"AUDIOSET_MAX_OBJECT_BYTES={self.settings.max_object_bytes}"
+                )
+            if not force and self.already_scored(url, info.etag):
+                log.info("skip %s: already scored (etag %s, %s)", source, info.etag, self.model)
+                return Outcome(source, "skipped", result=keys.jsonl)
+            return self._score(url, keys, store, results, attempt=attempt, job=job)
+        except (InputFileError, StorageError) as exc:
+            if getattr(exc, "transient", False):
+                raise
+            self.record_failure(url, exc, attempts=attempt, etag=etag, job=job)
+            return Outcome(source, "failed", error=type(exc).__name__, message=str(exc))
+
+    def _score(
+        self,
+        url: ObjectURL,
+        keys: ResultKeys,
+        store: ObjectStore,
+        results: ObjectStore,
+        *,
+        attempt: int,
+        job: str | None,
+    ) -> Outcome:
+        source = f"{url.bucket}/{url.key}"
+        bucket = self.settings.results_bucket
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="audioset-") as tmp:
+            local = Path(tmp) / "input.h5"
+            with local.open("wb") as fh:
+                info = store.download(url.bucket, url.key, fh)
+            t1 = time.monotonic()
+            out_path = Path(tmp) / "result.jsonl"
+            with out_path.open("wb") as out:
+                scored = score_file(
+                    local,
+                    out,
+                    predict=self.predict,
+                    classes=self.classes,
+                    model=self.model,
+                    source=source,
+                    options=self.options,
+                    limits=self.limits,
+                    chunk_clips=self.settings.read_chunk_clips,
+                    metrics_max_clips=self.settings.metrics_max_clips,
+                )
+            t2 = time.monotonic()
+            # The JSONL lands first, then the summary: a summary always points at a complete JSONL.
+            results.upload_file(out_path, bucket, keys.jsonl, content_type="application/x-ndjson")
+            summary: dict[str, Any] = {
+                "source": source,
+                "etag": info.etag,
+                "size": info.size,
+                "model": self.model,
+                "clips": scored.clips,
+                "classes": len(self.classes),
+                "top_k": self.options.top_k,
+                "full_scores": self.options.full_scores,
+                "result": f"{bucket}/{keys.jsonl}",
+                "metrics": scored.metrics,
+                "notes": scored.notes,
+                "attempt": attempt,
+                "job": job,
+                "worker": socket.gethostname(),
+                "created": now(),
+                "timings": {
+                    "download_seconds": round(t1 - t0, 4),
+                    "score_seconds": round(t2 - t1, 4),
+                    "upload_seconds": round(time.monotonic() - t2, 4),
+                },
+            }
+            summary["timings"]["total_seconds"] = round(time.monotonic() - t0, 4)
+            results.put_bytes(dumps(summary), bucket, keys.summary, content_type="application/json")
+            results.delete(bucket, keys.error)
+        log.info(
+            "scored %s: %d clips in %.2fs -> %s/%s", source, scored.clips, time.monotonic() - t0, bucket, keys.jsonl
+        )
+        return Outcome(source, "scored", clips=scored.clips, result=keys.jsonl)
+
+    def record_failure(
+        self, url: ObjectURL, error: BaseException, *, attempts: int, etag: str | None, job: str | None
+    ) -> None:
+        """Write ``<key>.error.json`` in place of results; never raises for a storage failure."""
+        source = f"{url.bucket}/{url.key}"
+        log.error("failed %s: %s: %s (attempt %d)", source, type(error).__name__, error, attempts)
+        try:
+            keys = self.keys(url)
+        except AudiosetError:
+            return  # an invalid key has no safe place for an error record; the job store still counts it
+        results = self._store(url)
+        record = error_record(source=source, error=error, attempts=attempts, etag=etag, model=self.model, job=job)
+        try:
+            results.put_bytes(dumps(record), self.settings.results_bucket, keys.error, content_type="application/json")
+            for stale in (keys.summary, keys.jsonl):
+                results.delete(self.settings.results_bucket, stale)
+        except AudiosetError as exc:
+            log.error("could not write error record for %s: %s", source, exc)

@@ -1,0 +1,109 @@
+"""The scoring core: embeddings in, JSON Lines records out. No Celery, no buckets.
+
+Everything per clip is vectorised (top-k with ``argpartition``) and records
+are encoded with orjson, which serialises numpy scalars and arrays natively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from model.labels import ClassLabel
+
+Predict = Callable[[np.ndarray], np.ndarray]
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(frozen=True, slots=True)
+class OutputOptions:
+    top_k: int = 5
+    full_scores: bool = False
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the ``k`` highest scores per row, highest first; ties keep class order."""
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    if k == scores.shape[1]:
+        part = np.broadcast_to(np.arange(k), scores.shape).copy()
+    else:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    # Sort the k candidates: by score descending, then class index ascending for ties.
+    order = np.lexsort((part, -part_scores), axis=1)
+    indices = np.take_along_axis(part, order, axis=1)
+    return indices, np.take_along_axis(scores, indices, axis=1)
+
+
+def encode_records(
+    scores: np.ndarray,
+    *,
+    classes: Sequence[ClassLabel],
+    source: str,
+    model: str,
+    start_index: int = 0,
+    video_ids: Sequence[str | None] | None = None,
+    start_times: np.ndarray | None = None,
+    options: OutputOptions = OutputOptions(),
+) -> bytes:
+    """One JSON line per clip (newline-terminated), in input order."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2 or scores.shape[1] != len(classes):
+        raise ValueError(f"scores shape {scores.shape} does not match {len(classes)} classes")
+    indices, values = top_k(scores, options.top_k)
+    mids = [c.mid for c in classes]
+    names = [c.name for c in classes]
+    lines = []
+    for row in range(scores.shape[0]):
+        start_time = None
+        if start_times is not None and np.isfinite(start_times[row]):
+            start_time = float(start_times[row])
+        record: dict[str, object] = {
+            "source": source,
+            "index": start_index + row,
+            "video_id": video_ids[row] if video_ids is not None else None,
+            "start_time_seconds": start_time,
+            "model": model,
+            "labels": [
+                {"index": int(c), "mid": mids[c], "name": names[c], "score": v}
+                for c, v in zip(indices[row].tolist(), values[row], strict=True)
+            ],
+        }
+        if options.full_scores:
+            record["scores"] = scores[row]
+        lines.append(orjson.dumps(record, option=_OPTIONS))
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+def score_chunk(
+    x: np.ndarray,
+    predict: Predict,
+    *,
+    classes: Sequence[ClassLabel],
+    source: str,
+    model: str,
+    start_index: int = 0,
+    video_ids: Sequence[str | None] | None = None,
+    start_times: np.ndarray | None = None,
+    options: OutputOptions = OutputOptions(),
+) -> tuple[bytes, np.ndarray]:
+    """Predict a chunk of clips and encode their records; returns (jsonl bytes, scores)."""
+    scores = np.asarray(predict(x), dtype=np.float32)
+    if scores.shape[0] != x.shape[0]:
+        raise ValueError(f"model returned {scores.shape[0]} rows for {x.shape[0]} clips")
+    encoded = encode_records(
+        scores,
+        classes=classes,
+        source=source,
+        model=model,
+        start_index=start_index,
+        video_ids=video_ids,
+        start_times=start_times,
+        options=options,
+    )
+    return encoded, scores

@@ -1,0 +1,155 @@
+"""All configuration, from ``AUDIOSET_*`` environment variables or a ``.env`` file."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from audioset_batch.errors import ConfigError
+
+ENV_PREFIX = "AUDIOSET_"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "model" / "pretrained" / "audioset-default"
+
+
+class Settings(BaseSettings):
+    """One field per setting; the README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # Queue and state
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis URL; rediss:// for TLS).")
+    state_url: str | None = Field(
+        None,
+        description="Where job state and dedupe keys live. Default: the broker if it is Redis, "
+        "else a SQLite file in AUDIOSET_LOCAL_ROOT.",
+    )
+    queue: str = Field("audioset.score", description="Celery queue that scoring tasks go to.")
+
+    # Object storage
+    cos_endpoint: str | None = Field(
+        None, description="S3/COS endpoint URL, e.g. https://s3.us-south.cloud-object-storage.appdomain.cloud."
+    )
+    cos_access_key_id: SecretStr | None = Field(None, description="HMAC access key id.")
+    cos_secret_access_key: SecretStr | None = Field(None, description="HMAC secret access key.")
+    cos_api_key: SecretStr | None = Field(None, description="IBM Cloud IAM API key (instead of HMAC keys).")
+    cos_instance_id: str | None = Field(None, description="COS service-instance id (CRN), with the IAM API key.")
+    cos_auth_endpoint: str | None = Field(None, description="IAM token endpoint; the SDK's default when unset.")
+    cos_region: str = Field("us-east-1", description="Signing region for HMAC requests.")
+    local_root: Path = Field(Path("buckets"), description="Directory holding one folder per bucket for file:// URLs.")
+    input_bucket: str | None = Field(None, description="Bucket that bare keys (no scheme) refer to.")
+    results_bucket: str = Field("results", description="Bucket that results are written to.")
+    results_prefix: str = Field("predictions/", description="Key prefix for every result object.")
+
+    # Model and scoring
+    model_path: Path = Field(DEFAULT_MODEL_PATH, description="Model artifact directory (model.keras + manifest.json).")
+    batch_size: int = Field(1024, ge=1, le=65536, description="Clips per forward pass.")
+    read_chunk_clips: int = Field(8192, ge=1, description="Clips read from the HDF5 file at a time.")
+    top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
+    full_scores: bool = Field(False, description="Also write every class score per clip.")
+    metrics_max_clips: int = Field(
+        200_000, ge=0, description="Compute mAP/AUC in the summary only up to this many clips (memory)."
+    )
+    tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0 = cores / concurrency.")
+
+    # Worker reliability
+    worker_concurrency: int = Field(0, ge=0, description="Worker processes per `audioset worker`; 0 = one per core.")
+    soft_time_limit: int = Field(3600, ge=1, description="Seconds before a file is abandoned with an error record.")
+    time_limit: int = Field(3660, ge=1, description="Seconds before the worker child is killed (hard limit).")
+    visibility_timeout: int = Field(0, ge=0, description="Redis redelivery timeout; 0 = time limit + 600 s.")
+    max_attempts: int = Field(5, ge=1, description="Deliveries of one file before it gets an error record.")
+    retry_backoff: float = Field(2.0, gt=0, description="First retry delay in seconds; doubles each attempt.")
+    retry_backoff_max: float = Field(300.0, gt=0, description="Cap on the retry delay in seconds.")
+
+    # Limits
+    max_object_bytes: int = Field(16 * 1024**3, ge=1, description="Largest input object accepted.")
+    max_clips: int = Field(10_000_000, ge=1, description="Most clips accepted in one file.")
+    max_chunk_bytes: int = Field(
+        256 * 1024**2, ge=1, description="Largest HDF5 chunk (decompressed) accepted: guards against compression bombs."
+    )
+
+    # Operations
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Human-readable or JSON log lines.")
+    watch_interval: float = Field(5.0, gt=0, description="Seconds between bucket listings in `audioset watch`.")
+
+    @field_validator("results_prefix")
+    @classmethod
+    def _prefix_ends_with_slash(cls, value: str) -> str:
+        value = value.lstrip("/")
+        if any(part == ".." for part in value.split("/")):
+            raise ValueError("must not contain '..'")
+        return value if not value or value.endswith("/") else value + "/"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if scheme not in {"redis", "rediss", "filesystem", "memory", "amqp", "sentinel"}:
+            raise ValueError(f"unsupported broker scheme {scheme!r}; use redis://, rediss:// or filesystem://")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if (self.cos_access_key_id is None) != (self.cos_secret_access_key is None):
+            raise ValueError("AUDIOSET_COS_ACCESS_KEY_ID and AUDIOSET_COS_SECRET_ACCESS_KEY must be set together")
+        if self.cos_api_key is not None and not self.cos_instance_id:
+            raise ValueError("AUDIOSET_COS_API_KEY needs AUDIOSET_COS_INSTANCE_ID")
+        if self.time_limit <= self.soft_time_limit:
+            raise ValueError("AUDIOSET_TIME_LIMIT must be greater than AUDIOSET_SOFT_TIME_LIMIT")
+        if self.visibility_timeout and self.visibility_timeout <= self.time_limit:
+            raise ValueError("AUDIOSET_VISIBILITY_TIMEOUT must be greater than AUDIOSET_TIME_LIMIT")
+        return self
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        return self.visibility_timeout or self.time_limit + 600
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.worker_concurrency or (os.cpu_count() or 1)
+
+    @property
+    def effective_tf_threads(self) -> int:
+        return self.tf_threads or max(1, (os.cpu_count() or 1) // self.effective_concurrency)
+
+    @property
+    def effective_state_url(self) -> str:
+        if self.state_url:
+            return self.state_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"sqlite:///{(self.local_root / '.state.db').resolve()}"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        lines.append(f"{name}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, raising :class:`ConfigError` naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,171 @@
+"""Model artifacts: a Keras file plus a JSON manifest that describes and pins it.
+
+Layout of an artifact directory::
+
+    <artifact>/model.keras     weights + architecture (Keras v3 format)
+    <artifact>/manifest.json   name, version, architecture, classes, sha256, training, metrics
+
+The sha256 in the manifest is checked before Keras touches the file, and the
+file loads with ``safe_mode=True``: no Lambda layers, no pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.labels import ClassLabel, labels_from_json, labels_to_json
+
+if TYPE_CHECKING:
+    import keras
+
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "model.keras"
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+class ArtifactError(Exception):
+    """A model artifact is missing, malformed or does not match its manifest."""
+
+
+class ArtifactIntegrityError(ArtifactError):
+    """The weights file's sha256 differs from the manifest: refuse to load."""
+
+
+@dataclass(slots=True)
+class Manifest:
+    name: str
+    version: str
+    architecture: str
+    classes: list[ClassLabel]
+    frames: int
+    sha256: str = ""
+    hidden_units: int = 1024
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def tag(self) -> str:
+        """The ``name@version`` string written into every result line."""
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "architecture": self.architecture,
+            "frames": self.frames,
+            "hidden_units": self.hidden_units,
+            "sha256": self.sha256,
+            "created": self.created,
+            "training": self.training,
+            "metrics": self.metrics,
+            "classes": labels_to_json(self.classes),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "<manifest>") -> Manifest:
+        try:
+            if int(data["format_version"]) > FORMAT_VERSION:
+                raise ArtifactError(f"{source}: format_version {data['format_version']} is newer than this release")
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                architecture=str(data["architecture"]),
+                classes=labels_from_json(data["classes"]),
+                frames=int(data["frames"]),
+                sha256=str(data["sha256"]),
+                hidden_units=int(data.get("hidden_units", 1024)),
+                training=dict(data.get("training", {})),
+                metrics=dict(data.get("metrics", {})),
+                created=str(data.get("created", "")),
+                format_version=int(data["format_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(artifact: str | Path) -> Manifest:
+    """Read and validate the manifest alone (cheap: no TensorFlow import)."""
+    path = Path(artifact) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{artifact}: no {MANIFEST_NAME}; is this a model artifact directory?") from exc
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+    return Manifest.from_json(data, source=str(path))
+
+
+def verify(artifact: str | Path) -> Manifest:
+    """Check that the weights file matches the manifest's sha256."""
+    manifest = read_manifest(artifact)
+    weights = Path(artifact) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ArtifactError(f"{artifact}: missing {WEIGHTS_NAME}")
+    actual = sha256_file(weights)
+    if actual != manifest.sha256:
+        raise ArtifactIntegrityError(
+            f"{weights}: sha256 {actual[:16]}… does not match manifest {manifest.sha256[:16]}…; "
+            "the file was modified or corrupted, refusing to load"
+        )
+    return manifest
+
+
+def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
+    """Verify, then load with Keras safe mode. Imports TensorFlow: call in worker children only."""
+    manifest = verify(artifact)
+    import keras
+
+    import model.attention_pooling  # noqa: F401  (registers the custom layers)
+
+    loaded = keras.models.load_model(Path(artifact) / WEIGHTS_NAME, compile=False, safe_mode=True)
+    expected = (None, len(manifest.classes))
+    if tuple(loaded.output_shape) != expected:
+        raise ArtifactError(
+            f"{artifact}: model outputs {loaded.output_shape} but the manifest declares {len(manifest.classes)} classes"
+        )
+    return loaded, manifest
+
+
+def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> Manifest:
+    """Write ``model.keras`` and a manifest carrying its sha256, atomically per file."""
+    directory = Path(artifact)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, suffix=".keras")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    import keras
+
+    # Serving needs no optimizer state: a fresh clone saves weights and graph only (a third of the size).
+    clean = keras.models.clone_model(keras_model)
+    clean.set_weights(keras_model.get_weights())
+    try:
+        clean.save(tmp)
+        manifest.sha256 = sha256_file(tmp)
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest_tmp = directory / (MANIFEST_NAME + ".tmp")
+    manifest_tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+    os.replace(manifest_tmp, directory / MANIFEST_NAME)
+    return manifest

@@ -1,0 +1,71 @@
+"""``audioset watch``: poll a bucket prefix and enqueue every new or changed HDF5 object once.
+
+Each object version is a job item ``<url>#<etag>`` in the state store (Redis by default),
+so a restarted watcher skips what it already sent, and an overwrite (new ETag) is
+scored again. Listing is paginated; 100k objects cost one LIST page per 1000.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+
+from celery import Celery
+
+from audioset_batch.jobs import JobStore
+from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.results import is_hdf5_key
+from audioset_batch.settings import Settings
+from producers.enqueue import send
+
+log = logging.getLogger("audioset.watcher")
+
+
+def watch_job_id(url: ObjectURL) -> str:
+    """A stable job id per watched prefix, so restarts continue the same job."""
+    return "watch-" + hashlib.sha1(str(url).encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+class Watcher:
+    def __init__(self, url: str, settings: Settings, app: Celery, jobs: JobStore) -> None:
+        self.url = ObjectURL.parse(url, settings.input_bucket)
+        self.settings = settings
+        self.app = app
+        self.jobs = jobs
+        self.store = store_for(self.url.scheme, settings)
+        self.job = jobs.create_job(name=f"watch {self.url}", job_id=watch_job_id(self.url))
+        self._known: set[str] = set()  # items this process already registered: saves round trips
+
+    def _candidates(self) -> Iterator[tuple[ObjectURL, str]]:
+        skip_results = self.url.bucket == self.settings.results_bucket
+        for info in self.store.list(self.url.bucket, self.url.key):
+            if not is_hdf5_key(info.key):
+                continue
+            if skip_results and info.key.startswith(self.settings.results_prefix):
+                continue
+            obj = self.url.with_key(info.key)
+            item = f"{obj}#{info.etag}"
+            if item not in self._known:
+                self._known.add(item)
+                yield obj, item
+
+    def poll_once(self) -> int:
+        """List once; returns how many tasks were sent."""
+        sent = send(self.app, self.jobs, self.job, self._candidates(), self.settings)
+        if sent:
+            self.jobs.incr_counter("watcher.enqueued", sent)
+            log.info("watch %s: enqueued %d new object(s) into job %s", self.url, sent, self.job)
+        return sent
+
+    def run(self, stop: threading.Event, interval: float | None = None) -> None:
+        """Poll until ``stop`` is set; storage errors are logged and retried next round."""
+        interval = interval or self.settings.watch_interval
+        log.info("watching %s every %.1fs (job %s)", self.url, interval, self.job)
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:
+                log.warning("watch %s: listing failed, will retry: %s: %s", self.url, type(exc).__name__, exc)
+            stop.wait(interval)

@@ -1,0 +1,214 @@
+"""Fixtures that start real parts: a private redis-server, moto's S3 server over HTTP, Celery workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import build_artifact
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    args: list[str] = field(default_factory=list)
+
+    def db_url(self, db: int) -> str:
+        return self.url.rsplit("/", 1)[0] + f"/{db}"
+
+    def restart(self, pause: float = 0.0) -> None:
+        """Stop and start the private server on the same port (fault tests)."""
+        assert self.process is not None, "cannot restart an external Redis"
+        self.process.terminate()
+        self.process.wait(10)
+        time.sleep(pause)
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    external = os.environ.get("AUDIOSET_TEST_REDIS_URL")
+    if external:
+        yield RedisServer(url=external, port=int(external.rsplit(":", 1)[1].split("/")[0]))
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server) and AUDIOSET_TEST_REDIS_URL is unset")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, args=args)
+    yield server
+    if server.process is not None:
+        server.process.terminate()
+        server.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free port, in-process; reached over HTTP like any S3 endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_artifact(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> Iterator[str]:
+    """A flushed Redis database for one test."""
+    import redis
+
+    url = redis_server.db_url(1)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+def cos_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AUDIOSET_COS_ENDPOINT": endpoint,
+        "AUDIOSET_COS_ACCESS_KEY_ID": "test-access-key",
+        "AUDIOSET_COS_SECRET_ACCESS_KEY": "test-secret-key-do-not-log",
+    }
+
+
+@dataclass
+class Stack:
+    """Settings-as-environment for one isolated pipeline: its own queue, Redis db and buckets."""
+
+    env: dict[str, str]
+    input_bucket: str
+    results_bucket: str
+
+    def settings(self, **overrides: object):  # type: ignore[no-untyped-def]
+        from audioset_batch.settings import load_settings
+
+        old = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            return load_settings(**overrides)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+
+
+@pytest.fixture
+def stack(redis_server: RedisServer, s3_endpoint: str, tiny_model: Path) -> Stack:
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **cos_env(s3_endpoint),
+        "AUDIOSET_BROKER_URL": redis_server.db_url(2),
+        "AUDIOSET_STATE_URL": redis_server.db_url(3),
+        "AUDIOSET_QUEUE": f"test-{suffix}",
+        "AUDIOSET_MODEL_PATH": str(tiny_model),
+        "AUDIOSET_RESULTS_BUCKET": f"results-{suffix}",
+        "AUDIOSET_WORKER_CONCURRENCY": "1",
+        "AUDIOSET_TF_THREADS": "1",
+        "AUDIOSET_RETRY_BACKOFF": "0.2",
+        "AUDIOSET_RETRY_BACKOFF_MAX": "1",
+        "AUDIOSET_LOG_LEVEL": "INFO",
+    }
+    stack = Stack(env=env, input_bucket=f"input-{suffix}", results_bucket=f"results-{suffix}")
+    from audioset_batch.object_store import CosStore
+
+    client = CosStore(stack.settings()).client
+    client.create_bucket(Bucket=stack.input_bucket)
+    client.create_bucket(Bucket=stack.results_bucket)
+    return stack
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+        self.log_path = log_path
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "prefork",
+                   "-c", str(concurrency), "-Q", env["AUDIOSET_QUEUE"], "-n", f"w{uuid.uuid4().hex[:6]}@%h",
+                   "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        self.log = log_path.open("ab")
+        self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.text() and "model " in self.text():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.text()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def worker(stack: Stack, tmp_path: Path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(stack.env, tmp_path / "worker.log")
+    yield process
+    process.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("AUDIOSET_DATA_DIR"):
+        return
+    skip = pytest.mark.skip(reason="opt-in: set AUDIOSET_DATA_DIR to the AudioSet release (.ci/run does)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,86 @@
+"""Builders shared by the tests: synthetic HDF5 files and small model artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from model.labels import ClassLabel
+
+
+def make_labels(n: int, prefix: str = "Class") -> list[ClassLabel]:
+    return [ClassLabel(index=i, mid=f"/m/test{i:03d}", name=f"{prefix} {i}") for i in range(n)]
+
+
+def write_h5(
+    path: Path,
+    clips: int = 6,
+    frames: int = 10,
+    classes: int | None = None,
+    seed: int = 0,
+    video_ids: bool = True,
+    dtype: type = np.uint8,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        if dtype == np.uint8:
+            f.create_dataset("x", data=rng.integers(0, 256, size=(clips, frames, 128), dtype=np.uint8))
+        else:
+            f.create_dataset("x", data=rng.normal(size=(clips, frames, 128)).astype(dtype))
+        if video_ids:
+            f.create_dataset("video_id_list", data=np.array([f"vid{seed:03d}_{i:04d}".encode() for i in range(clips)]))
+            f.create_dataset("start_time_seconds", data=np.arange(clips, dtype=np.float32) * 10)
+        if classes:
+            y = rng.random((clips, classes)) < 0.3
+            y[0, :] = True  # every class has a positive
+            y[-1, :] = False  # and a negative
+            f.create_dataset("y", data=y)
+    return path
+
+
+def learnable_dataset(clips: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings where each class adds a fixed pattern to random frames: learnable, not trivial."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(0, 40, size=(classes, 128))
+    y = rng.random((clips, classes)) < 0.15
+    y[np.arange(clips), rng.integers(0, classes, clips)] = True
+    x = rng.normal(128, 20, size=(clips, 10, 128))
+    for c in range(classes):
+        idx = np.flatnonzero(y[:, c])
+        frames = rng.integers(0, 10, size=(len(idx), 4))
+        for j, i in enumerate(idx):
+            x[i, frames[j]] += patterns[c]
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def build_artifact(
+    path: Path,
+    classes: int = 12,
+    architecture: str = "decision_level_multi_attention",
+    hidden_units: int = 32,
+    name: str = "tiny",
+    version: str = "0",
+    labels: list[ClassLabel] | None = None,
+    seed: int = 0,
+) -> Path:
+    import keras
+
+    from model import artifact
+    from model.architectures import build_model
+
+    keras.utils.set_random_seed(seed)
+    net = build_model(architecture, classes=classes, hidden_units=hidden_units, dropout=0.1)
+    manifest = artifact.Manifest(
+        name=name,
+        version=version,
+        architecture=architecture,
+        classes=labels or make_labels(classes),
+        frames=10,
+        hidden_units=hidden_units,
+        training={"data": "random initialisation (tests)"},
+    )
+    artifact.save(net, manifest, path)
+    return path

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audioset_batch.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownJobError, open_job_store
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "sqlite":
+        return SqliteJobStore(tmp_path / "state.db")
+    return RedisJobStore(request.getfixturevalue("redis_db"))
+
+
+def test_job_lifecycle(jobs: JobStore) -> None:
+    job = jobs.create_job(name="nightly")
+    assert jobs.add_items(job, ["a", "b", "c", "a"]) == ["a", "b", "c"]
+    assert jobs.add_items(job, ["b", "d"]) == ["d"]
+    status = jobs.status(job)
+    assert (status.total, status.pending, status.finished, status.name) == (4, 4, False, "nightly")
+    assert jobs.mark(job, "a", "scored")
+    assert jobs.mark(job, "b", "skipped")
+    assert jobs.mark(job, "c", "failed")
+    assert not jobs.mark(job, "a", "skipped")  # a duplicate delivery cannot move a finished item
+    status = jobs.status(job)
+    assert (status.scored, status.skipped, status.failed, status.pending) == (1, 1, 1, 1)
+    assert jobs.mark(job, "d", "scored")
+    assert jobs.status(job).finished
+    assert jobs.items(job, "failed") == {"c": "failed"}
+    assert [s.id for s in jobs.list_jobs()] == [job]
+
+
+def test_unknown_job(jobs: JobStore) -> None:
+    with pytest.raises(UnknownJobError):
+        jobs.status("nope")
+
+
+def test_delivery_counter_and_counters(jobs: JobStore) -> None:
+    assert [jobs.count_delivery("t1") for _ in range(3)] == [1, 2, 3]
+    assert jobs.count_delivery("t2") == 1
+    jobs.incr_counter("enqueued", 5)
+    jobs.incr_counter("enqueued")
+    assert jobs.counters()["enqueued"] == 6
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    first = open_job_store(f"sqlite:///{tmp_path / 'state.db'}")
+    job = first.create_job()
+    first.add_items(job, ["x"])
+    second = open_job_store(f"sqlite:///{tmp_path / 'state.db'}")
+    assert second.status(job).total == 1
+
+
+def test_unsupported_state_url() -> None:
+    with pytest.raises(ValueError, match="unsupported state store"):
+        open_job_store("postgres://x")

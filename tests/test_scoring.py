@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from audioset_batch.errors import InvalidObjectKeyError
+from audioset_batch.results import result_keys
+from audioset_batch.scoring import OutputOptions, encode_records, score_chunk, top_k
+from model.inference import dequantize
+from tests.helpers import make_labels
+
+
+def test_dequantize_maps_uint8_to_unit_range() -> None:
+    x = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    np.testing.assert_allclose(dequantize(x), [[[-1.0, 0.0, 127 / 128]]])
+    assert dequantize(x).dtype == np.float32
+
+
+def test_dequantize_passes_float_through() -> None:
+    x = np.array([[[0.25, -0.5]]], dtype=np.float64)
+    out = dequantize(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, x)
+
+
+def test_top_k_orders_by_score_and_breaks_ties_by_class() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.9, 0.0], [0.3, 0.2, 0.1, 0.0, 0.4]], dtype=np.float32)
+    idx, val = top_k(scores, 3)
+    assert idx.tolist() == [[1, 3, 2], [4, 0, 1]]
+    np.testing.assert_allclose(val, [[0.9, 0.9, 0.5], [0.4, 0.3, 0.2]])
+
+
+def test_top_k_larger_than_classes_returns_all() -> None:
+    idx, _ = top_k(np.array([[0.2, 0.7]]), 5)
+    assert idx.tolist() == [[1, 0]]
+
+
+def test_records_follow_the_contract() -> None:
+    classes = make_labels(4)
+    scores = np.array([[0.1, 0.8, 0.3, 0.2], [0.9, 0.1, 0.2, 0.3]], dtype=np.float32)
+    data = encode_records(
+        scores, classes=classes, source="bucket/a.h5", model="m@1", start_index=10,
+        video_ids=["abc", None], start_times=np.array([30.0, np.nan]), options=OutputOptions(top_k=2),
+    )
+    lines = [orjson.loads(line) for line in data.splitlines()]
+    assert data.endswith(b"\n")
+    assert lines[0] == {
+        "source": "bucket/a.h5", "index": 10, "video_id": "abc", "start_time_seconds": 30.0, "model": "m@1",
+        "labels": [
+            {"index": 1, "mid": "/m/test001", "name": "Class 1", "score": pytest.approx(0.8)},
+            {"index": 2, "mid": "/m/test002", "name": "Class 2", "score": pytest.approx(0.3)},
+        ],
+    }
+    assert lines[1]["index"] == 11 and lines[1]["video_id"] is None and lines[1]["start_time_seconds"] is None
+    assert "scores" not in lines[1]
+
+
+def test_full_scores_are_written_on_request() -> None:
+    scores = np.array([[0.25, 0.5, 0.125]], dtype=np.float32)
+    data = encode_records(scores, classes=make_labels(3), source="s", model="m@1",
+                          options=OutputOptions(top_k=1, full_scores=True))
+    assert orjson.loads(data)["scores"] == [0.25, 0.5, 0.125]
+
+
+def test_score_chunk_calls_predict_once_per_chunk() -> None:
+    calls = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        return np.tile(np.linspace(0, 1, 3, dtype=np.float32), (len(x), 1))
+
+    lines, scores = score_chunk(np.zeros((5, 10, 128), np.uint8), predict, classes=make_labels(3), source="s",
+                                model="m@1")
+    assert calls == [(5, 10, 128)]
+    assert scores.shape == (5, 3)
+    assert len(lines.splitlines()) == 5
+
+
+def test_result_keys_map_input_key_under_prefix() -> None:
+    keys = result_keys("2024/day 1/file.h5", "predictions/")
+    assert keys.jsonl == "predictions/2024/day 1/file.h5.jsonl"
+    assert keys.summary == "predictions/2024/day 1/file.h5.summary.json"
+    assert keys.error == "predictions/2024/day 1/file.h5.error.json"
+
+
+@pytest.mark.parametrize("key", ["../escape.h5", "a/../../b.h5", "/abs.h5", "a//b.h5", ""])
+def test_result_keys_refuse_escaping_keys(key: str) -> None:
+    with pytest.raises(InvalidObjectKeyError):
+        result_keys(key, "predictions/")

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+
+from audioset_batch.errors import ConfigError
+from audioset_batch.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AUDIOSET_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.top_k == 5 and s.results_prefix == "predictions/" and s.full_scores is False
+    assert s.effective_visibility_timeout > s.time_limit > s.soft_time_limit
+
+
+def test_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_TOP_K", "7")
+    monkeypatch.setenv("AUDIOSET_FULL_SCORES", "true")
+    monkeypatch.setenv("AUDIOSET_RESULTS_PREFIX", "out")
+    s = load_settings()
+    assert (s.top_k, s.full_scores, s.results_prefix) == (7, True, "out/")
+
+
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_TOP_K", "0")
+    with pytest.raises(ConfigError, match="AUDIOSET_TOP_K"):
+        load_settings()
+
+
+def test_non_numeric_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_BATCH_SIZE", "lots")
+    with pytest.raises(ConfigError, match="AUDIOSET_BATCH_SIZE"):
+        load_settings()
+
+
+def test_hmac_keys_go_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_COS_ACCESS_KEY_ID", "abc")
+    with pytest.raises(ConfigError, match="AUDIOSET_COS_SECRET_ACCESS_KEY"):
+        load_settings()
+
+
+def test_api_key_needs_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_COS_API_KEY", "apikey-value")
+    with pytest.raises(ConfigError, match="AUDIOSET_COS_INSTANCE_ID"):
+        load_settings()
+
+
+def test_time_limits_are_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_SOFT_TIME_LIMIT", "100")
+    monkeypatch.setenv("AUDIOSET_TIME_LIMIT", "50")
+    with pytest.raises(ConfigError, match="AUDIOSET_TIME_LIMIT"):
+        load_settings()
+
+
+def test_unknown_broker_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_BROKER_URL", "kafka://x")
+    with pytest.raises(ConfigError, match="AUDIOSET_BROKER_URL"):
+        load_settings()
+
+
+def test_results_prefix_cannot_climb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_RESULTS_PREFIX", "../elsewhere/")
+    with pytest.raises(ConfigError, match="AUDIOSET_RESULTS_PREFIX"):
+        load_settings()
+
+
+def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_COS_ACCESS_KEY_ID", "AKIDVALUE")
+    monkeypatch.setenv("AUDIOSET_COS_SECRET_ACCESS_KEY", "supersecretvalue")
+    s = load_settings()
+    assert "supersecretvalue" not in repr(s) and "supersecretvalue" not in str(s.model_dump())
+
+
+def test_state_url_defaults() -> None:
+    assert load_settings(broker_url="redis://h:6379/0").effective_state_url == "redis://h:6379/0"
+    assert load_settings(broker_url="filesystem://").effective_state_url.startswith("sqlite:///")
+
+
+def test_celery_config_is_json_only_and_acks_late() -> None:
+    from worker.config import celery_config
+
+    s = load_settings(soft_time_limit=100, time_limit=200)
+    conf = celery_config(s)
+    assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf[
+        "task_soft_time_limit"]

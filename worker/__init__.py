@@ -1,0 +1,5 @@
+"""Celery worker: ``celery -A worker worker`` or ``audioset worker``."""
+
+from worker.app import app
+
+__all__ = ["app"]

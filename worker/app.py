@@ -1,0 +1,32 @@
+"""The Celery application. ``celery -A worker worker`` finds it as ``worker.app``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from audioset_batch.settings import Settings, get_settings
+from worker.config import celery_config
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    """Our handler (text or JSON, secrets masked) instead of Celery's."""
+    from audioset_batch.logs import configure_logging
+
+    configure_logging(get_settings())
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    """An app for the given settings (producers, tests) or for the environment (workers)."""
+    app = Celery("audioset", include=["worker.tasks"])
+    if settings is None:
+        app.config_from_object("celeryconfig")
+    else:
+        app.conf.update(celery_config(settings))
+    return app
+
+
+app = make_app()

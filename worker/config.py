@@ -1,0 +1,57 @@
+"""Celery settings derived from :class:`Settings`; each reliability choice says why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audioset_batch.settings import Settings
+
+SCORE_TASK = "audioset.score_object"
+TRAIN_TASK = "audioset.train_model"
+TRAINING_QUEUE = "training"
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith("filesystem://"):
+        folder = (settings.local_root / ".broker").resolve()
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    # Redis redelivers an unacked message after the visibility timeout. It must exceed the
+    # hard time limit, or a slow but healthy task would be handed to a second worker.
+    return {"visibility_timeout": settings.effective_visibility_timeout}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    options = transport_options(settings)
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": options,
+        # Celery reads the visibility timeout here too when a Redis result backend is configured.
+        "result_backend_transport_options": dict(options),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # reconnect forever after a Redis restart
+        "task_ignore_result": True,  # job state lives in our own store, not in a result backend
+        # JSON only: a pickled message would run arbitrary code on the worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Ack after the file is scored; a killed child puts the message back (at-least-once).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message per child at a time: a long file never strands queued work behind it.
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_time_limit": settings.time_limit,
+        "task_default_queue": settings.queue,
+        "task_routes": {SCORE_TASK: {"queue": settings.queue}, TRAIN_TASK: {"queue": TRAINING_QUEUE}},
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }

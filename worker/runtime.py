@@ -1,0 +1,55 @@
+"""Per-process worker state: the loaded model, the scorer and the job store.
+
+TensorFlow is not fork-safe, so nothing here runs in the Celery parent: the
+model loads in each child on ``worker_process_init`` (or lazily on first use
+with the solo/threads pools).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from audioset_batch.jobs import JobStore, open_job_store
+from audioset_batch.pipeline import ObjectScorer
+from audioset_batch.settings import Settings, get_settings
+
+log = logging.getLogger("audioset.worker")
+_lock = threading.Lock()
+_scorer: ObjectScorer | None = None
+_jobs: JobStore | None = None
+
+
+def configure_tensorflow(threads: int) -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def load_scorer(settings: Settings | None = None) -> ObjectScorer:
+    """Load the model once per process; later calls return the same scorer."""
+    global _scorer
+    with _lock:
+        if _scorer is None:
+            settings = settings or get_settings()
+            configure_tensorflow(settings.effective_tf_threads)
+            from model.inference import Predictor
+
+            predictor = Predictor.from_artifact(settings.model_path, batch_size=settings.batch_size)
+            _scorer = ObjectScorer(settings, predictor.predict, predictor.manifest.classes, predictor.manifest.tag)
+            log.info(
+                "model %s loaded from %s (%d classes, %d TF threads)",
+                predictor.manifest.tag,
+                settings.model_path,
+                len(predictor.manifest.classes),
+                settings.effective_tf_threads,
+            )
+        return _scorer
+
+
+def job_store() -> JobStore:
+    global _jobs
+    if _jobs is None:
+        _jobs = open_job_store(get_settings().effective_state_url)
+    return _jobs

@@ -1,0 +1,84 @@
+"""The scoring task: a thin shell around :class:`ObjectScorer` that adds retries and job bookkeeping."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
+from audioset_batch.object_store import ObjectURL
+from audioset_batch.settings import get_settings
+from worker.app import app
+from worker.config import SCORE_TASK
+from worker.runtime import job_store, load_scorer
+
+log = logging.getLogger("audioset.worker")
+
+
+@worker_process_init.connect
+def _load_model_in_child(**_: Any) -> None:
+    load_scorer()
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2^(attempt-1))]."""
+    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    return random.uniform(min(base / 2, ceiling), ceiling)
+
+
+def _finish(job: str | None, url: str, status: str) -> None:
+    if job:
+        job_store().mark(job, url, status)
+
+
+@app.task(bind=True, name=SCORE_TASK)
+def score_object(
+    self: Task, url: str, job: str | None = None, force: bool = False, item: str | None = None
+) -> dict[str, Any]:
+    settings = get_settings()
+    item = item or url
+    attempt = job_store().count_delivery(self.request.id or url)
+    try:
+        parsed = ObjectURL.parse(url, settings.input_bucket)
+    except AudiosetError as exc:
+        log.error("rejected task for %r: %s", url, exc)
+        _finish(job, item, "failed")
+        return {"source": url, "status": "failed", "error": type(exc).__name__}
+    scorer = load_scorer()
+    if attempt > settings.max_attempts:
+        error = AttemptsExhaustedError(
+            f"delivered {attempt} times, over AUDIOSET_MAX_ATTEMPTS={settings.max_attempts}; "
+            "the worker handling it was lost each time"
+        )
+        scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=job)
+        _finish(job, item, "failed")
+        return {"source": url, "status": "failed", "error": type(error).__name__}
+    try:
+        outcome = scorer.score(parsed, force=force, attempt=attempt, job=job)
+    except TransientStorageError as exc:
+        if attempt >= settings.max_attempts:
+            scorer.record_failure(parsed, exc, attempts=attempt, etag=None, job=job)
+            _finish(job, item, "failed")
+            return {"source": url, "status": "failed", "error": type(exc).__name__}
+        delay = backoff_seconds(attempt, settings.retry_backoff, settings.retry_backoff_max)
+        log.warning(
+            "transient error on %s (attempt %d/%d), retrying in %.1fs: %s",
+            url,
+            attempt,
+            settings.max_attempts,
+            delay,
+            exc,
+        )
+        raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+    except SoftTimeLimitExceeded:
+        limit = LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={settings.soft_time_limit}s")
+        scorer.record_failure(parsed, limit, attempts=attempt, etag=None, job=job)
+        _finish(job, item, "failed")
+        return {"source": url, "status": "failed", "error": type(limit).__name__}
+    _finish(job, item, outcome.status)
+    return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}
