@@ -100,7 +100,11 @@ class RedisJobStore:
         import redis
 
         self.redis = redis.Redis.from_url(
-            url, health_check_interval=30, socket_timeout=30, socket_connect_timeout=10, retry_on_timeout=True,
+            url,
+            health_check_interval=30,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            retry_on_timeout=True,
             decode_responses=True,
         )
         self.prefix = prefix

@@ -156,8 +156,9 @@ def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> 
     tmp = Path(tmp_name)
     import keras
 
-    # Serving needs no optimizer state: a fresh clone saves weights and graph only (a third of the size).
-    clean = keras.models.clone_model(keras_model)
+    # Serving needs no optimizer state: a model rebuilt from its config is uncompiled, so it
+    # saves weights and graph only (a third of the size). clone_model would copy the optimizer.
+    clean = keras.Model.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
     try:
         clean.save(tmp)

@@ -69,8 +69,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         pytest.fail("redis-server is not installed (apt-get install redis-server) and AUDIOSET_TEST_REDIS_URL is unset")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir)]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port)
     server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, args=args)
@@ -167,9 +178,27 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
         self.log_path = log_path
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "prefork",
-                   "-c", str(concurrency), "-Q", env["AUDIOSET_QUEUE"], "-n", f"w{uuid.uuid4().hex[:6]}@%h",
-                   "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "--pool",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-Q",
+            env["AUDIOSET_QUEUE"],
+            "-n",
+            f"w{uuid.uuid4().hex[:6]}@%h",
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()

@@ -106,8 +106,9 @@ def test_error_translation() -> None:
     from ibm_botocore.exceptions import ClientError
 
     def err(code: str, status: int) -> ClientError:
-        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                           "GetObject")
+        return ClientError(
+            {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+        )
 
     assert isinstance(translate_error(err("SlowDown", 503), "x"), TransientStorageError)
     assert isinstance(translate_error(err("InternalError", 500), "x"), TransientStorageError)

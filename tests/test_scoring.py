@@ -40,13 +40,23 @@ def test_records_follow_the_contract() -> None:
     classes = make_labels(4)
     scores = np.array([[0.1, 0.8, 0.3, 0.2], [0.9, 0.1, 0.2, 0.3]], dtype=np.float32)
     data = encode_records(
-        scores, classes=classes, source="bucket/a.h5", model="m@1", start_index=10,
-        video_ids=["abc", None], start_times=np.array([30.0, np.nan]), options=OutputOptions(top_k=2),
+        scores,
+        classes=classes,
+        source="bucket/a.h5",
+        model="m@1",
+        start_index=10,
+        video_ids=["abc", None],
+        start_times=np.array([30.0, np.nan]),
+        options=OutputOptions(top_k=2),
     )
     lines = [orjson.loads(line) for line in data.splitlines()]
     assert data.endswith(b"\n")
     assert lines[0] == {
-        "source": "bucket/a.h5", "index": 10, "video_id": "abc", "start_time_seconds": 30.0, "model": "m@1",
+        "source": "bucket/a.h5",
+        "index": 10,
+        "video_id": "abc",
+        "start_time_seconds": 30.0,
+        "model": "m@1",
         "labels": [
             {"index": 1, "mid": "/m/test001", "name": "Class 1", "score": pytest.approx(0.8)},
             {"index": 2, "mid": "/m/test002", "name": "Class 2", "score": pytest.approx(0.3)},
@@ -58,8 +68,9 @@ def test_records_follow_the_contract() -> None:
 
 def test_full_scores_are_written_on_request() -> None:
     scores = np.array([[0.25, 0.5, 0.125]], dtype=np.float32)
-    data = encode_records(scores, classes=make_labels(3), source="s", model="m@1",
-                          options=OutputOptions(top_k=1, full_scores=True))
+    data = encode_records(
+        scores, classes=make_labels(3), source="s", model="m@1", options=OutputOptions(top_k=1, full_scores=True)
+    )
     assert orjson.loads(data)["scores"] == [0.25, 0.5, 0.125]
 
 
@@ -70,8 +81,9 @@ def test_score_chunk_calls_predict_once_per_chunk() -> None:
         calls.append(x.shape)
         return np.tile(np.linspace(0, 1, 3, dtype=np.float32), (len(x), 1))
 
-    lines, scores = score_chunk(np.zeros((5, 10, 128), np.uint8), predict, classes=make_labels(3), source="s",
-                                model="m@1")
+    lines, scores = score_chunk(
+        np.zeros((5, 10, 128), np.uint8), predict, classes=make_labels(3), source="s", model="m@1"
+    )
     assert calls == [(5, 10, 128)]
     assert scores.shape == (5, 3)
     assert len(lines.splitlines()) == 5

@@ -92,5 +92,6 @@ def test_celery_config_is_json_only_and_acks_late() -> None:
     assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["worker_prefetch_multiplier"] == 1
-    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf[
-        "task_soft_time_limit"]
+    assert (
+        conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf["task_soft_time_limit"]
+    )

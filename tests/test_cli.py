@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from audioset_batch.cli import main
+from tests.helpers import learnable_dataset, write_h5
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    import os
+
+    from audioset_batch.settings import get_settings
+
+    for name in list(os.environ):
+        if name.startswith("AUDIOSET_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
+    get_settings.cache_clear()
+
+
+def test_score_writes_the_worker_format(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "a.h5", clips=4, classes=12)
+    out = tmp_path / "a.jsonl"
+    result = CliRunner().invoke(main, ["score", str(path), "-o", str(out), "--scores", "full", "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(lines) == 4 and len(lines[0]["labels"]) == 3 and len(lines[0]["scores"]) == 12
+    assert lines[0]["labels"][0]["score"] == pytest.approx(max(lines[0]["scores"]), rel=1e-6)
+
+
+def test_score_reports_bad_input_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"nope")
+    result = CliRunner().invoke(main, ["score", str(bad), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1
+    assert "NotHDF5Error" in result.output and not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_setting_stops_with_the_variable_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_TOP_K", "-3")
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 2 and "AUDIOSET_TOP_K" in result.output
+
+
+def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_COS_ACCESS_KEY_ID", "AKID1234")
+    monkeypatch.setenv("AUDIOSET_COS_SECRET_ACCESS_KEY", "hunter2hunter2")
+    result = CliRunner().invoke(main, ["config", "--json"])
+    values = json.loads(result.stdout)
+    assert values["AUDIOSET_COS_SECRET_ACCESS_KEY"] == "***" and "hunter2" not in result.output
+
+
+def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -> None:
+    import h5py
+
+    x, y = learnable_dataset(600, 3, seed=1)
+    data = tmp_path / "train.h5"
+    with h5py.File(data, "w") as f:
+        f["x"], f["y"] = x, y
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/x/bird,Bird\n1,/x/drill,Drill\n2,/x/rain,Rain\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(data),
+            "--labels",
+            str(labels),
+            "--output",
+            str(out),
+            "--architecture",
+            "decision_level_single_attention",
+            "--iterations",
+            "60",
+            "--batch-size",
+            "64",
+            "--hidden-units",
+            "64",
+            "--eval-every",
+            "30",
+            "--name",
+            "birds",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["validation_map"] > 0.6
+
+    scored = CliRunner().invoke(
+        main, ["score", str(data), "--model", str(out / "model"), "-o", str(tmp_path / "p.jsonl")]
+    )
+    assert scored.exit_code == 0, scored.output
+    first = orjson.loads((tmp_path / "p.jsonl").read_bytes().splitlines()[0])
+    assert {label["name"] for label in first["labels"]} == {"Bird", "Drill", "Rain"}
+    assert first["model"] == "birds@1"
+
+    evaluated = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(out / "model"),
+            str(data),
+            "--json",
+            "--per-class",
+            str(tmp_path / "pc.csv"),
+            "--plot",
+            str(tmp_path / "ap.png"),
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    numbers = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert numbers["mAP"] > 0.6 and numbers["d_prime"] > 0
+    assert (tmp_path / "pc.csv").read_text().splitlines()[1].startswith("0,/x/bird,Bird,")
+    assert (tmp_path / "ap.png").read_bytes()[:4] == b"\x89PNG"

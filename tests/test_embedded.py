@@ -1,0 +1,76 @@
+"""`audioset run` in a subprocess: folder buckets, filesystem broker, a real worker and the watcher."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import ROOT
+from tests.helpers import write_h5
+
+
+def embedded_env(tiny_model: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOSET_")}
+    env.update({"AUDIOSET_MODEL_PATH": str(tiny_model), "AUDIOSET_TF_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) -> None:
+    root = tmp_path / "buckets"
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
+        env=embedded_env(tiny_model),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / "incoming").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        source = write_h5(tmp_path / "drop.h5", clips=7, seed=3)
+        staged = root / "incoming" / "day1" / ".drop.h5.part"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, staged)
+        staged.rename(root / "incoming" / "day1" / "drop.h5")
+        (root / "incoming" / "bad.h5").write_bytes(b"\x00garbage")
+
+        result = root / "results" / "predictions" / "day1" / "drop.h5.jsonl"
+        error = root / "results" / "predictions" / "bad.h5.error.json"
+        deadline = time.monotonic() + 120
+        while not (result.exists() and error.exists()) and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        assert result.exists(), (tmp_path / "run.log").read_text()[-3000:]
+        lines = [orjson.loads(line) for line in result.read_bytes().splitlines()]
+        assert len(lines) == 7 and lines[0]["source"] == "incoming/day1/drop.h5"
+        assert (root / "results" / "predictions" / "day1" / "drop.h5.summary.json").exists()
+        assert orjson.loads(error.read_bytes())["error"] == "NotHDF5Error"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(90)
+        log.close()
+    assert code == 0
+
+
+def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "audioset_batch.cli", "run", "--demo", "--root", str(tmp_path / "b")],
+        env=embedded_env(tiny_model),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    clip_lines = [line for line in done.stdout.splitlines() if line.startswith("clip ")]
+    assert len(clip_lines) == 5 and "Class" in clip_lines[0]
+    assert (tmp_path / "b" / "results" / "predictions" / "demo" / "sample.h5.jsonl").exists()
