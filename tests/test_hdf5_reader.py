@@ -39,9 +39,8 @@ def test_truncated_file(tmp_path: Path) -> None:
     path = write_h5(tmp_path / "t.h5", clips=200)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises((TruncatedFileError, CorruptFileError)) as info:
-        with EmbeddingFile(path) as f:
-            list(f.chunks(1000))
+    with pytest.raises((TruncatedFileError, CorruptFileError)) as info, EmbeddingFile(path) as f:
+        list(f.chunks(1000))
     assert isinstance(info.value, InputFileError)
     assert "truncated" in str(info.value) or "clips" in str(info.value)
 
@@ -143,6 +142,5 @@ def test_declared_shape_larger_than_file(tmp_path: Path) -> None:
     size = path.stat().st_size
     with path.open("r+b") as fh:
         fh.truncate(size - 300_000)
-    with pytest.raises((TruncatedFileError, CorruptFileError)):
-        with EmbeddingFile(path) as f:
-            list(f.chunks(100))
+    with pytest.raises((TruncatedFileError, CorruptFileError)), EmbeddingFile(path) as f:
+        list(f.chunks(100))

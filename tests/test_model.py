@@ -73,7 +73,7 @@ def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(artifact.ArtifactIntegrityError, match="does not match manifest"):
+    with pytest.raises(artifact.ArtifactIntegrityError, match=r"does not match manifest"):
         artifact.load(path)
 
 
@@ -82,7 +82,7 @@ def test_malformed_manifest(tmp_path: Path) -> None:
     (path / artifact.MANIFEST_NAME).write_text(json.dumps({"format_version": 1}))
     with pytest.raises(artifact.ArtifactError, match="malformed manifest"):
         artifact.read_manifest(path)
-    with pytest.raises(artifact.ArtifactError, match="no manifest.json"):
+    with pytest.raises(artifact.ArtifactError, match=r"no manifest\.json"):
         artifact.read_manifest(tmp_path)
 
 
