@@ -315,6 +315,83 @@ def watch(url: str, interval: float | None, once: bool) -> None:
 
 
 @main.command()
+@click.option("--redis-list", default=None, help="Consume notifications from this Redis list (MinIO's Redis target).")
+@click.option("--redis-url", default=None, help="Redis holding the list (default: AUDIOSET_BROKER_URL).")
+@click.option("--http", "http_address", default=None, help="Serve an HTTP endpoint on HOST:PORT for webhooks.")
+@click.option("--prefix", default="", help="Only keys starting with this prefix.")
+@click.option(
+    "--suffix", "suffixes", multiple=True, help="Only keys ending with this (repeatable; default .h5, .hdf5)."
+)
+@click.option(
+    "--event",
+    "event_types",
+    multiple=True,
+    help="Only these event types (prefix match; default ObjectCreated and Object:Write).",
+)
+@click.option(
+    "--scheme",
+    type=click.Choice(["cos", "s3"]),
+    default="cos",
+    show_default=True,
+    help="URL scheme of the objects the events name.",
+)
+@friendly_errors
+def listen(
+    redis_list: str | None,
+    redis_url: str | None,
+    http_address: str | None,
+    prefix: str,
+    suffixes: tuple[str, ...],
+    event_types: tuple[str, ...],
+    scheme: str,
+) -> None:
+    """Enqueue the objects named by bucket notifications (Redis list and/or HTTP)."""
+    import signal
+    import threading
+
+    from audioset_batch.jobs import open_job_store
+    from producers.listener import Listener
+    from producers.notifications import CREATED_TYPES, HDF5_SUFFIXES, EventFilter
+    from worker.app import make_app
+
+    if not redis_list and not http_address:
+        raise click.UsageError("give --redis-list KEY, --http HOST:PORT, or both")
+    settings = _settings()
+    event_filter = EventFilter(
+        prefix=prefix, suffixes=suffixes or HDF5_SUFFIXES, event_types=event_types or CREATED_TYPES
+    )
+    jobs_store = open_job_store(settings.effective_state_url)
+    listener = Listener(settings, make_app(settings), jobs_store, event_filter, scheme)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    server = None
+    if http_address:
+        host, _, port = http_address.rpartition(":")
+        server = listener.http_server(host or "0.0.0.0", int(port))
+        threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
+        click.echo(f"listening for HTTP notifications on {host or '0.0.0.0'}:{server.server_port}", err=True)
+    if redis_list:
+        threads.append(
+            threading.Thread(
+                target=listener.run_redis_list,
+                name="redis-list",
+                daemon=True,
+                args=(redis_url or settings.broker_url, redis_list, stop),
+            )
+        )
+        click.echo(f"listening on Redis list {redis_list}", err=True)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    if server is not None:
+        server.shutdown()
+    for thread in threads:
+        thread.join(timeout=5)
+
+
+@main.command()
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),

@@ -1,0 +1,181 @@
+"""``audioset listen``: turn bucket notifications into scoring tasks, exactly once per object version.
+
+Two inputs feed the same handler: a Redis list (MinIO's Redis target) and an
+HTTP endpoint (S3-style webhooks, IBM Code Engine COS subscriptions). Each
+object version becomes the job item ``<url>#<etag>``, so duplicate
+notifications enqueue nothing. A malformed payload is logged, counted and
+skipped; it never stops the listener or costs another event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from celery import Celery
+
+from audioset_batch.errors import AudiosetError, ObjectNotFoundError
+from audioset_batch.jobs import JobStore
+from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.settings import Settings
+from producers.enqueue import send
+from producers.notifications import EventFilter, MalformedEventError, parse_events
+
+log = logging.getLogger("audioset.listener")
+MAX_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Handled:
+    events: int = 0
+    enqueued: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    missing: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "enqueued": self.enqueued,
+            "duplicates": self.duplicates,
+            "filtered": self.filtered,
+            "missing": self.missing,
+        }
+
+
+class Listener:
+    def __init__(
+        self,
+        settings: Settings,
+        app: Celery,
+        jobs: JobStore,
+        event_filter: EventFilter | None = None,
+        scheme: str = "cos",
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.jobs = jobs
+        self.filter = event_filter or EventFilter()
+        self.scheme = scheme
+        ident = hashlib.sha1(f"{scheme}:{self.filter}".encode(), usedforsecurity=False).hexdigest()[:12]
+        self.job = jobs.create_job(name=f"listen {scheme}://", job_id=f"listen-{ident}")
+        self._lock = threading.Lock()
+
+    def handle(self, payload: bytes | str | Any) -> Handled:
+        """Parse and enqueue; raises :class:`MalformedEventError` (counted as rejected)."""
+        self.jobs.incr_counter("listener.received")
+        try:
+            events = parse_events(payload)
+        except MalformedEventError as exc:
+            self.jobs.incr_counter("listener.rejected")
+            log.warning("rejected notification: %s", exc)
+            raise
+        result = Handled(events=len(events))
+        for event in events:
+            if not self.filter.accepts(event) or (
+                event.bucket == self.settings.results_bucket and event.key.startswith(self.settings.results_prefix)
+            ):
+                result.filtered += 1
+                continue
+            url = ObjectURL(self.scheme, event.bucket, event.key)
+            etag = event.etag
+            if not etag:
+                try:
+                    etag = store_for(self.scheme, self.settings).stat(event.bucket, event.key).etag
+                except ObjectNotFoundError:
+                    result.missing += 1
+                    log.warning("notification for %s, but the object is gone; skipped", url)
+                    continue
+            with self._lock:
+                sent = send(self.app, self.jobs, self.job, [(url, f"{url}#{etag}")], self.settings)
+            if sent:
+                result.enqueued += 1
+                log.info("enqueued %s (etag %s) into job %s", url, etag, self.job)
+            else:
+                result.duplicates += 1
+        for name in ("enqueued", "duplicates", "filtered"):
+            if getattr(result, name):
+                self.jobs.incr_counter(f"listener.{name}", getattr(result, name))
+        return result
+
+    def run_redis_list(self, redis_url: str, list_key: str, stop: threading.Event) -> None:
+        """Consume a Redis list reliably: each payload moves to ``<key>:processing`` until handled,
+        so a crash mid-payload replays it on restart instead of losing it."""
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=30, health_check_interval=30)
+        processing = f"{list_key}:processing"
+        log.info("listening on Redis list %s (job %s)", list_key, self.job)
+        while not stop.is_set():
+            try:
+                leftover = client.lindex(processing, -1)
+                payload = leftover if leftover is not None else client.blmove(list_key, processing, 1, "LEFT", "RIGHT")
+                if payload is None:
+                    continue
+                try:
+                    self.handle(payload)
+                except MalformedEventError:
+                    pass  # logged and counted in handle(); drop it and carry on
+                except AudiosetError as exc:
+                    log.warning("could not enqueue a notification, will retry: %s", exc)
+                    stop.wait(1.0)
+                    continue
+                client.lrem(processing, -1, payload)  # type: ignore[arg-type]
+            except redis.RedisError as exc:
+                log.warning("Redis unavailable (%s); reconnecting", exc)
+                stop.wait(1.0)
+
+    def http_server(self, host: str, port: int) -> ThreadingHTTPServer:
+        """An HTTP server: POST a notification to any path; GET /healthz; GET /stats."""
+        return ThreadingHTTPServer((host, port), _handler_for(self.handle, self.jobs))
+
+
+def _handler_for(handle: Callable[[bytes], Handled], jobs: JobStore) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "audioset-listen"
+
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._reply(200, {"status": "ok"})
+            elif self.path == "/stats":
+                self._reply(200, {k: v for k, v in jobs.counters().items() if k.startswith("listener.")})
+            else:
+                self._reply(404, {"error": "not found; POST notifications, GET /healthz or /stats"})
+
+        def do_POST(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = -1
+            if length <= 0 or length > MAX_BODY:
+                self._reply(400 if length <= 0 else 413, {"error": f"body must be 1..{MAX_BODY} bytes"})
+                return
+            body = self.rfile.read(length)
+            try:
+                result = handle(body)
+            except MalformedEventError as exc:
+                self._reply(400, {"error": str(exc)})
+                return
+            except AudiosetError as exc:
+                self._reply(503, {"error": f"could not enqueue, retry later: {exc}"})
+                return
+            self._reply(202, result.to_json())
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http %s", format % args)
+
+    return Handler

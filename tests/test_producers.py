@@ -1,0 +1,213 @@
+"""Watcher and notification listener: unit tests for parsing, integration with real parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote_plus
+
+import pytest
+import redis
+
+from audioset_batch.jobs import open_job_store
+from audioset_batch.object_store import CosStore
+from producers.listener import Listener
+from producers.notifications import EventFilter, MalformedEventError, ObjectEvent, parse_events
+from producers.watcher import Watcher
+from tests.conftest import ROOT, Stack, WorkerProcess, free_port, wait_for_port
+from tests.helpers import write_h5
+from tests.test_integration import wait_job
+from worker.app import make_app
+
+
+def s3_record(bucket: str, key: str, etag: str = "abc", event: str = "s3:ObjectCreated:Put") -> dict[str, object]:
+    return {
+        "eventName": event,
+        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key, safe="/"), "eTag": etag, "size": 10}},
+    }
+
+
+def minio_access(bucket: str, key: str, etag: str = "abc") -> bytes:
+    return json.dumps([{"Event": [s3_record(bucket, key, etag)], "EventTime": "2026-11-23T10:00:00Z"}]).encode()
+
+
+def ibm_event(bucket: str, key: str, etag: str | None = None) -> bytes:
+    note = {
+        "bucket_name": bucket,
+        "object_name": key,
+        "object_length": "10",
+        "event_type": "Object:Write",
+        "request_id": "r1",
+    }
+    if etag:
+        note["object_etag"] = etag
+    return json.dumps({"bucket": bucket, "key": key, "operation": "Object:Write", "notification": note}).encode()
+
+
+def test_parse_all_shapes_and_decode_keys() -> None:
+    key = "dir one/sub+dir/ünïcode +1.h5"
+    expected = ObjectEvent("b", key, "abc", 10, "ObjectCreated:Put")
+    assert parse_events(json.dumps({"Records": [s3_record("b", key)]})) == [expected]
+    assert parse_events(minio_access("b", key)) == [expected]
+    assert parse_events(json.dumps(s3_record("b", key))) == [expected]
+    ibm = parse_events(ibm_event("b", key, "e1"))
+    assert ibm == [ObjectEvent("b", key, "e1", 10, "Object:Write")]
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"{not json", "not valid JSON"),
+        (b'"a string"', "expected a JSON object"),
+        (b'{"hello": 1}', "unknown notification shape"),
+        (b'{"Records": [{"eventName": "x"}]}', "missing 's3'"),
+        (b'{"Records": "nope"}', "must be a list"),
+        (b'{"notification": {}}', "bucket and key"),
+    ],
+)
+def test_malformed_payloads_say_why(payload: bytes, reason: str) -> None:
+    with pytest.raises(MalformedEventError, match=reason):
+        parse_events(payload)
+
+
+def test_filter() -> None:
+    f = EventFilter(prefix="in/")
+    assert f.accepts(ObjectEvent("b", "in/a.H5", None, None, "ObjectCreated:Put"))
+    assert not f.accepts(ObjectEvent("b", "out/a.h5", None, None, "ObjectCreated:Put"))
+    assert not f.accepts(ObjectEvent("b", "in/a.txt", None, None, "ObjectCreated:Put"))
+    assert not f.accepts(ObjectEvent("b", "in/a.h5", None, None, "ObjectRemoved:Delete"))
+    assert f.accepts(ObjectEvent("b", "in/a.hdf5", None, None, "Object:Write"))
+
+
+def results_exist(stack: Stack, keys: list[str], timeout: float = 90) -> bool:
+    store = CosStore(stack.settings())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(store.get_bytes(stack.results_bucket, f"predictions/{k}.summary.json") for k in keys):
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.integration
+def test_watcher_new_objects_restart_and_overwrite(stack: Stack, worker: WorkerProcess, tmp_path: Path) -> None:
+    settings = stack.settings()
+    store = CosStore(settings)
+    app, jobs = make_app(settings), open_job_store(settings.effective_state_url)
+    url = f"cos://{stack.input_bucket}/watched/"
+    watcher = Watcher(url, settings, app, jobs)
+    assert watcher.poll_once() == 0
+    store.upload_file(write_h5(tmp_path / "a.h5", clips=3, seed=1), stack.input_bucket, "watched/a.h5")
+    store.upload_file(write_h5(tmp_path / "b.h5", clips=4, seed=2), stack.input_bucket, "watched/deep/b.hdf5")
+    store.put_bytes(b"x", stack.input_bucket, "watched/ignore.csv")
+    assert watcher.poll_once() == 2
+    assert watcher.poll_once() == 0
+    restarted = Watcher(url, settings, app, jobs)
+    assert restarted.job == watcher.job and restarted.poll_once() == 0
+    assert results_exist(stack, ["watched/a.h5", "watched/deep/b.hdf5"])
+
+    store.upload_file(write_h5(tmp_path / "a2.h5", clips=6, seed=5), stack.input_bucket, "watched/a.h5")
+    assert restarted.poll_once() == 1
+    status = wait_job(jobs, watcher.job)
+    assert (status.total, status.scored) == (3, 3)
+    body = store.get_bytes(stack.results_bucket, "predictions/watched/a.h5.jsonl") or b""
+    assert len(body.splitlines()) == 6
+
+
+@pytest.mark.integration
+def test_minio_payloads_on_redis_list_are_scored_once(
+    stack: Stack, worker: WorkerProcess, tmp_path: Path, redis_db: str
+) -> None:
+    settings = stack.settings()
+    store = CosStore(settings)
+    keys = ["plain.h5", "with space/a b.h5", "plus+sign/c+d.h5", "ünï/çødé/é.h5", "a/b/c/d/nested.h5"]
+    etags = {}
+    for i, key in enumerate(keys):
+        store.upload_file(write_h5(tmp_path / f"{i}.h5", clips=2, seed=i), stack.input_bucket, key)
+        etags[key] = store.stat(stack.input_bucket, key).etag
+    client = redis.Redis.from_url(redis_db)
+    client.rpush("bucketevents", b"{garbage", b'{"unknown": true}')
+    for key in keys:
+        for _ in range(3):  # duplicates, as at-least-once delivery produces
+            client.rpush("bucketevents", minio_access(stack.input_bucket, key, etags[key]))
+    jobs = open_job_store(settings.effective_state_url)
+    listener = Listener(settings, make_app(settings), jobs)
+    stop = threading.Event()
+    thread = threading.Thread(target=listener.run_redis_list, args=(redis_db, "bucketevents", stop), daemon=True)
+    thread.start()
+    try:
+        assert results_exist(stack, keys)
+        deadline = time.monotonic() + 30
+        while client.llen("bucketevents") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(10)
+    status = wait_job(jobs, listener.job)
+    assert (status.total, status.scored) == (len(keys), len(keys))
+    counters = jobs.counters()
+    assert counters["listener.rejected"] == 2 and counters["listener.enqueued"] == len(keys)
+    assert counters["listener.duplicates"] == 2 * len(keys)
+    assert client.llen("bucketevents") == 0 and client.llen("bucketevents:processing") == 0
+    assert worker.text().count("Task audioset.score_object") >= len(keys)
+
+
+@pytest.mark.integration
+def test_http_listener_accepts_both_shapes_and_rejects_bad_payloads(
+    stack: Stack, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    settings = stack.settings()
+    store = CosStore(settings)
+    store.upload_file(write_h5(tmp_path / "s3.h5", clips=2, seed=1), stack.input_bucket, "http/s3 style.h5")
+    store.upload_file(write_h5(tmp_path / "ibm.h5", clips=3, seed=2), stack.input_bucket, "http/ibm+style.h5")
+    port = free_port()
+    env = {**os.environ, **stack.env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "audioset_batch.cli", "listen", "--http", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 60)
+
+        def post(body: bytes) -> tuple[int, dict[str, object]]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/", data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        code, body = post(b"not json at all")
+        assert code == 400 and "not valid JSON" in str(body["error"])
+        code, body = post(b'{"what": "ever"}')
+        assert code == 400 and "unknown notification shape" in str(body["error"])
+        s3_payload = json.dumps({"Records": [s3_record(stack.input_bucket, "http/s3 style.h5", "e-s3")]}).encode()
+        code, body = post(s3_payload)
+        assert code == 202 and body["enqueued"] == 1
+        code, body = post(s3_payload)
+        assert code == 202 and body["duplicates"] == 1 and body["enqueued"] == 0
+        code, body = post(ibm_event(stack.input_bucket, "http/ibm+style.h5"))  # no etag: the listener looks it up
+        assert code == 202 and body["enqueued"] == 1
+        code, body = post(ibm_event(stack.input_bucket, "http/readme.txt"))
+        assert code == 202 and body["filtered"] == 1
+        assert results_exist(stack, ["http/s3 style.h5", "http/ibm+style.h5"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as response:
+            stats = json.loads(response.read())
+        assert stats["listener.rejected"] == 2 and stats["listener.enqueued"] == 2
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert process.returncode == 0, output
+    assert "rejected notification" in output
