@@ -463,7 +463,14 @@ def show_config(as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("data", nargs=-1, required=True)
+@click.argument("data", nargs=-1)
+@click.option(
+    "--submit",
+    "spec_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Queue the run described by this YAML file on the `training` queue instead of training here.",
+)
 @click.option(
     "--labels",
     "labels_path",
@@ -474,7 +481,7 @@ def show_config(as_json: bool) -> None:
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="Run folder: checkpoints, and the artifact in <output>/model. Re-run to resume.",
 )
 @click.option("--architecture", default="decision_level_multi_attention", show_default=True)
@@ -494,8 +501,9 @@ def show_config(as_json: bool) -> None:
 @friendly_errors
 def train(
     data: tuple[str, ...],
+    spec_path: Path | None,
     labels_path: Path | None,
-    output: Path,
+    output: Path | None,
     architecture: str,
     iterations: int,
     batch_size: int,
@@ -509,7 +517,22 @@ def train(
     name: str,
     model_version: str,
 ) -> None:
-    """Train a model on labelled HDF5 files (paths or bucket URLs)."""
+    """Train a model on labelled HDF5 files (paths or bucket URLs), or queue a run with --submit."""
+    settings = _settings()
+    if spec_path is not None:
+        from audioset_batch.jobs import open_job_store
+        from audioset_batch.training_runs import load_spec, submit
+        from worker.app import make_app
+        from worker.config import TRAINING_QUEUE
+
+        run_id = submit(
+            load_spec(spec_path), make_app(settings), open_job_store(settings.effective_state_url), TRAINING_QUEUE
+        )
+        click.echo(run_id)
+        click.echo(f"queued on '{TRAINING_QUEUE}'; follow it with: audioset training monitor {run_id}", err=True)
+        return
+    if not data or output is None:
+        raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
     from tqdm import tqdm
 
     from audioset_batch.datasets import load_dataset
@@ -521,7 +544,6 @@ def train(
 
     if architecture not in ARCHITECTURES:
         raise click.BadParameter(f"choose one of {', '.join(ARCHITECTURES)}", param_hint="--architecture")
-    settings = _settings()
     labels = load_labels(labels_path) if labels_path else read_manifest(settings.model_path).classes
     dataset = load_dataset(list(data), settings)
     config = TrainConfig(
@@ -562,6 +584,79 @@ def train(
             }
         )
     )
+
+
+@main.group()
+def training() -> None:
+    """Queued training runs: list, show, monitor."""
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    best = run.get("best_map")
+    return (
+        f"{run['id']}  {run.get('status', '?'):9}  it {run.get('iteration', 0)}/{run.get('iterations', '?')}"
+        f"  loss {run.get('loss', float('nan')):.4f}  val mAP {'-' if best is None else f'{best:.4f}'}"
+        f"{'  -> ' + run['artifact'] if run.get('artifact') else ''}"
+        f"{'  error: ' + run['error'] if run.get('error') else ''}"
+    )
+
+
+@training.command("list")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def training_list(limit: int, as_json: bool) -> None:
+    from audioset_batch.jobs import open_job_store
+
+    runs = open_job_store(_settings().effective_state_url).list_runs(limit)
+    if as_json:
+        click.echo(json.dumps({"runs": runs}))
+        return
+    for run in runs:
+        click.echo(_run_line(run))
+
+
+@training.command("show")
+@click.argument("run_id")
+@friendly_errors
+def training_show(run_id: str) -> None:
+    from audioset_batch.jobs import open_job_store
+
+    run = open_job_store(_settings().effective_state_url).get_run(run_id)
+    click.echo(json.dumps(run, indent=2, default=str))
+
+
+@training.command("monitor")
+@click.argument("run_id")
+@click.option("--interval", type=float, default=2.0, show_default=True)
+@friendly_errors
+def training_monitor(run_id: str, interval: float) -> None:
+    """Follow a run until it completes or fails; exit 1 if it failed."""
+    from tqdm import tqdm
+
+    from audioset_batch.jobs import open_job_store
+
+    store = open_job_store(_settings().effective_state_url)
+    run = store.get_run(run_id)
+    bar = tqdm(total=run.get("iterations") or 0, desc=run_id, unit="it", file=sys.stderr)
+    while True:
+        run = store.get_run(run_id)
+        bar.total = run.get("iterations") or bar.total
+        bar.n = int(run.get("iteration") or 0)
+        best = run.get("best_map")
+        bar.set_postfix(
+            status=run.get("status"),
+            loss=f"{run.get('loss', float('nan')):.4f}",
+            val_mAP="-" if best is None else f"{best:.4f}",
+            refresh=False,
+        )
+        bar.refresh()
+        if run.get("status") in {"completed", "failed"}:
+            break
+        time.sleep(interval)
+    bar.close()
+    click.echo(_run_line(run))
+    sys.exit(0 if run["status"] == "completed" else 1)
 
 
 @main.command()

@@ -7,6 +7,7 @@ status; a duplicate delivery cannot move it again, so counts never double.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -78,6 +79,12 @@ class JobStore(Protocol):
     def incr_counter(self, name: str, amount: int = 1) -> None: ...
 
     def counters(self) -> dict[str, int]: ...
+
+    def put_run(self, run_id: str, record: dict[str, Any]) -> None: ...
+
+    def get_run(self, run_id: str) -> dict[str, Any]: ...
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]: ...
 
 
 def new_job_id() -> str:
@@ -184,6 +191,23 @@ class RedisJobStore:
         raw: dict[str, str] = self.redis.hgetall(self._k("counters"))  # type: ignore[assignment]
         return {k: int(v) for k, v in raw.items()}
 
+    def put_run(self, run_id: str, record: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self._k("run", run_id), json.dumps(record))
+        pipe.zadd(self._k("runs"), {run_id: float(record.get("created", time.time()))}, nx=True)
+        pipe.execute()
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        raw = self.redis.get(self._k("run", run_id))
+        if raw is None:
+            raise UnknownJobError(run_id)
+        record: dict[str, Any] = json.loads(str(raw))
+        return record
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        ids: list[str] = self.redis.zrevrange(self._k("runs"), 0, limit - 1)  # type: ignore[assignment]
+        return [self.get_run(i) for i in ids]
+
 
 class SqliteJobStore:
     """A single SQLite file; safe across the processes of one machine (WAL, busy timeout)."""
@@ -200,6 +224,7 @@ class SqliteJobStore:
                 CREATE TABLE IF NOT EXISTS items (job TEXT, source TEXT, status TEXT, PRIMARY KEY (job, source));
                 CREATE TABLE IF NOT EXISTS deliveries (task_id TEXT PRIMARY KEY, n INTEGER);
                 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+                CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, created REAL, record TEXT);
                 """
             )
 
@@ -278,6 +303,23 @@ class SqliteJobStore:
 
     def counters(self) -> dict[str, int]:
         return dict(self._conn().execute("SELECT name, value FROM counters").fetchall())
+
+    def put_run(self, run_id: str, record: dict[str, Any]) -> None:
+        self._conn().execute(
+            "INSERT INTO runs VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+            (run_id, float(record.get("created", time.time())), json.dumps(record)),
+        )
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        row = self._conn().execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(run_id)
+        record: dict[str, Any] = json.loads(row[0])
+        return record
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT record FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
 
 def open_job_store(url: str) -> JobStore:

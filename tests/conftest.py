@@ -175,7 +175,7 @@ def stack(redis_server: RedisServer, s3_endpoint: str, tiny_model: Path) -> Stac
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None) -> None:
         self.log_path = log_path
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         command = [
@@ -190,7 +190,7 @@ class WorkerProcess:
             "-c",
             str(concurrency),
             "-Q",
-            env["AUDIOSET_QUEUE"],
+            queues or env["AUDIOSET_QUEUE"],
             "-n",
             f"w{uuid.uuid4().hex[:6]}@%h",
             "-l",

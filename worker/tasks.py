@@ -14,7 +14,7 @@ from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitEx
 from audioset_batch.object_store import ObjectURL
 from audioset_batch.settings import get_settings
 from worker.app import app
-from worker.config import SCORE_TASK
+from worker.config import SCORE_TASK, TRAIN_TASK
 from worker.runtime import job_store, load_scorer
 
 log = logging.getLogger("audioset.worker")
@@ -82,3 +82,22 @@ def score_object(
         return {"source": url, "status": "failed", "error": type(limit).__name__}
     _finish(job, item, outcome.status)
     return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}
+
+
+TRAINING_TIME_LIMIT = 14 * 24 * 3600
+
+
+# Acked on receipt, unlike scoring: a multi-hour run must not be redelivered to a second worker when
+# the Redis visibility timeout passes. A lost run is resumed from its checkpoint by resubmitting.
+@app.task(
+    bind=True,
+    name=TRAIN_TASK,
+    acks_late=False,
+    soft_time_limit=TRAINING_TIME_LIMIT,
+    time_limit=TRAINING_TIME_LIMIT + 60,
+)
+def train_model(self: Task, run_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from audioset_batch.training_runs import execute
+
+    record = execute(run_id, spec, get_settings(), job_store())
+    return {"id": run_id, "status": record["status"], "artifact": record.get("artifact")}

@@ -1,0 +1,163 @@
+"""Training as a queued job: submit a YAML spec, a worker on the ``training`` queue runs it.
+
+A run's record (status, iteration, loss, validation mAP, artifact location) lives in
+the state store, so ``audioset training list/show/monitor`` work from any host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from audioset_batch.errors import AudiosetError, ConfigError
+from audioset_batch.jobs import JobStore
+from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.settings import Settings
+from model.training import Progress, TrainConfig
+
+log = logging.getLogger("audioset.training")
+SPEC_KEYS = {"data", "labels", "output"}
+
+
+@dataclass(slots=True)
+class TrainingSpec:
+    data: list[str]
+    output: str
+    labels: str | None
+    config: TrainConfig
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": self.data, "output": self.output, "labels": self.labels, **asdict(self.config)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], source: str = "<spec>") -> TrainingSpec:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings")
+        allowed = SPEC_KEYS | {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        data = raw.get("data")
+        if isinstance(data, str):
+            data = [data]
+        if not data or not all(isinstance(d, str) for d in data):
+            raise ConfigError(f"{source}: 'data' must list one or more HDF5 paths or URLs")
+        config_keys = {f.name for f in fields(TrainConfig)}
+        try:
+            config = TrainConfig(**{k: v for k, v in raw.items() if k in config_keys})
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        return cls(data=list(data), output=str(raw.get("output") or ""), labels=raw.get("labels"), config=config)
+
+
+def load_spec(path: Path) -> TrainingSpec:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return TrainingSpec.from_json(raw, source=str(path))
+
+
+def new_run_id() -> str:
+    return "train-" + time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def submit(spec: TrainingSpec, app: Any, store: JobStore, queue: str) -> str:
+    from worker.config import TRAIN_TASK
+
+    run_id = new_run_id()
+    store.put_run(
+        run_id,
+        {
+            "id": run_id,
+            "status": "queued",
+            "created": time.time(),
+            "spec": spec.to_json(),
+            "iteration": 0,
+            "iterations": spec.config.iterations,
+        },
+    )
+    app.send_task(TRAIN_TASK, args=[run_id, spec.to_json()], queue=queue)
+    return run_id
+
+
+def _publish(artifact_dir: Path, output: str, run_id: str, name: str, settings: Settings) -> str:
+    """Copy the artifact to ``<output>/<run id>/models/<name>/`` (a bucket URL or a local folder)."""
+    if "://" in output or not output:
+        base = ObjectURL.parse(output) if output else ObjectURL("cos", settings.results_bucket, "")
+        prefix = base.key if not base.key or base.key.endswith("/") else base.key + "/"
+        store = store_for(base.scheme, settings)
+        key_prefix = f"{prefix}{run_id}/models/{name}/"
+        for item in sorted(artifact_dir.iterdir()):
+            store.upload_file(item, base.bucket, key_prefix + item.name)
+        return f"{base.scheme}://{base.bucket}/{key_prefix}"
+    target = Path(output) / run_id / "models" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(artifact_dir, target, dirs_exist_ok=True)
+    return str(target)
+
+
+def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: JobStore) -> dict[str, Any]:
+    """Run one training job to completion, recording progress; never raises for a failed run."""
+    from audioset_batch.datasets import load_dataset
+    from model.artifact import read_manifest
+    from model.labels import load_labels
+    from model.training import train
+
+    record: dict[str, Any] = {"id": run_id, "created": time.time(), "iteration": 0}
+    with contextlib.suppress(KeyError):
+        record = store.get_run(run_id)
+    record.update(status="running", started=time.time(), spec=raw_spec)
+    store.put_run(run_id, record)
+    last_write = 0.0
+    try:
+        spec = TrainingSpec.from_json(raw_spec, source=run_id)
+        record["iterations"] = spec.config.iterations
+        labels = load_labels(spec.labels) if spec.labels else read_manifest(settings.model_path).classes
+        dataset = load_dataset(spec.data, settings)
+        workdir = (settings.local_root / ".training" / run_id).resolve()
+
+        def progress(p: Progress) -> None:
+            nonlocal last_write
+            record["iteration"], record["loss"] = p.iteration, p.loss
+            if p.validation_map is not None:
+                record["validation_map"], record["best_map"] = p.validation_map, p.best_map
+            if p.validation_map is not None or time.monotonic() - last_write > 2.0:
+                store.put_run(run_id, record)
+                last_write = time.monotonic()
+
+        result = train(
+            spec.config,
+            dataset.x,
+            dataset.y,
+            labels,
+            workdir,
+            on_progress=progress,
+            data_description=", ".join(spec.data),
+        )
+        record["artifact"] = _publish(result.artifact, spec.output, run_id, spec.config.name, settings)
+        record.update(
+            status="completed", finished=time.time(), best_map=result.best_map, best_iteration=result.best_iteration
+        )
+        log.info(
+            "training run %s completed: validation mAP %.4f, artifact %s", run_id, result.best_map, record["artifact"]
+        )
+    except (AudiosetError, ValueError, KeyError, OSError) as exc:
+        record.update(
+            status="failed",
+            finished=time.time(),
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=5),
+        )
+        log.error("training run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+    store.put_run(run_id, record)
+    return record
