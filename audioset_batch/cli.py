@@ -414,7 +414,8 @@ def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None
         f"incoming: {service.root / INCOMING}\nresults:  {service.root / RESULTS / service.settings.results_prefix}",
         err=True,
     )
-    service.start()
+    worker_log = service.root / ".logs" / "worker.log" if demo else None
+    service.start(log_file=worker_log)
     try:
         if not demo:
             click.echo("copy .h5 files into the incoming folder; Ctrl-C stops", err=True)
@@ -423,6 +424,7 @@ def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None
         origin = write_sample(service.root / INCOMING / key)
         etag = LocalStore(service.root).stat(INCOMING, key).etag
         click.echo(f"wrote {INCOMING}/{key}: {origin}; waiting for the worker…", err=True)
+        click.echo(f"worker log: {worker_log}", err=True)
         record = service.wait_for_result(key, etag, timeout)
         if "error" in record:
             click.echo(f"error: {record['error']}: {record['message']}", err=True)

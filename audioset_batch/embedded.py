@@ -53,7 +53,8 @@ class EmbeddedService:
         self.worker: subprocess.Popen[bytes] | None = None
         self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, log_file: Path | None = None) -> None:
+        """Start the worker process (its output to ``log_file`` if given) and the watcher thread."""
         from producers.watcher import Watcher
         from worker.app import make_app
 
@@ -75,7 +76,13 @@ class EmbeddedService:
             "-l",
             self.settings.log_level,
         ]
-        self.worker = subprocess.Popen(command, env={**os.environ, **self.env})
+        output = None
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            output = log_file.open("ab")
+        self.worker = subprocess.Popen(
+            command, env={**os.environ, **self.env}, stdout=output, stderr=subprocess.STDOUT if output else None
+        )
         watcher = Watcher(
             f"file://{INCOMING}/",
             self.settings,

@@ -163,6 +163,7 @@ def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> 
     try:
         clean.save(tmp)
         manifest.sha256 = sha256_file(tmp)
+        tmp.chmod(0o644)  # mkstemp creates 0600; images run the worker as another user
         os.replace(tmp, directory / WEIGHTS_NAME)
     finally:
         tmp.unlink(missing_ok=True)

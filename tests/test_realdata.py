@@ -1,0 +1,55 @@
+"""Opt-in checks on the real AudioSet balanced set (AUDIOSET_DATA_DIR; .ci/run sets it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from audioset_batch.settings import DEFAULT_MODEL_PATH
+from model import artifact
+from model.inference import Predictor
+from model.labels import load_labels
+from model.metrics import evaluate
+from model.training import data_fingerprint, stratified_split
+
+pytestmark = pytest.mark.realdata
+
+
+def data_dir() -> Path:
+    return Path(os.environ["AUDIOSET_DATA_DIR"])
+
+
+def test_shipped_model_reaches_its_recorded_validation_map() -> None:
+    manifest = artifact.verify(DEFAULT_MODEL_PATH)
+    params = manifest.training["hyperparameters"]
+    with h5py.File(data_dir() / "bal_train.h5", "r") as f:
+        x, y = f["x"][:], f["y"][:]
+    assert data_fingerprint(x, y) == manifest.training["data_fingerprint"], "not the data the model was trained on"
+    _, val_idx = stratified_split(y, params["validation_fraction"], params["seed"])
+    assert len(val_idx) == manifest.training["validation_clips"]
+    predictor = Predictor.from_artifact(DEFAULT_MODEL_PATH)
+    result = evaluate(y[val_idx], predictor.predict(x[val_idx]))
+    recorded = manifest.metrics["validation"]["mAP"]
+    assert result.mean_average_precision == pytest.approx(recorded, abs=0.002)
+    card = (Path(__file__).resolve().parent.parent / "docs" / "model-card.md").read_text(encoding="utf-8")
+    assert f"{recorded:.4f}" in card, "the model card must quote the shipped model's validation mAP"
+
+
+def test_shipped_classes_are_the_audioset_release() -> None:
+    manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
+    release = load_labels(data_dir() / "class_labels_indices.csv")
+    assert manifest.classes == release
+
+
+def test_demo_sample_uses_real_clips(tmp_path: Path) -> None:
+    from audioset_batch.demo import write_sample
+
+    origin = write_sample(tmp_path / "s.h5", clips=4)
+    assert "real clips" in origin
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["x"].shape == (4, 10, 128) and f["y"].shape == (4, 527)
+        assert np.asarray(f["y"]).any()
