@@ -24,7 +24,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         }
     # Redis redelivers an unacked message after the visibility timeout. It must exceed the
     # hard time limit, or a slow but healthy task would be handed to a second worker.
-    return {"visibility_timeout": settings.effective_visibility_timeout}
+    # kombu sweeps for expired unacked messages every interval x throttle seconds (10 x 10 by default);
+    # sweep every 30 s so a message orphaned by a connection loss returns soon after its timeout.
+    return {
+        "visibility_timeout": settings.effective_visibility_timeout,
+        "unacked_restore_interval": 30,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -47,7 +53,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # One message per child at a time: a long file never strands queued work behind it.
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Let a file in flight during a broker outage finish: its result lands (idempotently), and if
+        # its ack is lost, the redelivery after the visibility timeout finds the summary and skips.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # A child reports "up" only after worker_process_init, i.e. after TensorFlow and the model load
+        # (several seconds). Celery's 4 s default kills such children and respawns them forever.
+        "worker_proc_alive_timeout": 120.0,
         "task_soft_time_limit": settings.soft_time_limit,
         "task_time_limit": settings.time_limit,
         "task_default_queue": settings.queue,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -12,6 +14,7 @@ from celery.signals import worker_process_init
 
 from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
 from audioset_batch.object_store import ObjectURL
+from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import get_settings
 from worker.app import app
 from worker.config import SCORE_TASK, TRAIN_TASK
@@ -31,9 +34,41 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     return random.uniform(min(base / 2, ceiling), ceiling)
 
 
-def _finish(job: str | None, url: str, status: str) -> None:
+T = TypeVar("T")
+STATE_RETRY_SECONDS = 120.0
+
+
+def with_state_retry(what: str, call: Callable[[], T]) -> T:
+    """Job-store calls outlive a short Redis restart: retry with backoff for up to two minutes.
+
+    Giving up would fail the task after its result was written, and the job would never count it.
+    """
+    deadline = time.monotonic() + STATE_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "state store unavailable for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _finish(job: str | None, item: str, status: str) -> None:
     if job:
-        job_store().mark(job, url, status)
+        with_state_retry(f"marking {item}", lambda: job_store().mark(job, item, status))
+
+
+def _failed(
+    scorer: ObjectScorer, parsed: ObjectURL, error: BaseException, attempt: int, job: str | None, item: str
+) -> dict[str, Any]:
+    scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=job)
+    _finish(job, item, "failed")
+    return {"source": str(parsed), "status": "failed", "error": type(error).__name__}
 
 
 @app.task(bind=True, name=SCORE_TASK)
@@ -42,7 +77,7 @@ def score_object(
 ) -> dict[str, Any]:
     settings = get_settings()
     item = item or url
-    attempt = job_store().count_delivery(self.request.id or url)
+    attempt = with_state_retry("counting deliveries", lambda: job_store().count_delivery(self.request.id or url))
     try:
         parsed = ObjectURL.parse(url, settings.input_bucket)
     except AudiosetError as exc:
@@ -51,20 +86,16 @@ def score_object(
         return {"source": url, "status": "failed", "error": type(exc).__name__}
     scorer = load_scorer()
     if attempt > settings.max_attempts:
-        error = AttemptsExhaustedError(
+        exhausted = AttemptsExhaustedError(
             f"delivered {attempt} times, over AUDIOSET_MAX_ATTEMPTS={settings.max_attempts}; "
             "the worker handling it was lost each time"
         )
-        scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=job)
-        _finish(job, item, "failed")
-        return {"source": url, "status": "failed", "error": type(error).__name__}
+        return _failed(scorer, parsed, exhausted, attempt, job, item)
     try:
         outcome = scorer.score(parsed, force=force, attempt=attempt, job=job)
     except TransientStorageError as exc:
         if attempt >= settings.max_attempts:
-            scorer.record_failure(parsed, exc, attempts=attempt, etag=None, job=job)
-            _finish(job, item, "failed")
-            return {"source": url, "status": "failed", "error": type(exc).__name__}
+            return _failed(scorer, parsed, exc, attempt, job, item)
         delay = backoff_seconds(attempt, settings.retry_backoff, settings.retry_backoff_max)
         log.warning(
             "transient error on %s (attempt %d/%d), retrying in %.1fs: %s",
@@ -77,9 +108,10 @@ def score_object(
         raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
     except SoftTimeLimitExceeded:
         limit = LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={settings.soft_time_limit}s")
-        scorer.record_failure(parsed, limit, attempts=attempt, etag=None, job=job)
-        _finish(job, item, "failed")
-        return {"source": url, "status": "failed", "error": type(limit).__name__}
+        return _failed(scorer, parsed, limit, attempt, job, item)
+    except Exception as exc:
+        log.exception("unexpected error scoring %s", url)
+        return _failed(scorer, parsed, exc, attempt, job, item)
     _finish(job, item, outcome.status)
     return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}
 

@@ -1,0 +1,92 @@
+"""Shared pieces of the fault suite: tallying results per scenario and the reliability report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from audioset_batch.jobs import JobStatus, JobStore
+from audioset_batch.object_store import CosStore
+from tests.conftest import Stack
+
+REPORT: list[Tally] = []
+
+
+@dataclass
+class Tally:
+    scenario: str
+    files_in: int
+    scored: int
+    errored: int
+    lost: int
+    duplicated: int
+
+
+def tally(stack: Stack, scenario: str, inputs: dict[str, int], prefix: str = "predictions/") -> Tally:
+    """Classify every input by what the results bucket holds for it, and record the row in the report."""
+    store = CosStore(stack.settings())
+    scored = errored = lost = duplicated = 0
+    for key, clips in inputs.items():
+        body = store.get_bytes(stack.results_bucket, f"{prefix}{key}.jsonl")
+        if body is not None:
+            indices = [orjson.loads(line)["index"] for line in body.splitlines()]
+            if len(indices) != len(set(indices)) or len(indices) > clips:
+                duplicated += 1
+            elif sorted(indices) == list(range(clips)):
+                scored += 1
+            else:
+                lost += 1  # a partial result counts as lost
+        elif store.get_bytes(stack.results_bucket, f"{prefix}{key}.error.json") is not None:
+            errored += 1
+        else:
+            lost += 1
+    row = Tally(scenario, len(inputs), scored, errored, lost, duplicated)
+    REPORT.append(row)
+    return row
+
+
+def wait_finished(jobs: JobStore, job: str, timeout: float = 180) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.status(job)
+        if status.finished:
+            return status
+        time.sleep(0.25)
+    raise TimeoutError(f"job {job} not finished after {timeout}s: {jobs.status(job)}")
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def render(rows: list[Tally]) -> str:
+    header = f"{'scenario':44} {'files in':>8} {'scored':>7} {'errored':>8} {'lost':>5} {'duplicated':>10}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r.scenario:44} {r.files_in:>8} {r.scored:>7} {r.errored:>8} {r.lost:>5} {r.duplicated:>10}")
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not REPORT:
+        return
+    terminalreporter.write_sep("=", "reliability report")
+    terminalreporter.write_line(render(REPORT))
+    target = os.environ.get("AUDIOSET_FAULT_REPORT")
+    if target:
+        Path(target).write_text(json.dumps([asdict(r) for r in REPORT], indent=2))

@@ -1,0 +1,385 @@
+"""Bad days, automated: killed workers, failing storage, Redis restarts, poison files, load, hostile messages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import orjson
+import pytest
+
+from audioset_batch.jobs import open_job_store
+from audioset_batch.object_store import CosStore
+from producers.enqueue import enqueue
+from tests.conftest import RedisServer, Stack, WorkerProcess, free_port, wait_for_port
+from tests.faults.conftest import child_pids, tally, wait_finished
+from tests.faults.proxy import FaultProxy
+from tests.helpers import write_h5
+from worker.app import make_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    p = FaultProxy(s3_endpoint)
+    yield p
+    p.close()
+
+
+def upload(stack: Stack, tmp_path: Path, prefix: str, count: int, clips: int = 3) -> dict[str, int]:
+    store = CosStore(stack.settings())
+    inputs = {}
+    for i in range(count):
+        key = f"{prefix}/f{i:04d}.h5"
+        store.upload_file(write_h5(tmp_path / "src" / f"{i}.h5", clips=clips, seed=i), stack.input_bucket, key)
+        inputs[key] = clips
+    return inputs
+
+
+def run_job(stack: Stack, prefix: str) -> str:
+    settings = stack.settings()
+    return enqueue(
+        make_app(settings),
+        open_job_store(settings.effective_state_url),
+        [f"cos://{stack.input_bucket}/{prefix}/"],
+        settings,
+    ).job
+
+
+def test_sigkill_of_worker_child_mid_file_redelivers_and_scores_once(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    inputs = upload(stack, tmp_path, "kill", 1, clips=5)
+    started = proxy.slow("kill/f0000.h5", seconds=4.0)
+    worker = WorkerProcess({**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url}, tmp_path / "w.log")
+    try:
+        job = run_job(stack, "kill")
+        assert started.wait(60), worker.text()[-2000:]
+        children = child_pids(worker.process.pid)
+        assert len(children) == 1
+        os.kill(children[0], signal.SIGKILL)  # the child dies in the middle of the download
+        jobs = open_job_store(stack.settings().effective_state_url)
+        status = wait_finished(jobs, job, 120)
+    finally:
+        worker.stop()
+    row = tally(stack, "SIGKILL worker child mid-file", inputs)
+    assert (row.scored, row.lost, row.duplicated) == (1, 0, 0)
+    assert (status.scored, status.failed) == (1, 0)
+    assert "WorkerLostError" in worker.text() or "exited" in worker.text()
+    summary = orjson.loads(
+        CosStore(stack.settings()).get_bytes(stack.results_bucket, "predictions/kill/f0000.h5.summary.json") or b""
+    )
+    assert summary["attempt"] == 2  # the second delivery scored it
+
+
+def test_sigterm_of_whole_worker_during_a_job_loses_nothing(stack: Stack, proxy: FaultProxy, tmp_path: Path) -> None:
+    inputs = upload(stack, tmp_path, "term", 6)
+    proxy.slow("term/", seconds=1.0, times=6)
+    env = {**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url}
+    worker = WorkerProcess(env, tmp_path / "w1.log")
+    job = run_job(stack, "term")
+    jobs = open_job_store(stack.settings().effective_state_url)
+    deadline = time.monotonic() + 60
+    while jobs.status(job).done == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker.process.send_signal(signal.SIGTERM)  # warm shutdown while files are in flight and queued
+    worker.process.wait(60)
+    worker.stop()
+    assert 0 < jobs.status(job).done < 6
+    restarted = WorkerProcess(env, tmp_path / "w2.log")
+    try:
+        status = wait_finished(jobs, job, 120)
+    finally:
+        restarted.stop()
+    row = tally(stack, "SIGTERM whole worker during a job", inputs)
+    assert (row.scored, row.lost, row.duplicated) == (6, 0, 0)
+    assert (status.scored + status.skipped, status.failed) == (6, 0)
+
+
+def test_transient_storage_faults_are_retried_with_backoff(stack: Stack, proxy: FaultProxy, tmp_path: Path) -> None:
+    inputs = upload(stack, tmp_path, "flaky", 3)
+    worker = WorkerProcess(
+        {**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "8"}, tmp_path / "w.log"
+    )
+    try:
+        proxy.fail_for(5.0, 503, "SlowDown")
+        job = run_job(stack, "flaky")
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 180)
+    finally:
+        worker.stop()
+    row = tally(stack, "object store 503 SlowDown for 5 s", inputs)
+    assert (row.scored, row.errored, row.lost, row.duplicated) == (3, 0, 0, 0)
+    assert status.scored == 3 and proxy.injected > 0
+    assert "retrying in" in worker.text() and "TransientStorageError" in worker.text()
+
+
+def test_transient_faults_past_the_attempt_cap_give_an_error_record(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    inputs = upload(stack, tmp_path, "down", 1)
+    proxy.fail_for(3600, 500, "InternalError")
+    worker = WorkerProcess(
+        {**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "2"}, tmp_path / "w.log"
+    )
+    try:
+        job = run_job(stack, "down")
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 180)
+    finally:
+        worker.stop()
+    assert status.failed == 1
+    # the store is down for writes too, so the error record itself cannot land; the job still says failed
+    assert "could not write error record" in worker.text()
+    assert inputs
+
+
+def test_permanent_faults_fail_at_once_without_retry_storm(stack: Stack, proxy: FaultProxy, tmp_path: Path) -> None:
+    inputs = upload(stack, tmp_path, "perm", 2)
+    proxy.deny(f"/{stack.input_bucket}/perm/f0000.h5")
+    settings = stack.settings()
+    worker = WorkerProcess({**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url}, tmp_path / "w.log")
+    try:
+        app, jobs = make_app(settings), open_job_store(settings.effective_state_url)
+        job = jobs.create_job("permanent")
+        urls = [
+            f"cos://{stack.input_bucket}/perm/f0000.h5",
+            f"cos://{stack.input_bucket}/perm/missing.h5",
+            f"cos://no-such-bucket-{stack.input_bucket}/x.h5",
+            f"cos://{stack.input_bucket}/perm/f0001.h5",
+        ]
+        jobs.add_items(job, urls)
+        for url in urls:
+            app.send_task("audioset.score_object", args=[url], kwargs={"job": job}, queue=settings.queue)
+        status = wait_finished(jobs, job, 120)
+    finally:
+        worker.stop()
+    assert (status.scored, status.failed) == (1, 3)
+    store = CosStore(settings)
+    for key, expected in [
+        ("perm/f0000.h5", "AccessDeniedError"),
+        ("perm/missing.h5", "ObjectNotFoundError"),
+        ("x.h5", "ObjectNotFoundError"),
+    ]:
+        record = orjson.loads(store.get_bytes(stack.results_bucket, f"predictions/{key}.error.json") or b"")
+        assert record["error"] == expected and record["attempts"] == 1
+    assert "retrying in" not in worker.text()
+    assert proxy.injected <= 2  # one HEAD, no retry storm
+    tally(stack, "permanent faults (403, NoSuchKey, NoSuchBucket)", {**inputs, "perm/missing.h5": 3, "x.h5": 3})
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    assert binary
+    port = free_port()
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--dir",
+        str(tmp_path),
+    ]
+    server = RedisServer(
+        url=f"redis://127.0.0.1:{port}/0",
+        port=port,
+        process=subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        args=args,
+    )
+    wait_for_port(port)
+    yield server
+    assert server.process is not None
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def test_redis_restart_mid_job_with_persistence(
+    stack: Stack, proxy: FaultProxy, persistent_redis: RedisServer, tmp_path: Path
+) -> None:
+    env = {
+        **stack.env,
+        "AUDIOSET_BROKER_URL": persistent_redis.db_url(0),
+        "AUDIOSET_STATE_URL": persistent_redis.db_url(1),
+        "AUDIOSET_COS_ENDPOINT": proxy.url,
+    }
+    local = Stack(env=env, input_bucket=stack.input_bucket, results_bucket=stack.results_bucket)
+    inputs = upload(local, tmp_path, "redis", 8)
+    proxy.slow("redis/", seconds=0.7, times=8)
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        job = run_job(local, "redis")
+        jobs = open_job_store(local.settings().effective_state_url)
+        deadline = time.monotonic() + 60
+        while jobs.status(job).done < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        persistent_redis.restart(pause=2.0)
+        status = wait_finished(open_job_store(local.settings().effective_state_url), job, 240)
+    finally:
+        worker.stop()
+    row = tally(local, "Redis restart mid-job (AOF on)", inputs)
+    assert (row.scored, row.lost, row.duplicated) == (8, 0, 0)
+    assert status.failed == 0 and status.done == 8
+
+
+def poison_files(directory: Path) -> dict[str, str]:
+    """Each poison file and the error class it must produce."""
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    with h5py.File(directory / "bomb.h5", "w") as f:  # tiny file, one enormous compressed chunk
+        f.create_dataset(
+            "x",
+            shape=(400_000, 10, 128),
+            dtype=np.uint8,
+            chunks=(400_000, 10, 128),
+            compression="gzip",
+            compression_opts=9,
+        )
+    expected["bomb.h5"] = "LimitExceededError"
+    with h5py.File(directory / "int16.h5", "w") as f:
+        f["x"] = np.zeros((3, 10, 128), dtype=np.int16)
+    expected["int16.h5"] = "LayoutError"
+    x = np.zeros((4, 10, 128), dtype=np.float32)
+    x[1, 2, 3] = np.inf
+    with h5py.File(directory / "inf.h5", "w") as f:
+        f["x"] = x
+    expected["inf.h5"] = "NonFiniteError"
+    with h5py.File(directory / "ids.h5", "w") as f:
+        f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        f["video_id_list"] = np.arange(3.0)
+    expected["ids.h5"] = "LayoutError"
+    path = write_h5(directory / "short.h5", clips=2000, video_ids=False)
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size // 3)
+    expected["short.h5"] = "TruncatedFileError|CorruptFileError"
+    (directory / "empty.h5").write_bytes(b"")
+    expected["empty.h5"] = "EmptyFileError"
+    return expected
+
+
+def test_poison_files_get_clear_error_records(stack: Stack, worker: WorkerProcess, tmp_path: Path) -> None:
+    expected = poison_files(tmp_path / "poison")
+    store = CosStore(stack.settings())
+    for name in expected:
+        store.upload_file(tmp_path / "poison" / name, stack.input_bucket, f"poison/{name}")
+    good = upload(stack, tmp_path, "poison", 1)
+    status = wait_finished(open_job_store(stack.settings().effective_state_url), run_job(stack, "poison"), 120)
+    assert (status.failed, status.scored) == (len(expected), 1)
+    for name, error in expected.items():
+        record = orjson.loads(store.get_bytes(stack.results_bucket, f"predictions/poison/{name}.error.json") or b"")
+        assert record["error"] in error.split("|"), (name, record)
+        assert record["message"]
+        assert f"poison/{name}" in worker.text()
+    row = tally(
+        stack,
+        "poison files (bomb, dtype, inf, ids, truncated, empty)",
+        {**{f"poison/{n}": 1 for n in expected}, **good},
+    )
+    assert (row.errored, row.scored, row.lost) == (len(expected), 1, 0)
+
+
+def test_load_500_files_two_processes_exactly_once(stack: Stack, tmp_path: Path) -> None:
+    store = CosStore(stack.settings())
+    source = write_h5(tmp_path / "one.h5", clips=2)
+    data = source.read_bytes()
+    inputs = {}
+    for i in range(500):
+        key = f"load/{i:04d}.h5"
+        store.client.put_object(Bucket=stack.input_bucket, Key=key, Body=data)
+        inputs[key] = 2
+    worker = WorkerProcess(stack.env, tmp_path / "w.log", concurrency=2)
+    try:
+        job = run_job(stack, "load")
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 600)
+    finally:
+        worker.stop()
+    assert (status.total, status.scored, status.failed) == (500, 500, 0)
+    row = tally(stack, "load: 500 files, 2 worker processes", inputs)
+    assert (row.scored, row.errored, row.lost, row.duplicated) == (500, 0, 0, 0)
+    assert len(set(__import__("re").findall(r"ForkPoolWorker-\d+", worker.text()))) == 2
+
+
+def test_pickled_message_is_refused_without_executing(stack: Stack, worker: WorkerProcess, tmp_path: Path) -> None:
+    from kombu import Connection, Exchange, Producer, Queue
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    queue = Queue(stack.env["AUDIOSET_QUEUE"], Exchange(stack.env["AUDIOSET_QUEUE"]), stack.env["AUDIOSET_QUEUE"])
+    with Connection(stack.env["AUDIOSET_BROKER_URL"]) as conn:
+        Producer(conn).publish(
+            [[Exploit()], {}, {}],
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            serializer="pickle",
+            headers={"task": "audioset.score_object", "id": "evil-1", "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+        )
+    deadline = time.monotonic() + 30
+    while "disallowed" not in worker.text().lower() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "disallowed" in worker.text().lower() or "contentdisallowed" in worker.text().lower()
+    assert not marker.exists()
+    # the worker is still healthy: a normal task is scored afterwards
+    inputs = upload(stack, tmp_path, "after", 1)
+    status = wait_finished(open_job_store(stack.settings().effective_state_url), run_job(stack, "after"), 60)
+    assert status.scored == 1 and inputs
+
+
+def test_password_protected_redis_and_no_secret_in_logs(stack: Stack, tmp_path: Path) -> None:
+    binary = shutil.which("redis-server")
+    assert binary
+    port, password = free_port(), "s3cret-redis-pass"
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            password,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    url = f"redis://:{password}@127.0.0.1:{port}"
+    env = {
+        **stack.env,
+        "AUDIOSET_BROKER_URL": f"{url}/0",
+        "AUDIOSET_STATE_URL": f"{url}/1",
+        "AUDIOSET_LOG_LEVEL": "DEBUG",
+    }
+    local = Stack(env=env, input_bucket=stack.input_bucket, results_bucket=stack.results_bucket)
+    inputs = upload(local, tmp_path, "auth", 2)
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, "auth"), 60)
+    finally:
+        worker.stop()
+        server.terminate()
+        server.wait(10)
+    assert status.scored == 2 and inputs
+    log = worker.text()
+    for secret in (password, stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"], stack.env["AUDIOSET_COS_ACCESS_KEY_ID"]):
+        assert secret not in log
