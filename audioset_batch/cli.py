@@ -445,6 +445,73 @@ def _print_top_labels(jsonl: Path, limit: int) -> None:
     click.echo(f"results: {jsonl}")
 
 
+@main.command()
+@click.argument("label")
+@click.option(
+    "--results",
+    "results_url",
+    required=True,
+    help="Results prefix to search, e.g. cos://results/predictions/ or file://results/predictions/.",
+)
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Artifact whose classes the results use (default: AUDIOSET_MODEL_PATH).",
+)
+@friendly_errors
+def search(label: str, results_url: str, min_score: float, limit: int, as_json: bool, model_path: Path | None) -> None:
+    """Find the clips where LABEL (display name or mid) scored at least --min-score, best first."""
+    from audioset_batch.object_store import ObjectURL, store_for
+    from audioset_batch.search import resolve_label, result_records, search_records
+    from model.artifact import read_manifest
+
+    settings = _settings()
+    classes = read_manifest(model_path or settings.model_path).classes
+    target = resolve_label(label, classes)
+    url = ObjectURL.parse(results_url, settings.results_bucket)
+    hits = search_records(result_records(store_for(url.scheme, settings), url), target, min_score, limit)
+    for hit in hits:
+        if as_json:
+            click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
+        else:
+            where = f"  {hit.youtube_url}" if hit.youtube_url else ""
+            click.echo(f"{hit.score:.3f}  {hit.source} #{hit.index}{where}")
+    if not hits and not as_json:
+        click.echo(f"no clip with {target.name} >= {min_score}", err=True)
+
+
+@main.command()
+@click.option(
+    "--store",
+    "scheme",
+    type=click.Choice(["auto", "cos", "file"]),
+    default="auto",
+    show_default=True,
+    help="Which object store to check; auto = COS when AUDIOSET_COS_ENDPOINT is set, else the local folders.",
+)
+@friendly_errors
+def doctor(scheme: str) -> None:
+    """Check broker, state store, object store, buckets, results write access and the model."""
+    from audioset_batch.doctor import run_checks
+
+    settings = _settings()
+    if scheme == "auto":
+        scheme = "cos" if settings.cos_endpoint else "file"
+    checks = run_checks(settings, scheme)
+    for check in checks:
+        click.echo(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        if not check.ok and check.hint:
+            click.echo(f"      fix: {check.hint}")
+    failed = sum(not c.ok for c in checks)
+    click.echo(f"{len(checks) - failed} of {len(checks)} checks passed")
+    sys.exit(1 if failed else 0)
+
+
 @main.command("config")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors

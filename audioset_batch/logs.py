@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,6 +13,16 @@ import orjson
 from audioset_batch.settings import Settings
 
 MASK = "***"
+#: Fields (job, source, attempt, task_id) attached to every log record emitted while a task runs.
+log_context: ContextVar[dict[str, Any] | None] = ContextVar("audioset_log_context", default=None)
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (log_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -76,6 +87,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"))
+    handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter(secrets_of(settings)))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -13,9 +13,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
+from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL
 from audioset_batch.pipeline import ObjectScorer
-from audioset_batch.settings import get_settings
+from audioset_batch.settings import Settings, get_settings
 from worker.app import app
 from worker.config import SCORE_TASK, TRAIN_TASK
 from worker.runtime import job_store, load_scorer
@@ -78,6 +79,16 @@ def score_object(
     settings = get_settings()
     item = item or url
     attempt = with_state_retry("counting deliveries", lambda: job_store().count_delivery(self.request.id or url))
+    token = log_context.set({"job": job, "source": url, "attempt": attempt, "task_id": self.request.id})
+    try:
+        return _score(self, settings, url, job, force, item, attempt)
+    finally:
+        log_context.reset(token)
+
+
+def _score(
+    self: Task, settings: Settings, url: str, job: str | None, force: bool, item: str, attempt: int
+) -> dict[str, Any]:
     try:
         parsed = ObjectURL.parse(url, settings.input_bucket)
     except AudiosetError as exc:

@@ -1,0 +1,104 @@
+"""Reverse search over JSON Lines results: every clip where a label scored at least some threshold.
+
+Streams results objects one at a time and keeps only the best ``limit`` hits in a heap,
+so memory stays flat over any number of results.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from audioset_batch.errors import AudiosetError
+from audioset_batch.object_store import ObjectStore, ObjectURL
+from audioset_batch.results import JSONL_SUFFIX
+from model.labels import ClassLabel
+
+
+class UnknownLabelError(AudiosetError):
+    """No class matches the query; the message lists close matches."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Hit:
+    score: float
+    source: str
+    index: int
+    video_id: str | None
+    start_time_seconds: float | None
+
+    @property
+    def youtube_url(self) -> str | None:
+        if not self.video_id:
+            return None
+        start = int(self.start_time_seconds or 0)
+        return f"https://www.youtube.com/watch?v={self.video_id}&t={start}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "source": self.source,
+            "index": self.index,
+            "video_id": self.video_id,
+            "start_time_seconds": self.start_time_seconds,
+            "youtube_url": self.youtube_url,
+        }
+
+
+def resolve_label(query: str, classes: list[ClassLabel]) -> ClassLabel:
+    """Match a display name or mid, case-insensitively; suggest close names on a miss."""
+    wanted = query.strip().lower()
+    for label in classes:
+        if wanted in (label.name.lower(), label.mid.lower()):
+            return label
+    names = [label.name for label in classes]
+    close = difflib.get_close_matches(query, names, n=5, cutoff=0.6)
+    close += [n for n in names if wanted and wanted in n.lower() and n not in close][: 5 - len(close)]
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownLabelError(f"no class named {query!r}{hint}")
+
+
+def clip_score(record: dict[str, Any], label: ClassLabel) -> float | None:
+    scores = record.get("scores")
+    if isinstance(scores, list) and len(scores) > label.index:
+        return float(scores[label.index])
+    for entry in record.get("labels", []):
+        if entry.get("index") == label.index:
+            return float(entry["score"])
+    return None  # not in this clip's top-k: below every listed score
+
+
+def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_score: float, limit: int) -> list[Hit]:
+    heap: list[Hit] = []
+    for record in records:
+        score = clip_score(record, label)
+        if score is None or score < min_score:
+            continue
+        hit = Hit(
+            score,
+            str(record.get("source")),
+            int(record.get("index", -1)),
+            record.get("video_id"),
+            record.get("start_time_seconds"),
+        )
+        if len(heap) < limit:
+            heapq.heappush(heap, hit)
+        elif hit > heap[0]:
+            heapq.heapreplace(heap, hit)
+    return sorted(heap, reverse=True)
+
+
+def result_records(store: ObjectStore, url: ObjectURL) -> Iterator[dict[str, Any]]:
+    """Every line of every ``.jsonl`` object under the URL's prefix, one object at a time."""
+    for info in store.list(url.bucket, url.key):
+        if not info.key.endswith(JSONL_SUFFIX):
+            continue
+        body = store.get_bytes(url.bucket, info.key) or b""
+        for line in body.splitlines():
+            if line.strip():
+                yield orjson.loads(line)

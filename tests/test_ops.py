@@ -1,0 +1,168 @@
+"""Operations: doctor, reverse search, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from audioset_batch.cli import main
+from audioset_batch.search import Hit, UnknownLabelError, resolve_label, search_records
+from tests.conftest import ROOT, Stack, WorkerProcess, free_port
+from tests.helpers import make_labels, write_h5
+
+
+def test_resolve_label_by_name_or_mid_with_suggestions() -> None:
+    classes = make_labels(5, prefix="Car")
+    assert resolve_label("car 3", classes).index == 3
+    assert resolve_label("/M/TEST001", classes).index == 1
+    with pytest.raises(UnknownLabelError, match="did you mean: Car 2"):
+        resolve_label("Cra 2", classes)
+
+
+def test_search_ranks_across_records_and_keeps_the_best() -> None:
+    label = make_labels(3)[1]
+    records = [
+        {
+            "source": "b/a.h5",
+            "index": i,
+            "video_id": "vid" if i == 2 else None,
+            "start_time_seconds": 30.0,
+            "labels": [{"index": 1, "score": s}],
+        }
+        for i, s in enumerate([0.2, 0.9, 0.7, 0.95])
+    ] + [
+        {"source": "b/full.h5", "index": 0, "scores": [0.0, 0.8, 0.0], "labels": []},
+        {"source": "b/other.h5", "index": 0, "labels": [{"index": 0, "score": 0.99}]},
+    ]
+    hits = search_records(records, label, min_score=0.5, limit=3)
+    assert [(h.source, h.index, h.score) for h in hits] == [
+        ("b/a.h5", 3, 0.95),
+        ("b/a.h5", 1, 0.9),
+        ("b/full.h5", 0, 0.8),
+    ]
+    assert (
+        Hit(
+            0.7,
+            "s",
+            2,
+            "abc",
+            30.5,
+        ).youtube_url
+        == "https://www.youtube.com/watch?v=abc&t=30"
+    )
+
+
+def test_search_cli_over_local_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    from audioset_batch.settings import get_settings
+
+    results = tmp_path / "results" / "predictions"
+    results.mkdir(parents=True)
+    for n in range(3):
+        lines = [
+            orjson.dumps(
+                {
+                    "source": f"in/{n}.h5",
+                    "index": i,
+                    "video_id": f"v{n}{i}",
+                    "start_time_seconds": 10.0,
+                    "labels": [{"index": 4, "mid": "/m/test004", "name": "Class 4", "score": 0.1 * (n + i)}],
+                }
+            )
+            for i in range(4)
+        ]
+        (results / f"{n}.h5.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (results / "ignored.summary.json").write_text("{}")
+    for name in [n for n in os.environ if n.startswith("AUDIOSET_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AUDIOSET_LOCAL_ROOT", str(tmp_path))
+    monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
+    get_settings.cache_clear()
+    out = CliRunner().invoke(
+        main,
+        [
+            "search",
+            "class 4",
+            "--results",
+            "file://results/predictions/",
+            "--min-score",
+            "0.35",
+            "--limit",
+            "2",
+            "--json",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    hits = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(h["source"], h["index"]) for h in hits] == [("in/2.h5", 3), ("in/2.h5", 2)]
+    assert hits[0]["youtube_url"] == "https://www.youtube.com/watch?v=v23&t=10"
+    typo = CliRunner().invoke(main, ["search", "Clas 4", "--results", "file://results/predictions/"])
+    assert typo.exit_code == 1 and "did you mean" in typo.output
+    get_settings.cache_clear()
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "audioset_batch.cli", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.integration
+def test_doctor_passes_on_a_healthy_stack_and_explains_failures(stack: Stack) -> None:
+    healthy = cli(stack.env, "doctor")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "PASS  broker" in healthy.stdout and "PASS  results write" in healthy.stdout
+    assert "PASS  model" in healthy.stdout
+    broken = cli(
+        {
+            **stack.env,
+            "AUDIOSET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "AUDIOSET_RESULTS_BUCKET": "no-such-bucket-here",
+        },
+        "doctor",
+    )
+    assert broken.returncode == 1
+    assert "FAIL  broker" in broken.stdout and "fix: start Redis" in broken.stdout
+    assert "FAIL  bucket no-such-bucket-here" in broken.stdout
+    assert stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"] not in broken.stdout + broken.stderr
+
+
+@pytest.mark.integration
+def test_json_logs_carry_job_source_and_attempt(stack: Stack, tmp_path: Path) -> None:
+    from audioset_batch.jobs import open_job_store
+    from audioset_batch.object_store import CosStore
+    from producers.enqueue import enqueue
+    from worker.app import make_app
+
+    env = {**stack.env, "AUDIOSET_LOG_FORMAT": "json"}
+    settings = stack.settings()
+    CosStore(settings).upload_file(write_h5(tmp_path / "j.h5", clips=2), stack.input_bucket, "json/j.h5")
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        jobs = open_job_store(settings.effective_state_url)
+        job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/json/"], settings).job
+        deadline = time.monotonic() + 60
+        while not jobs.status(job).finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    entries = []
+    for line in worker.text().splitlines():
+        if line.startswith("{"):
+            entries.append(json.loads(line))
+    scored = [e for e in entries if e["message"].startswith("scored ")]
+    assert scored, worker.text()[-2000:]
+    assert scored[0]["job"] == job and scored[0]["source"] == f"cos://{stack.input_bucket}/json/j.h5"
+    assert scored[0]["attempt"] == 1 and scored[0]["level"] == "INFO"
