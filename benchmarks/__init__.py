@@ -1,0 +1,1 @@
+"""On-demand performance measurements; ``python -m benchmarks`` prints JSON. Not tests."""

@@ -1,0 +1,273 @@
+"""``python -m benchmarks [--clips N] [--rss-clips N,N] [--queue-files N] [--skip-queue]``.
+
+Measures, in one run on one machine, and reports each figure as a ratio to forward-only:
+- forward only: the shipped model on in-memory arrays (the ceiling);
+- ``audioset score`` end to end on a local file (read, infer, write JSONL), top-5 and full scores;
+- the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip;
+- through the queue: Celery with 1 and 2 worker processes against an HTTP S3 endpoint and Redis;
+- peak RSS of ``audioset score`` for large files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "model" / "pretrained" / "audioset-default"
+
+
+def write_file(path: Path, clips: int, seed: int = 0) -> Path:
+    """A synthetic AudioSet-layout file, written in chunks so the writer's memory stays flat."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        x = f.create_dataset("x", shape=(clips, 10, 128), dtype=np.uint8, chunks=(min(clips, 4096), 10, 128))
+        for start in range(0, clips, 65536):
+            stop = min(clips, start + 65536)
+            x[start:stop] = rng.integers(0, 256, size=(stop - start, 10, 128), dtype=np.uint8)
+        f["video_id_list"] = np.array([f"v{i:010d}".encode() for i in range(clips)])
+        f["start_time_seconds"] = np.zeros(clips, dtype=np.float32)
+    return path
+
+
+def forward_only(clips: int) -> float:
+    from model.inference import Predictor
+
+    predictor = Predictor.from_artifact(MODEL)
+    x = np.random.default_rng(1).integers(0, 256, size=(clips, 10, 128), dtype=np.uint8)
+    predictor.predict(x[:2048])  # warm-up: trace and allocate
+    start = time.perf_counter()
+    predictor.predict(x)
+    return clips / (time.perf_counter() - start)
+
+
+def score_end_to_end(path: Path, clips: int, full: bool) -> float:
+    from audioset_batch.pipeline import score_file
+    from audioset_batch.scoring import OutputOptions
+    from model.inference import Predictor
+
+    predictor = Predictor.from_artifact(MODEL)
+    predictor.predict(np.zeros((2048, 10, 128), np.uint8))
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        score_file(
+            path,
+            out,
+            predict=predictor.predict,
+            classes=predictor.manifest.classes,
+            model=predictor.manifest.tag,
+            source=str(path),
+            options=OutputOptions(5, full),
+        )
+        return clips / (time.perf_counter() - start)
+
+
+def seed_way(path: Path, clips: int) -> float:
+    """The seed's inference: one Keras predict over the file, then a Python loop of json.dumps."""
+    from model.artifact import load
+
+    keras_model, manifest = load(MODEL)
+    names = [c.name for c in manifest.classes]
+    start = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        x = (f["x"][:].astype(np.float32) - 128.0) / 128.0
+        ids = f["video_id_list"][:]
+    scores = keras_model.predict(x, batch_size=1024, verbose=0)
+    with tempfile.TemporaryFile("w") as out:
+        for i, row in enumerate(scores):
+            top = np.argsort(row)[::-1][:5]
+            out.write(
+                json.dumps(
+                    {"video_id": ids[i].decode(), "labels": [{"name": names[c], "score": float(row[c])} for c in top]}
+                )
+                + "\n"
+            )
+    return clips / (time.perf_counter() - start)
+
+
+def peak_rss_mb(path: Path) -> dict[str, float]:
+    """Peak RSS of `audioset score` in its own process, and of a process that only loads the model."""
+    code = (
+        "import resource,sys,runpy; sys.argv=['audioset','score',%r,'-o',%r]\n"
+        "try:\n    runpy.run_module('audioset_batch.cli', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    load_only = (
+        "import resource,numpy as np\nfrom model.inference import Predictor\n"
+        f"p=Predictor.from_artifact({str(MODEL)!r}); p.predict(np.zeros((1024,10,128),np.uint8))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = subprocess.run(
+            [sys.executable, "-c", code % (str(path), str(Path(tmp) / "o.jsonl"))],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        base = subprocess.run(
+            [sys.executable, "-c", load_only], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+        )
+    scored = int(run.stdout.strip().splitlines()[-1]) / 1024
+    loaded = int(base.stdout.strip().splitlines()[-1]) / 1024
+    return {
+        "peak_rss_mb": round(scored, 1),
+        "model_loaded_rss_mb": round(loaded, 1),
+        "above_loaded_model_mb": round(scored - loaded, 1),
+    }
+
+
+def through_queue(workers: int, files: int, clips: int, tmp: Path) -> float:
+    """Clips per second through Redis + Celery + an HTTP S3 endpoint (moto) with N worker processes."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.conftest import free_port, wait_for_port
+
+    import uuid
+
+    redis_port, s3_port = free_port(), free_port()
+    run = uuid.uuid4().hex[:8]  # moto keeps buckets across servers in one process: use fresh names
+    input_bucket, results_bucket = f"input-{run}", f"results-{run}"
+    redis_proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    wait_for_port(redis_port)
+    wait_for_port(s3_port)
+    env = {
+        "AUDIOSET_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "AUDIOSET_COS_ENDPOINT": f"http://127.0.0.1:{s3_port}",
+        "AUDIOSET_COS_ACCESS_KEY_ID": "bench",
+        "AUDIOSET_COS_SECRET_ACCESS_KEY": "bench-secret",
+        "AUDIOSET_RESULTS_BUCKET": results_bucket,
+        "AUDIOSET_WORKER_CONCURRENCY": str(workers),
+        "AUDIOSET_QUEUE": "bench",
+        "AUDIOSET_LOG_LEVEL": "WARNING",
+    }
+    os.environ.update(env)
+    from audioset_batch.jobs import open_job_store
+    from audioset_batch.object_store import CosStore
+    from audioset_batch.settings import load_settings
+    from producers.enqueue import enqueue
+    from worker.app import make_app
+
+    settings = load_settings()
+    store = CosStore(settings)
+    store.client.create_bucket(Bucket=input_bucket)
+    store.client.create_bucket(Bucket=results_bucket)
+    source = write_file(tmp / "q.h5", clips)
+    for i in range(files):
+        store.upload_file(source, input_bucket, f"b/{i:04d}.h5")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-c",
+            str(workers),
+            "-Q",
+            "bench",
+            "-l",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # warm-up: one file per process loads the model before the clock starts
+        jobs = open_job_store(settings.effective_state_url)
+        store.upload_file(source, input_bucket, "warm/0.h5")
+        warm = enqueue(make_app(settings), jobs, [f"cos://{input_bucket}/warm/"], settings).job
+        while not jobs.status(warm).finished:
+            time.sleep(0.1)
+        time.sleep(5)
+        start = time.perf_counter()
+        job = enqueue(make_app(settings), jobs, [f"cos://{input_bucket}/b/"], settings).job
+        while not jobs.status(job).finished:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        status = jobs.status(job)
+        if (status.total, status.scored) != (files, files):
+            raise RuntimeError(f"queue benchmark: expected {files} files scored, got {status}")
+        return files * clips / elapsed
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        s3.stop()
+        redis_proc.terminate()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clips", type=int, default=100_000, help="clips in the end-to-end file")
+    parser.add_argument("--forward-clips", type=int, default=50_000)
+    parser.add_argument("--rss-clips", default="100000,1000000", help="comma-separated file sizes for peak RSS")
+    parser.add_argument("--queue-files", type=int, default=16)
+    parser.add_argument("--queue-clips", type=int, default=5000, help="clips per file through the queue")
+    parser.add_argument("--skip-queue", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        }
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        forward = forward_only(args.forward_clips)
+        report["forward_only"] = {"clips_per_second": round(forward, 1), "ratio": 1.0}
+
+        def entry(value: float, **extra: Any) -> dict[str, Any]:
+            return {"clips_per_second": round(value, 1), "ratio": round(value / forward, 3), **extra}
+
+        big = write_file(tmp / "big.h5", args.clips)
+        report["score_top5"] = entry(score_end_to_end(big, args.clips, full=False), clips=args.clips)
+        report["score_full_scores"] = entry(score_end_to_end(big, args.clips, full=True), clips=args.clips)
+        report["seed_way"] = entry(seed_way(big, args.clips), clips=args.clips)
+        big.unlink()
+        if not args.skip_queue:
+            for n in (1, 2):
+                report[f"queue_{n}_workers"] = entry(
+                    through_queue(n, args.queue_files, args.queue_clips, tmp),
+                    files=args.queue_files,
+                    clips_per_file=args.queue_clips,
+                )
+        for size in (int(s) for s in args.rss_clips.split(",") if s):
+            path = write_file(tmp / f"rss{size}.h5", size)
+            report[f"rss_{size}_clips"] = peak_rss_mb(path)
+            path.unlink()
+    report["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
