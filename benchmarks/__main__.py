@@ -135,11 +135,11 @@ def peak_rss_mb(path: Path) -> dict[str, float]:
 
 def through_queue(workers: int, files: int, clips: int, tmp: Path) -> float:
     """Clips per second through Redis + Celery + an HTTP S3 endpoint (moto) with N worker processes."""
+    import uuid
+
     from moto.server import ThreadedMotoServer
 
     from tests.conftest import free_port, wait_for_port
-
-    import uuid
 
     redis_port, s3_port = free_port(), free_port()
     run = uuid.uuid4().hex[:8]  # moto keeps buckets across servers in one process: use fresh names
