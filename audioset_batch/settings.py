@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Human-readable or JSON log lines.")
     watch_interval: float = Field(5.0, gt=0, description="Seconds between bucket listings in `audioset watch`.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Serve Prometheus metrics from each worker on this port; 0 = off."
+    )
 
     @field_validator("results_prefix")
     @classmethod

@@ -166,3 +166,45 @@ def test_json_logs_carry_job_source_and_attempt(stack: Stack, tmp_path: Path) ->
     assert scored, worker.text()[-2000:]
     assert scored[0]["job"] == job and scored[0]["source"] == f"cos://{stack.input_bucket}/json/j.h5"
     assert scored[0]["attempt"] == 1 and scored[0]["level"] == "INFO"
+
+
+@pytest.mark.integration
+def test_prometheus_metrics_from_two_worker_processes(stack: Stack, tmp_path: Path) -> None:
+    import re
+    import urllib.request
+
+    from audioset_batch.jobs import open_job_store
+    from audioset_batch.object_store import CosStore
+    from producers.enqueue import enqueue
+    from worker.app import make_app
+
+    port = free_port()
+    settings = stack.settings()
+    store = CosStore(settings)
+    for i in range(4):
+        store.upload_file(write_h5(tmp_path / f"{i}.h5", clips=3, seed=i), stack.input_bucket, f"metrics/{i}.h5")
+    store.put_bytes(b"junk", stack.input_bucket, "metrics/bad.h5")
+    worker = WorkerProcess({**stack.env, "AUDIOSET_METRICS_PORT": str(port)}, tmp_path / "w.log", concurrency=2)
+    try:
+        jobs = open_job_store(settings.effective_state_url)
+        job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/metrics/"], settings).job
+        deadline = time.monotonic() + 90
+        while not jobs.status(job).finished and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        worker.stop()
+
+    def value(pattern: str) -> float:
+        match = re.search(rf"^{pattern} ([0-9.e+]+)$", text, re.MULTILINE)
+        assert match, f"{pattern} not in metrics:\n{text[:3000]}"
+        return float(match.group(1))
+
+    assert value(r'audioset_files_total\{status="scored"\}') == 4
+    assert value(r'audioset_files_total\{status="failed"\}') == 1
+    assert value(r"audioset_clips_total") == 12
+    assert value(r'audioset_failures_total\{error="NotHDF5Error"\}') == 1
+    assert value(r"audioset_scoring_seconds_count") == 4
+    assert value(r'audioset_model_info\{model="tiny@0"\}') == 1
+    assert value(rf'audioset_queue_depth\{{queue="{stack.env["AUDIOSET_QUEUE"]}"\}}') == 0

@@ -29,4 +29,11 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def _prepare_metrics() -> None:
+    from worker.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(get_settings())
+
+
+_prepare_metrics()  # before anything imports prometheus_client
 app = make_app()

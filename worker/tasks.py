@@ -10,13 +10,14 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
 from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL
 from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
+from worker import metrics
 from worker.app import app
 from worker.config import SCORE_TASK, TRAIN_TASK
 from worker.runtime import job_store, load_scorer
@@ -26,7 +27,22 @@ log = logging.getLogger("audioset.worker")
 
 @worker_process_init.connect
 def _load_model_in_child(**_: Any) -> None:
-    load_scorer()
+    scorer = load_scorer()
+    if metrics.enabled():
+        metrics.metrics().model.labels(scorer.model).set(1)
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    settings = get_settings()
+    if settings.metrics_port and metrics.enabled():
+        metrics.serve(settings)
+
+
+@worker_process_shutdown.connect
+def _forget_child(pid: int | None = None, **_: Any) -> None:
+    if pid:
+        metrics.process_died(pid)
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
@@ -69,6 +85,8 @@ def _failed(
 ) -> dict[str, Any]:
     scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=job)
     _finish(job, item, "failed")
+    if metrics.enabled():
+        metrics.record_file("failed", 0, 0.0, type(error).__name__)
     return {"source": str(parsed), "status": "failed", "error": type(error).__name__}
 
 
@@ -102,6 +120,7 @@ def _score(
             "the worker handling it was lost each time"
         )
         return _failed(scorer, parsed, exhausted, attempt, job, item)
+    started = time.monotonic()
     try:
         outcome = scorer.score(parsed, force=force, attempt=attempt, job=job)
     except TransientStorageError as exc:
@@ -124,6 +143,8 @@ def _score(
         log.exception("unexpected error scoring %s", url)
         return _failed(scorer, parsed, exc, attempt, job, item)
     _finish(job, item, outcome.status)
+    if metrics.enabled():
+        metrics.record_file(outcome.status, outcome.clips, time.monotonic() - started, outcome.error)
     return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}
 
 
