@@ -269,20 +269,12 @@ def jobs_list(limit: int, as_json: bool) -> None:
 def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
     from worker.app import app
+    from worker.config import worker_argv
 
     settings = _settings()
-    argv = [
-        "worker",
-        "--pool",
-        "prefork",
-        "-c",
-        str(concurrency or settings.effective_concurrency),
-        "-Q",
-        queues or settings.queue,
-        "-l",
-        settings.log_level,
-        *celery_args,
-    ]
+    argv = worker_argv(
+        concurrency or settings.effective_concurrency, queues or settings.queue, settings.log_level, *celery_args
+    )
     app.worker_main(argv)
 
 

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,25 +56,11 @@ class EmbeddedService:
         """Start the worker process (its output to ``log_file`` if given) and the watcher thread."""
         from producers.watcher import Watcher
         from worker.app import make_app
+        from worker.config import worker_command
 
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "--pool",
-            "prefork",
-            "-c",
-            str(self.concurrency),
-            "-Q",
-            self.settings.queue,
-            "-n",
-            f"embedded-{os.getpid()}@%h",
-            "-l",
-            self.settings.log_level,
-        ]
+        command = worker_command(
+            self.concurrency, self.settings.queue, self.settings.log_level, "-n", f"embedded-{os.getpid()}@%h"
+        )
         output = None
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)

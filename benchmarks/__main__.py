@@ -168,6 +168,7 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path) -> float:
     from audioset_batch.settings import load_settings
     from producers.enqueue import enqueue
     from worker.app import make_app
+    from worker.config import worker_command
 
     settings = load_settings()
     store = CosStore(settings)
@@ -177,22 +178,7 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path) -> float:
     for i in range(files):
         store.upload_file(source, input_bucket, f"b/{i:04d}.h5")
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-c",
-            str(workers),
-            "-Q",
-            "bench",
-            "-l",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        worker_command(workers, "bench", "WARNING", "--without-gossip", "--without-mingle"),
         env={**os.environ, **env},
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import build_artifact
+from worker.config import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -178,27 +178,16 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None) -> None:
         self.log_path = log_path
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "--pool",
-            "prefork",
-            "-c",
-            str(concurrency),
-            "-Q",
+        command = worker_command(
+            concurrency,
             queues or env["AUDIOSET_QUEUE"],
+            "INFO",
             "-n",
             f"w{uuid.uuid4().hex[:6]}@%h",
-            "-l",
-            "INFO",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
-        ]
+        )
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()

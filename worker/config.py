@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from audioset_batch.settings import Settings
@@ -9,6 +10,16 @@ from audioset_batch.settings import Settings
 SCORE_TASK = "audioset.score_object"
 TRAIN_TASK = "audioset.train_model"
 TRAINING_QUEUE = "training"
+
+
+def worker_argv(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str) -> list[str]:
+    """Arguments after ``celery -A worker``: a prefork worker on the given queues."""
+    return ["worker", "--pool", "prefork", "-c", str(concurrency), "-Q", queues, "-l", loglevel, *extra]
+
+
+def worker_command(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str) -> list[str]:
+    """A full command line that starts a worker process with this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "worker", *worker_argv(concurrency, queues, loglevel, *extra)]
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
