@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from audioset_batch.settings import Settings
 
@@ -44,9 +46,25 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_ssl(url: str) -> dict[str, Any] | None:
+    """TLS options for a ``rediss://`` broker, from the URL's query (``ssl_cert_reqs``, ``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``). Certificates are verified unless ``ssl_cert_reqs=none``."""
+    if not url.startswith("rediss://"):
+        return None
+    query = dict(parse_qsl(urlsplit(url).query))
+    levels = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+    reqs = query.get("ssl_cert_reqs", "required").lower().removeprefix("cert_")
+    options: dict[str, Any] = {"ssl_cert_reqs": levels.get(reqs, ssl.CERT_REQUIRED)}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if key in query:
+            options[key] = query[key]
+    return options
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     options = transport_options(settings)
     return {
+        "broker_use_ssl": broker_ssl(settings.broker_url),
         "broker_url": settings.broker_url,
         "broker_transport_options": options,
         # Celery reads the visibility timeout here too when a Redis result backend is configured.

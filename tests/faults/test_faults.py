@@ -383,3 +383,73 @@ def test_password_protected_redis_and_no_secret_in_logs(stack: Stack, tmp_path: 
     log = worker.text()
     for secret in (password, stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"], stack.env["AUDIOSET_COS_ACCESS_KEY_ID"]):
         assert secret not in log
+
+
+def test_rediss_tls_broker_and_state(stack: Stack, tmp_path: Path) -> None:
+    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    assert binary and openssl
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(tmp_path / "cert.pem"),
+            "--tls-key-file",
+            str(tmp_path / "key.pem"),
+            "--tls-ca-cert-file",
+            str(tmp_path / "cert.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for_port(port)
+    query = f"ssl_cert_reqs=required&ssl_ca_certs={tmp_path / 'cert.pem'}"
+    env = {
+        **stack.env,
+        "AUDIOSET_BROKER_URL": f"rediss://127.0.0.1:{port}/0?{query}",
+        "AUDIOSET_STATE_URL": f"rediss://127.0.0.1:{port}/1?{query}",
+    }
+    local = Stack(env=env, input_bucket=stack.input_bucket, results_bucket=stack.results_bucket)
+    inputs = upload(local, tmp_path, "tls", 2)
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, "tls"), 90)
+    finally:
+        worker.stop()
+        server.terminate()
+        server.wait(10)
+    assert status.scored == 2 and inputs
+    assert "rediss://" in worker.text()
