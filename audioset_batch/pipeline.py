@@ -6,6 +6,8 @@ import logging
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -13,7 +15,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
-from audioset_batch.hdf5_reader import EmbeddingFile, Limits
+from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits
 from audioset_batch.object_store import ObjectStore, ObjectURL, store_for
 from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
 from audioset_batch.scoring import OutputOptions, Predict, score_chunk
@@ -41,6 +43,19 @@ class FileScore:
     metrics: dict[str, Any] | None
     seconds: float
     notes: list[str] = field(default_factory=list)
+
+
+def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Read the next chunk on a helper thread while the caller scores this one.
+
+    HDF5 reads and TensorFlow both release the GIL, so disk and model overlap; at most
+    two chunks are in memory at once.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 def score_file(
@@ -74,7 +89,7 @@ def score_file(
                 f"metrics skipped: {embeddings.clips} clips exceed AUDIOSET_METRICS_MAX_CLIPS={metrics_max_clips}"
             )
             want_metrics = False
-        for chunk in embeddings.chunks(chunk_clips):
+        for chunk in prefetched(embeddings.chunks(chunk_clips)):
             lines, scores = score_chunk(
                 chunk.x,
                 predict,
