@@ -17,6 +17,8 @@ import click
 
 from audioset_batch.errors import AudiosetError, ConfigError
 from audioset_batch.settings import Settings, get_settings
+from model.artifact import ArtifactError
+from model.inference import PrecisionUnavailableError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audioset.cli")
@@ -40,7 +42,7 @@ def friendly_errors(fn: F) -> F:
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except (AudiosetError, KeyError) as exc:
+        except (AudiosetError, KeyError, ArtifactError, PrecisionUnavailableError) as exc:
             click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(1)
 
@@ -80,8 +82,16 @@ def main() -> None:
     default=None,
     help="Model artifact directory (default: the shipped model).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "auto"]),
+    default=None,
+    help="Inference precision (default: AUDIOSET_PRECISION).",
+)
 @friendly_errors
-def score(source: str, output: str, scores: str | None, top_k: int | None, model_path: Path | None) -> None:
+def score(
+    source: str, output: str, scores: str | None, top_k: int | None, model_path: Path | None, precision: str | None
+) -> None:
     """Score one FILE or URL in-process, with no queue; writes the worker's JSONL format."""
     from audioset_batch.hdf5_reader import Limits
     from audioset_batch.object_store import ObjectURL, store_for
@@ -90,7 +100,9 @@ def score(source: str, output: str, scores: str | None, top_k: int | None, model
     from model.inference import Predictor
 
     settings = _settings()
-    predictor = Predictor.from_artifact(model_path or settings.model_path, batch_size=settings.batch_size)
+    predictor = Predictor.from_artifact(
+        model_path or settings.model_path, batch_size=settings.batch_size, precision=precision or settings.precision
+    )
     options = OutputOptions(
         top_k=top_k or settings.top_k, full_scores=(scores == "full") if scores else settings.full_scores
     )
@@ -102,7 +114,7 @@ def score(source: str, output: str, scores: str | None, top_k: int | None, model
             out,
             predict=predictor.predict,
             classes=predictor.manifest.classes,
-            model=predictor.manifest.tag,
+            model=predictor.tag,
             source=name,
             options=options,
             limits=limits,
@@ -112,7 +124,7 @@ def score(source: str, output: str, scores: str | None, top_k: int | None, model
         summary: dict[str, Any] = {
             "source": name,
             "clips": result.clips,
-            "model": predictor.manifest.tag,
+            "model": predictor.tag,
             "seconds": round(result.seconds, 3),
             "metrics": result.metrics,
         }
@@ -737,15 +749,24 @@ def training_monitor(run_id: str, interval: float) -> None:
     default=None,
     help="Write a PNG of per-class AP against class frequency.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "auto"]),
+    default="float32",
+    show_default=True,
+    help="Inference precision to evaluate.",
+)
 @friendly_errors
-def evaluate(model_path: Path, data: tuple[str, ...], as_json: bool, per_class: Path | None, plot: Path | None) -> None:
+def evaluate(
+    model_path: Path, data: tuple[str, ...], as_json: bool, per_class: Path | None, plot: Path | None, precision: str
+) -> None:
     """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
     from audioset_batch.datasets import load_dataset
     from model.inference import Predictor
     from model.metrics import evaluate as compute
 
     settings = _settings()
-    predictor = Predictor.from_artifact(model_path, batch_size=settings.batch_size)
+    predictor = Predictor.from_artifact(model_path, batch_size=settings.batch_size, precision=precision)
     dataset = load_dataset(list(data), settings)
     if dataset.y.shape[1] != predictor.classes:
         raise click.BadParameter(f"data has {dataset.y.shape[1]} classes, the model {predictor.classes}")
@@ -768,7 +789,7 @@ def evaluate(model_path: Path, data: tuple[str, ...], as_json: bool, per_class: 
                 )
     if plot:
         _plot_ap(result, plot)
-    summary = {"model": predictor.manifest.tag, **result.summary()}
+    summary = {"model": predictor.tag, **result.summary()}
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -11,6 +12,49 @@ from model.artifact import Manifest, load
 
 if TYPE_CHECKING:
     import keras
+
+log = logging.getLogger("audioset.model")
+Precision = Literal["float32", "bfloat16", "auto"]
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+class PrecisionUnavailableError(ValueError):
+    """bfloat16 was asked for explicitly on a CPU without bfloat16 support."""
+
+
+def cpu_supports_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(requested: str) -> str:
+    """``auto`` picks bfloat16 where the CPU computes it natively, else float32 (and says so)."""
+    if requested == "float32":
+        return "float32"
+    if cpu_supports_bfloat16():
+        return "bfloat16"
+    if requested == "bfloat16":
+        raise PrecisionUnavailableError("this CPU has no bfloat16 support (avx512_bf16/amx_bf16); use float32")
+    log.warning("precision auto: this CPU has no bfloat16 support (avx512_bf16/amx_bf16); falling back to float32")
+    return "float32"
+
+
+def with_precision(keras_model: keras.Model, precision: str) -> keras.Model:
+    """A copy of the model computing in bfloat16 (weights stay float32; outputs are cast back)."""
+    if precision == "float32":
+        return keras_model
+    import keras
+
+    config = keras_model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer" and "dtype" in layer["config"]:
+            layer["config"]["dtype"] = "mixed_bfloat16"
+    copy = keras.Model.from_config(config)
+    copy.set_weights(keras_model.get_weights())
+    return copy
 
 
 def dequantize(x: np.ndarray) -> np.ndarray:
@@ -30,9 +74,13 @@ class Predictor:
     per-call overhead and retracing on the last, shorter batch.
     """
 
-    def __init__(self, keras_model: keras.Model, manifest: Manifest, batch_size: int = 1024) -> None:
+    def __init__(
+        self, keras_model: keras.Model, manifest: Manifest, batch_size: int = 1024, precision: str = "float32"
+    ) -> None:
         import tensorflow as tf
 
+        self.precision = resolve_precision(precision)
+        keras_model = with_precision(keras_model, self.precision)
         self.model = keras_model
         self.manifest = manifest
         self.batch_size = batch_size
@@ -41,9 +89,14 @@ class Predictor:
         self._forward: Any = tf.function(lambda x: keras_model(x, training=False), input_signature=signature)
 
     @classmethod
-    def from_artifact(cls, artifact: str | Path, batch_size: int = 1024) -> Predictor:
+    def from_artifact(cls, artifact: str | Path, batch_size: int = 1024, precision: str = "float32") -> Predictor:
         keras_model, manifest = load(artifact)
-        return cls(keras_model, manifest, batch_size=batch_size)
+        return cls(keras_model, manifest, batch_size=batch_size, precision=precision)
+
+    @property
+    def tag(self) -> str:
+        """``name@version``, plus ``+bfloat16`` when not computing in float32: written into every result."""
+        return self.manifest.tag if self.precision == "float32" else f"{self.manifest.tag}+{self.precision}"
 
     @property
     def classes(self) -> int:
@@ -56,5 +109,5 @@ class Predictor:
         outputs = []
         for start in range(0, x.shape[0], self.batch_size):
             batch = dequantize(x[start : start + self.batch_size])
-            outputs.append(np.asarray(self._forward(batch)))
+            outputs.append(np.asarray(self._forward(batch), dtype=np.float32))
         return np.concatenate(outputs, axis=0)

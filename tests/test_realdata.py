@@ -53,3 +53,18 @@ def test_demo_sample_uses_real_clips(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f["x"].shape == (4, 10, 128) and f["y"].shape == (4, 527)
         assert np.asarray(f["y"]).any()
+
+
+def test_bfloat16_map_within_0_002_of_float32() -> None:
+    from model.inference import cpu_supports_bfloat16
+
+    if not cpu_supports_bfloat16():
+        pytest.skip("no bfloat16 support on this CPU")
+    manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
+    params = manifest.training["hyperparameters"]
+    with h5py.File(data_dir() / "bal_train.h5", "r") as f:
+        x, y = f["x"][:], f["y"][:]
+    _, val_idx = stratified_split(y, params["validation_fraction"], params["seed"])
+    full = evaluate(y[val_idx], Predictor.from_artifact(DEFAULT_MODEL_PATH).predict(x[val_idx]))
+    fast = evaluate(y[val_idx], Predictor.from_artifact(DEFAULT_MODEL_PATH, precision="bfloat16").predict(x[val_idx]))
+    assert abs(full.mean_average_precision - fast.mean_average_precision) < 0.002
