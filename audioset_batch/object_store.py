@@ -224,7 +224,15 @@ _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 
 
-def translate_error(exc: Exception, what: str) -> StorageError:
+def sdk_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions the SDK raises for failed requests. Anything else (a time-limit signal,
+    a bug) passes through untranslated."""
+    from ibm_botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, OSError)
+
+
+def translate_error(exc: BaseException, what: str) -> StorageError:
     """Map an SDK exception onto transient / not-found / denied / other."""
     from ibm_botocore.exceptions import BotoCoreError, ClientError
 
@@ -285,7 +293,7 @@ class CosStore:
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:
+        except sdk_errors() as exc:
             raise translate_error(exc, what) from exc
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
@@ -310,7 +318,7 @@ class CosStore:
         try:
             for block in body.iter_chunks(1 << 20):
                 fileobj.write(block)
-        except Exception as exc:
+        except sdk_errors() as exc:
             raise translate_error(exc, what) from exc
         finally:
             body.close()

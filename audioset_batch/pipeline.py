@@ -45,6 +45,23 @@ class FileScore:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The per-file time limit, checked between steps: it holds even where a storage SDK retries
+    through the worker's soft-time-limit signal."""
+
+    at: float
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={self.seconds:g}s")
+
+
 def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     """Read the next chunk on a helper thread while the caller scores this one.
 
@@ -70,6 +87,7 @@ def score_file(
     limits: Limits | None = None,
     chunk_clips: int = 8192,
     metrics_max_clips: int = 200_000,
+    deadline: Deadline | None = None,
 ) -> FileScore:
     """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``.
 
@@ -90,6 +108,8 @@ def score_file(
             )
             want_metrics = False
         for chunk in prefetched(embeddings.chunks(chunk_clips)):
+            if deadline is not None:
+                deadline.check()
             lines, scores = score_chunk(
                 chunk.x,
                 predict,
@@ -150,6 +170,7 @@ class ObjectScorer:
         transient storage errors propagate so the caller can retry."""
         source = f"{url.bucket}/{url.key}"
         etag: str | None = None
+        deadline = Deadline.after(self.settings.soft_time_limit)
         try:
             keys = self.keys(url)
             store = results = self._store(url)
@@ -163,7 +184,7 @@ class ObjectScorer:
             if not force and self.already_scored(url, info.etag):
                 log.info("skip %s: already scored (etag %s, %s)", source, info.etag, self.model)
                 return Outcome(source, "skipped", result=keys.jsonl)
-            return self._score(url, keys, store, results, attempt=attempt, job=job)
+            return self._score(url, keys, store, results, attempt=attempt, job=job, deadline=deadline)
         except (InputFileError, StorageError) as exc:
             if getattr(exc, "transient", False):
                 raise
@@ -179,6 +200,7 @@ class ObjectScorer:
         *,
         attempt: int,
         job: str | None,
+        deadline: Deadline,
     ) -> Outcome:
         source = f"{url.bucket}/{url.key}"
         bucket = self.settings.results_bucket
@@ -187,6 +209,7 @@ class ObjectScorer:
             local = Path(tmp) / "input.h5"
             with local.open("wb") as fh:
                 info = store.download(url.bucket, url.key, fh)
+            deadline.check()
             t1 = time.monotonic()
             out_path = Path(tmp) / "result.jsonl"
             with out_path.open("wb") as out:
@@ -201,6 +224,7 @@ class ObjectScorer:
                     limits=self.limits,
                     chunk_clips=self.settings.read_chunk_clips,
                     metrics_max_clips=self.settings.metrics_max_clips,
+                    deadline=deadline,
                 )
             t2 = time.monotonic()
             # The JSONL lands first, then the summary: a summary always points at a complete JSONL.

@@ -218,3 +218,34 @@ def test_http_listener_accepts_both_shapes_and_rejects_bad_payloads(
         output = process.communicate(timeout=30)[0].decode(errors="replace")
     assert process.returncode == 0, output
     assert "rejected notification" in output
+
+
+@pytest.mark.integration
+def test_watch_command_stops_cleanly_on_sigterm(stack: Stack, tmp_path: Path) -> None:
+    import signal
+
+    store = CosStore(stack.settings())
+    store.upload_file(write_h5(tmp_path / "w.h5", clips=2), stack.input_bucket, "cli-watch/w.h5")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "audioset_batch.cli",
+            "watch",
+            f"cos://{stack.input_bucket}/cli-watch/",
+            "--interval",
+            "0.5",
+        ],
+        env={**os.environ, **stack.env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    jobs = open_job_store(stack.settings().effective_state_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(j.name.startswith("watch ") and j.total for j in jobs.list_jobs()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=20)[0].decode(errors="replace")
+    assert process.returncode == 0, output
+    assert "enqueued 1 new object" in output

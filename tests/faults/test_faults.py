@@ -453,3 +453,30 @@ def test_rediss_tls_broker_and_state(stack: Stack, tmp_path: Path) -> None:
         server.wait(10)
     assert status.scored == 2 and inputs
     assert "rediss://" in worker.text()
+
+
+def test_size_and_time_limits_give_error_records_naming_the_limit(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    store = CosStore(stack.settings())
+    store.upload_file(write_h5(tmp_path / "big.h5", clips=50), stack.input_bucket, "limits/big.h5")
+    store.upload_file(write_h5(tmp_path / "slow.h5", clips=2), stack.input_bucket, "limits/slow.h5")
+    proxy.slow(f"/{stack.input_bucket}/limits/slow.h5", seconds=8.0)
+    env = {
+        **stack.env,
+        "AUDIOSET_COS_ENDPOINT": proxy.url,
+        "AUDIOSET_MAX_OBJECT_BYTES": "20000",
+        "AUDIOSET_SOFT_TIME_LIMIT": "3",
+        "AUDIOSET_TIME_LIMIT": "30",
+    }
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), run_job(stack, "limits"), 90)
+    finally:
+        worker.stop()
+    assert status.failed == 2
+    big = orjson.loads(store.get_bytes(stack.results_bucket, "predictions/limits/big.h5.error.json") or b"")
+    slow = orjson.loads(store.get_bytes(stack.results_bucket, "predictions/limits/slow.h5.error.json") or b"")
+    assert big["error"] == "LimitExceededError" and "AUDIOSET_MAX_OBJECT_BYTES=20000" in big["message"]
+    assert slow["error"] == "LimitExceededError" and "AUDIOSET_SOFT_TIME_LIMIT=3" in slow["message"]
+    tally(stack, "limits: object size and per-file time", {"limits/big.h5": 50, "limits/slow.h5": 2})
