@@ -137,7 +137,7 @@ def score_file(
 
 
 class ObjectScorer:
-    """Scores objects named by URL, writing results next to nothing but the results prefix."""
+    """Scores objects named by URL and writes their results, only ever under the results prefix."""
 
     def __init__(self, settings: Settings, predict: Predict, classes: list[ClassLabel], model: str) -> None:
         self.settings = settings

@@ -241,9 +241,19 @@ def test_watch_command_stops_cleanly_on_sigterm(stack: Stack, tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    from audioset_batch.jobs import UnknownJobError
+    from audioset_batch.object_store import ObjectURL
+    from producers.watcher import watch_job_id
+
     jobs = open_job_store(stack.settings().effective_state_url)
+    job = watch_job_id(ObjectURL.parse(f"cos://{stack.input_bucket}/cli-watch/"))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(j.name.startswith("watch ") and j.total for j in jobs.list_jobs()):
+    while time.monotonic() < deadline:
+        try:
+            if jobs.status(job).total:
+                break
+        except UnknownJobError:
+            pass
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=20)[0].decode(errors="replace")
