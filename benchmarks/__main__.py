@@ -133,7 +133,7 @@ def peak_rss_mb(path: Path) -> dict[str, float]:
     }
 
 
-def through_queue(workers: int, files: int, clips: int, tmp: Path) -> float:
+def through_queue(workers: int, files: int, clips: int, tmp: Path, threads: int = 0) -> float:
     """Clips per second through Redis + Celery + an HTTP S3 endpoint (moto) with N worker processes."""
     import uuid
 
@@ -159,6 +159,7 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path) -> float:
         "AUDIOSET_COS_SECRET_ACCESS_KEY": "bench-secret",
         "AUDIOSET_RESULTS_BUCKET": results_bucket,
         "AUDIOSET_WORKER_CONCURRENCY": str(workers),
+        "AUDIOSET_TF_THREADS": str(threads),
         "AUDIOSET_QUEUE": "bench",
         "AUDIOSET_LOG_LEVEL": "WARNING",
     }
@@ -241,6 +242,12 @@ def main() -> None:
         report["seed_way"] = entry(seed_way(big, args.clips), clips=args.clips)
         big.unlink()
         if not args.skip_queue:
+            # one process limited to one core: the unit that N processes should scale from
+            report["queue_1_worker_1_thread"] = entry(
+                through_queue(1, args.queue_files, args.queue_clips, tmp, threads=1),
+                files=args.queue_files,
+                clips_per_file=args.queue_clips,
+            )
             for n in (1, 2):
                 report[f"queue_{n}_workers"] = entry(
                     through_queue(n, args.queue_files, args.queue_clips, tmp),
