@@ -48,6 +48,11 @@ class RedisServer:
     def db_url(self, db: int) -> str:
         return self.url.rsplit("/", 1)[0] + f"/{db}"
 
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
     def restart(self, pause: float = 0.0) -> None:
         """Stop and start the private server on the same port (fault tests)."""
         assert self.process is not None, "cannot restart an external Redis"
@@ -64,31 +69,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     if external:
         yield RedisServer(url=external, port=int(external.rsplit(":", 1)[1].split("/")[0]))
         return
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def start_redis(workdir: Path, *extra: str, scheme: str = "redis", tls_port: bool = False) -> RedisServer:
+    """A private redis-server on a free port (no persistence unless ``extra`` asks for it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server) and AUDIOSET_TEST_REDIS_URL is unset")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
+    ports = ["--port", "0", "--tls-port", str(port)] if tls_port else ["--port", str(port)]
+    args = [binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir), *extra]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port)
-    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, args=args)
-    yield server
-    if server.process is not None:
-        server.process.terminate()
-        server.process.wait(10)
+    return RedisServer(url=f"{scheme}://127.0.0.1:{port}/0", port=port, process=process, args=args)
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from model.labels import ClassLabel
+
+if TYPE_CHECKING:
+    from audioset_batch.jobs import JobStatus, JobStore
 
 
 def make_labels(n: int, prefix: str = "Class") -> list[ClassLabel]:
@@ -84,3 +89,13 @@ def build_artifact(
     )
     artifact.save(net, manifest, path)
     return path
+
+
+def wait_job(jobs: JobStore, job: str, timeout: float = 120) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.status(job)
+        if status.finished:
+            return status
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job} not finished: {jobs.status(job)}")

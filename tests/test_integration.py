@@ -12,24 +12,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audioset_batch.jobs import JobStatus, JobStore, open_job_store
+from audioset_batch.jobs import open_job_store
 from audioset_batch.object_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import ROOT, Stack, WorkerProcess
-from tests.helpers import write_h5
+from tests.helpers import wait_job, write_h5
 from worker.app import make_app
 
 pytestmark = pytest.mark.integration
-
-
-def wait_job(jobs: JobStore, job: str, timeout: float = 120) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = jobs.status(job)
-        if status.finished:
-            return status
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job} not finished: {jobs.status(job)}")
 
 
 def upload_batch(stack: Stack, tmp_path: Path, prefix: str = "batch/") -> dict[str, int]:

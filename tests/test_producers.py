@@ -22,8 +22,7 @@ from producers.listener import Listener
 from producers.notifications import EventFilter, MalformedEventError, ObjectEvent, parse_events
 from producers.watcher import Watcher
 from tests.conftest import ROOT, Stack, WorkerProcess, free_port, wait_for_port
-from tests.helpers import write_h5
-from tests.test_integration import wait_job
+from tests.helpers import wait_job, write_h5
 from worker.app import make_app
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
-from audioset_batch.jobs import JobStatus, JobStore
 from audioset_batch.object_store import CosStore
 from tests.conftest import Stack
 
@@ -49,16 +47,6 @@ def tally(stack: Stack, scenario: str, inputs: dict[str, int], prefix: str = "pr
     row = Tally(scenario, len(inputs), scored, errored, lost, duplicated)
     REPORT.append(row)
     return row
-
-
-def wait_finished(jobs: JobStore, job: str, timeout: float = 180) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = jobs.status(job)
-        if status.finished:
-            return status
-        time.sleep(0.25)
-    raise TimeoutError(f"job {job} not finished after {timeout}s: {jobs.status(job)}")
 
 
 def child_pids(pid: int) -> list[int]:

@@ -18,9 +18,10 @@ import pytest
 from audioset_batch.jobs import open_job_store
 from audioset_batch.object_store import CosStore
 from producers.enqueue import enqueue
-from tests.conftest import RedisServer, Stack, WorkerProcess, free_port, wait_for_port
-from tests.faults.conftest import child_pids, tally, wait_finished
+from tests.conftest import RedisServer, Stack, WorkerProcess, start_redis
+from tests.faults.conftest import child_pids, tally
 from tests.faults.proxy import FaultProxy
+from tests.helpers import wait_job as wait_finished
 from tests.helpers import write_h5
 from worker.app import make_app
 
@@ -176,35 +177,9 @@ def test_permanent_faults_fail_at_once_without_retry_storm(stack: Stack, proxy: 
 
 @pytest.fixture
 def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    assert binary
-    port = free_port()
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        "",
-        "--dir",
-        str(tmp_path),
-    ]
-    server = RedisServer(
-        url=f"redis://127.0.0.1:{port}/0",
-        port=port,
-        process=subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        args=args,
-    )
-    wait_for_port(port)
+    server = start_redis(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     yield server
-    assert server.process is not None
-    server.process.terminate()
-    server.process.wait(10)
+    server.stop()
 
 
 def test_redis_restart_mid_job_with_persistence(
@@ -343,26 +318,9 @@ def test_pickled_message_is_refused_without_executing(stack: Stack, worker: Work
 
 
 def test_password_protected_redis_and_no_secret_in_logs(stack: Stack, tmp_path: Path) -> None:
-    binary = shutil.which("redis-server")
-    assert binary
-    port, password = free_port(), "s3cret-redis-pass"
-    server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--requirepass",
-            password,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
+    password = "s3cret-redis-pass"
+    server = start_redis(tmp_path, "--requirepass", password)
+    port = server.port
     url = f"redis://:{password}@127.0.0.1:{port}"
     env = {
         **stack.env,
@@ -377,8 +335,7 @@ def test_password_protected_redis_and_no_secret_in_logs(stack: Stack, tmp_path: 
         status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, "auth"), 60)
     finally:
         worker.stop()
-        server.terminate()
-        server.wait(10)
+        server.stop()
     assert status.scored == 2 and inputs
     log = worker.text()
     for secret in (password, stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"], stack.env["AUDIOSET_COS_ACCESS_KEY_ID"]):
@@ -386,8 +343,8 @@ def test_password_protected_redis_and_no_secret_in_logs(stack: Stack, tmp_path: 
 
 
 def test_rediss_tls_broker_and_state(stack: Stack, tmp_path: Path) -> None:
-    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
-    assert binary and openssl
+    openssl = shutil.which("openssl")
+    assert openssl
     subprocess.run(
         [
             openssl,
@@ -410,32 +367,20 @@ def test_rediss_tls_broker_and_state(stack: Stack, tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            "0",
-            "--tls-port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--tls-cert-file",
-            str(tmp_path / "cert.pem"),
-            "--tls-key-file",
-            str(tmp_path / "key.pem"),
-            "--tls-ca-cert-file",
-            str(tmp_path / "cert.pem"),
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    server = start_redis(
+        tmp_path,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+        "--tls-ca-cert-file",
+        cert,
+        "--tls-auth-clients",
+        "no",
+        tls_port=True,
     )
-    wait_for_port(port)
+    port = server.port
     query = f"ssl_cert_reqs=required&ssl_ca_certs={tmp_path / 'cert.pem'}"
     env = {
         **stack.env,
@@ -449,8 +394,7 @@ def test_rediss_tls_broker_and_state(stack: Stack, tmp_path: Path) -> None:
         status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, "tls"), 90)
     finally:
         worker.stop()
-        server.terminate()
-        server.wait(10)
+        server.stop()
     assert status.scored == 2 and inputs
     assert "rediss://" in worker.text()
 
