@@ -44,6 +44,19 @@ class FaultProxy:
         until = time.monotonic() + seconds
         self.rules.append(lambda _m, _p: (status, code) if time.monotonic() < until else None)
 
+    def fail_next(self, count: int, status: int = 503, code: str = "SlowDown") -> None:
+        """The next ``count`` requests fail, whatever the timing (more than the SDK's own retries)."""
+        remaining = [count]
+
+        def rule(_m: str, _p: str) -> tuple[int, str] | None:
+            with self._lock:
+                if remaining[0] <= 0:
+                    return None
+                remaining[0] -= 1
+            return status, code
+
+        self.rules.append(rule)
+
     def slow(self, path_part: str, seconds: float, method: str = "GET", times: int = 1) -> threading.Event:
         """Delay the first ``times`` matching requests; the returned event is set when one starts."""
         started = threading.Event()

@@ -111,12 +111,12 @@ def test_transient_storage_faults_are_retried_with_backoff(stack: Stack, proxy: 
         {**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "8"}, tmp_path / "w.log"
     )
     try:
-        proxy.fail_for(5.0, 503, "SlowDown")
+        proxy.fail_next(12, 503, "SlowDown")  # beyond the SDK's own 3 attempts per request
         job = run_job(stack, "flaky")
         status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 180)
     finally:
         worker.stop()
-    row = tally(stack, "object store 503 SlowDown for 5 s", inputs)
+    row = tally(stack, "object store 503 SlowDown x12 requests", inputs)
     assert (row.scored, row.errored, row.lost, row.duplicated) == (3, 0, 0, 0)
     assert status.scored == 3 and proxy.injected > 0
     assert "retrying in" in worker.text() and "TransientStorageError" in worker.text()
