@@ -173,7 +173,7 @@ class ObjectScorer:
         deadline = Deadline.after(self.settings.soft_time_limit)
         try:
             keys = self.keys(url)
-            store = results = self._store(url)
+            store = self._store(url)
             info = store.stat(url.bucket, url.key)
             etag = info.etag
             if info.size > self.settings.max_object_bytes:
@@ -184,7 +184,7 @@ class ObjectScorer:
             if not force and self.already_scored(url, info.etag):
                 log.info("skip %s: already scored (etag %s, %s)", source, info.etag, self.model)
                 return Outcome(source, "skipped", result=keys.jsonl)
-            return self._score(url, keys, store, results, attempt=attempt, job=job, deadline=deadline)
+            return self._score(url, keys, store, attempt=attempt, job=job, deadline=deadline)
         except (InputFileError, StorageError) as exc:
             if getattr(exc, "transient", False):
                 raise
@@ -196,7 +196,6 @@ class ObjectScorer:
         url: ObjectURL,
         keys: ResultKeys,
         store: ObjectStore,
-        results: ObjectStore,
         *,
         attempt: int,
         job: str | None,
@@ -228,7 +227,7 @@ class ObjectScorer:
                 )
             t2 = time.monotonic()
             # The JSONL lands first, then the summary: a summary always points at a complete JSONL.
-            results.upload_file(out_path, bucket, keys.jsonl, content_type="application/x-ndjson")
+            store.upload_file(out_path, bucket, keys.jsonl, content_type="application/x-ndjson")
             summary: dict[str, Any] = {
                 "source": source,
                 "etag": info.etag,
@@ -252,8 +251,8 @@ class ObjectScorer:
                 },
             }
             summary["timings"]["total_seconds"] = round(time.monotonic() - t0, 4)
-            results.put_bytes(dumps(summary), bucket, keys.summary, content_type="application/json")
-            results.delete(bucket, keys.error)
+            store.put_bytes(dumps(summary), bucket, keys.summary, content_type="application/json")
+            store.delete(bucket, keys.error)
         log.info(
             "scored %s: %d clips in %.2fs -> %s/%s", source, scored.clips, time.monotonic() - t0, bucket, keys.jsonl
         )
