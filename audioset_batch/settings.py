@@ -11,9 +11,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audioset_batch.errors import ConfigError
+from model.artifact import DEFAULT_ARTIFACT
 
 ENV_PREFIX = "AUDIOSET_"
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "model" / "pretrained" / "audioset-default"
+DEFAULT_MODEL_PATH = DEFAULT_ARTIFACT
 
 
 class Settings(BaseSettings):

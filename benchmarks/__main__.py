@@ -26,8 +26,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from model.artifact import DEFAULT_ARTIFACT as MODEL
+
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "model" / "pretrained" / "audioset-default"
 
 
 def write_file(path: Path, clips: int, seed: int = 0) -> Path:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.keras"
 FORMAT_VERSION = 1
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+#: The pretrained model shipped in the repository (and in the wheel); the default AUDIOSET_MODEL_PATH.
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "pretrained" / "audioset-default"
 
 
 class ArtifactError(Exception):
