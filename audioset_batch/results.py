@@ -34,6 +34,11 @@ def is_hdf5_key(key: str) -> bool:
     return key.lower().endswith(HDF5_SUFFIXES)
 
 
+def is_result_key(bucket: str, key: str, results_bucket: str, results_prefix: str) -> bool:
+    """True for objects this service wrote: producers must never feed results back in."""
+    return bucket == results_bucket and bool(results_prefix) and key.startswith(results_prefix)
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

@@ -10,8 +10,8 @@ from celery import Celery
 
 from audioset_batch.errors import ObjectNotFoundError
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectURL, store_for
-from audioset_batch.results import is_hdf5_key
+from audioset_batch.object_store import ObjectInfo, ObjectURL, store_for
+from audioset_batch.results import is_hdf5_key, is_result_key
 from audioset_batch.settings import Settings
 from worker.config import SCORE_TASK
 
@@ -40,13 +40,17 @@ def expand(url: str, settings: Settings) -> Iterator[ObjectURL]:
             return
         except ObjectNotFoundError:
             pass  # maybe a prefix that happens to end in .h5; list it below
-    skip_results = parsed.bucket == settings.results_bucket and settings.results_prefix
-    for info in store.list(parsed.bucket, parsed.key):
-        if not is_hdf5_key(info.key):
-            continue
-        if skip_results and info.key.startswith(settings.results_prefix):
-            continue
+    for info in list_inputs(parsed, settings):
         yield parsed.with_key(info.key)
+
+
+def list_inputs(prefix: ObjectURL, settings: Settings) -> Iterator[ObjectInfo]:
+    """Every ``.h5``/``.hdf5`` object under the prefix, in key order, leaving out result objects."""
+    for info in store_for(prefix.scheme, settings).list(prefix.bucket, prefix.key):
+        if is_hdf5_key(info.key) and not is_result_key(
+            prefix.bucket, info.key, settings.results_bucket, settings.results_prefix
+        ):
+            yield info
 
 
 def send(

@@ -23,6 +23,7 @@ from celery import Celery
 from audioset_batch.errors import AudiosetError, ObjectNotFoundError
 from audioset_batch.jobs import JobStore
 from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.results import is_result_key
 from audioset_batch.settings import Settings
 from producers.enqueue import send
 from producers.notifications import EventFilter, MalformedEventError, parse_events
@@ -78,8 +79,8 @@ class Listener:
             raise
         result = Handled(events=len(events))
         for event in events:
-            if not self.filter.accepts(event) or (
-                event.bucket == self.settings.results_bucket and event.key.startswith(self.settings.results_prefix)
+            if not self.filter.accepts(event) or is_result_key(
+                event.bucket, event.key, self.settings.results_bucket, self.settings.results_prefix
             ):
                 result.filtered += 1
                 continue

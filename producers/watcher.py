@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from celery import Celery
 
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectURL, store_for
-from audioset_batch.results import is_hdf5_key
+from audioset_batch.object_store import ObjectURL
 from audioset_batch.settings import Settings
-from producers.enqueue import send
+from producers.enqueue import list_inputs, send
 
 log = logging.getLogger("audioset.watcher")
 
@@ -34,17 +33,11 @@ class Watcher:
         self.settings = settings
         self.app = app
         self.jobs = jobs
-        self.store = store_for(self.url.scheme, settings)
         self.job = jobs.create_job(name=f"watch {self.url}", job_id=watch_job_id(self.url))
         self._known: set[str] = set()  # items this process already registered: saves round trips
 
     def _candidates(self) -> Iterator[tuple[ObjectURL, str]]:
-        skip_results = self.url.bucket == self.settings.results_bucket
-        for info in self.store.list(self.url.bucket, self.url.key):
-            if not is_hdf5_key(info.key):
-                continue
-            if skip_results and info.key.startswith(self.settings.results_prefix):
-                continue
+        for info in list_inputs(self.url, self.settings):
             obj = self.url.with_key(info.key)
             item = f"{obj}#{info.etag}"
             if item not in self._known:
