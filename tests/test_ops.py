@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 from audioset_batch.cli import main
 from audioset_batch.search import Hit, UnknownLabelError, resolve_label, search_records
 from tests.conftest import ROOT, Stack, WorkerProcess, free_port
-from tests.helpers import make_labels, write_h5
+from tests.helpers import make_labels, wait_job, write_h5
 
 
 def test_resolve_label_by_name_or_mid_with_suggestions() -> None:
@@ -153,9 +152,7 @@ def test_json_logs_carry_job_source_and_attempt(stack: Stack, tmp_path: Path) ->
     try:
         jobs = open_job_store(settings.effective_state_url)
         job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/json/"], settings).job
-        deadline = time.monotonic() + 60
-        while not jobs.status(job).finished and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_job(jobs, job, 60)
     finally:
         worker.stop()
     entries = []
@@ -188,9 +185,7 @@ def test_prometheus_metrics_from_two_worker_processes(stack: Stack, tmp_path: Pa
     try:
         jobs = open_job_store(settings.effective_state_url)
         job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/metrics/"], settings).job
-        deadline = time.monotonic() + 90
-        while not jobs.status(job).finished and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_job(jobs, job, 90)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs import JobStatus, open_job_store
 from audioset_batch.object_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import RedisServer, Stack, WorkerProcess, start_redis
@@ -43,6 +43,21 @@ def upload(stack: Stack, tmp_path: Path, prefix: str, count: int, clips: int = 3
         store.upload_file(write_h5(tmp_path / "src" / f"{i}.h5", clips=clips, seed=i), stack.input_bucket, key)
         inputs[key] = clips
     return inputs
+
+
+def score_small_job(
+    stack: Stack, env: dict[str, str], tmp_path: Path, prefix: str, timeout: float
+) -> tuple[JobStatus, str]:
+    """Upload two files, score them with a worker started with ``env``; returns the job status and worker log."""
+    local = Stack(env=env, input_bucket=stack.input_bucket, results_bucket=stack.results_bucket)
+    inputs = upload(local, tmp_path, prefix, 2)
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, prefix), timeout)
+    finally:
+        worker.stop()
+    assert status.total == len(inputs)
+    return status, worker.text()
 
 
 def run_job(stack: Stack, prefix: str) -> str:
@@ -328,16 +343,11 @@ def test_password_protected_redis_and_no_secret_in_logs(stack: Stack, tmp_path: 
         "AUDIOSET_STATE_URL": f"{url}/1",
         "AUDIOSET_LOG_LEVEL": "DEBUG",
     }
-    local = Stack(env=env, input_bucket=stack.input_bucket, results_bucket=stack.results_bucket)
-    inputs = upload(local, tmp_path, "auth", 2)
-    worker = WorkerProcess(env, tmp_path / "w.log")
     try:
-        status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, "auth"), 60)
+        status, log = score_small_job(stack, env, tmp_path, "auth", 60)
     finally:
-        worker.stop()
         server.stop()
-    assert status.scored == 2 and inputs
-    log = worker.text()
+    assert status.scored == 2
     for secret in (password, stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"], stack.env["AUDIOSET_COS_ACCESS_KEY_ID"]):
         assert secret not in log
 
@@ -387,16 +397,12 @@ def test_rediss_tls_broker_and_state(stack: Stack, tmp_path: Path) -> None:
         "AUDIOSET_BROKER_URL": f"rediss://127.0.0.1:{port}/0?{query}",
         "AUDIOSET_STATE_URL": f"rediss://127.0.0.1:{port}/1?{query}",
     }
-    local = Stack(env=env, input_bucket=stack.input_bucket, results_bucket=stack.results_bucket)
-    inputs = upload(local, tmp_path, "tls", 2)
-    worker = WorkerProcess(env, tmp_path / "w.log")
     try:
-        status = wait_finished(open_job_store(local.settings().effective_state_url), run_job(local, "tls"), 90)
+        status, log = score_small_job(stack, env, tmp_path, "tls", 90)
     finally:
-        worker.stop()
         server.stop()
-    assert status.scored == 2 and inputs
-    assert "rediss://" in worker.text()
+    assert status.scored == 2
+    assert "rediss://" in log
 
 
 def test_size_and_time_limits_give_error_records_naming_the_limit(
