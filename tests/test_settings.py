@@ -95,3 +95,11 @@ def test_celery_config_is_json_only_and_acks_late() -> None:
     assert (
         conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"] > conf["task_soft_time_limit"]
     )
+
+
+def test_embedded_broker_keeps_all_its_files_under_the_local_root(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from worker.config import transport_options
+
+    options = transport_options(load_settings(broker_url="filesystem://", local_root=tmp_path))
+    for key in ("control_folder", "data_folder_in", "data_folder_out", "processed_folder"):
+        assert str(options[key]).startswith(str(tmp_path.resolve())), key

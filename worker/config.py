@@ -27,9 +27,11 @@ def worker_command(concurrency: int, queues: str, loglevel: str = "INFO", *extra
 def transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem://"):
         folder = (settings.local_root / ".broker").resolve()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
+            # kombu's default control folder is ./control in whatever directory the process runs in
+            "control_folder": str(folder / "control"),
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
