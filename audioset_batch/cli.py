@@ -84,7 +84,7 @@ def main() -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "auto"]),
+    type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
     default=None,
     help="Inference precision (default: AUDIOSET_PRECISION).",
 )
@@ -562,13 +562,48 @@ def show_config(as_json: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
-@click.option("--hidden-units", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option(
+    "--hidden-units", type=click.IntRange(min=1), default=1024, show_default=True, help="Width of each branch."
+)
+@click.option(
+    "--branches",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Independent copies trained side by side and served as their mean (an ensemble in one model).",
+)
+@click.option(
+    "--ema-decay",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Evaluate and keep an exponential moving average of the weights (e.g. 0.999); 0 = off.",
+)
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    help="Distil from this model artifact (repeat for an ensemble): their mean prediction is a soft target.",
+)
+@click.option(
+    "--distill-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the teachers' soft targets against the labels (with --teacher).",
+)
 @click.option("--sampling", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True)
 @click.option(
     "--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
 )
 @click.option("--eval-every", type=click.IntRange(min=1), default=250, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--split-seed",
+    type=int,
+    default=None,
+    help="Seed of the validation hold-out (default: --seed). Keep it fixed to compare runs or distil between them.",
+)
 @click.option("--name", default="audioset-model", show_default=True)
 @click.option("--version", "model_version", default="1", show_default=True)
 @friendly_errors
@@ -583,10 +618,15 @@ def train(
     learning_rate: float,
     dropout: float,
     hidden_units: int,
+    branches: int,
+    ema_decay: float,
+    teachers: tuple[str, ...],
+    distill_weight: float,
     sampling: str,
     validation_fraction: float,
     eval_every: int,
     seed: int,
+    split_seed: int | None,
     name: str,
     model_version: str,
 ) -> None:
@@ -617,6 +657,10 @@ def train(
 
     if architecture not in ARCHITECTURES:
         raise click.BadParameter(f"choose one of {', '.join(ARCHITECTURES)}", param_hint="--architecture")
+    if settings.tf_threads:
+        from worker.runtime import configure_tensorflow
+
+        configure_tensorflow(settings.tf_threads)
     labels = load_labels(labels_path) if labels_path else read_manifest(settings.model_path).classes
     dataset = load_dataset(list(data), settings)
     config = TrainConfig(
@@ -626,11 +670,16 @@ def train(
         iterations=iterations,
         dropout=dropout,
         hidden_units=hidden_units,
+        branches=branches,
+        ema_decay=ema_decay,
+        teachers=list(teachers),
+        distill_weight=distill_weight,
         balanced=sampling == "balanced",
         validation_fraction=validation_fraction,
         eval_every=eval_every,
         checkpoint_every=eval_every,
         seed=seed,
+        split_seed=split_seed,
         name=name,
         version=model_version,
     )
@@ -751,7 +800,7 @@ def training_monitor(run_id: str, interval: float) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "auto"]),
+    type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
     default="float32",
     show_default=True,
     help="Inference precision to evaluate.",

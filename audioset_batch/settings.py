@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(1024, ge=1, le=65536, description="Clips per forward pass.")
     read_chunk_clips: int = Field(8192, ge=1, description="Clips read from the HDF5 file at a time.")
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
-    precision: Literal["float32", "bfloat16", "auto"] = Field(
-        "float32", description="Inference precision; auto = bfloat16 where the CPU supports it, else float32."
+    precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
+        "float32",
+        description="Inference precision; auto = int8 on CPUs with VNNI, else bfloat16 where supported, else float32.",
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")
     metrics_max_clips: int = Field(

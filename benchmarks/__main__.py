@@ -1,9 +1,10 @@
-"""``python -m benchmarks [--clips N] [--rss-clips N,N] [--queue-files N] [--skip-queue]``.
+"""``python -m benchmarks [--clips N] [--precision P,P] [--rss-clips N,N] [--queue-files N] [--skip-queue]``.
 
 Measures, in one run on one machine, and reports each figure as a ratio to forward-only:
 - forward only: the shipped model on in-memory arrays (the ceiling);
 - ``audioset score`` end to end on a local file (read, infer, write JSONL), top-5 and full scores;
-- the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip;
+- the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end;
+- the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores);
 - through the queue: Celery with 1 and 2 worker processes against an HTTP S3 endpoint and Redis;
 - peak RSS of ``audioset score`` for large files.
 """
@@ -44,10 +45,10 @@ def write_file(path: Path, clips: int, seed: int = 0) -> Path:
     return path
 
 
-def forward_only(clips: int) -> float:
+def forward_only(clips: int, precision: str = "float32") -> float:
     from model.inference import Predictor
 
-    predictor = Predictor.from_artifact(MODEL)
+    predictor = Predictor.from_artifact(MODEL, precision=precision)
     x = np.random.default_rng(1).integers(0, 256, size=(clips, 10, 128), dtype=np.uint8)
     predictor.predict(x[:2048])  # warm-up: trace and allocate
     start = time.perf_counter()
@@ -55,12 +56,12 @@ def forward_only(clips: int) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def score_end_to_end(path: Path, clips: int, full: bool) -> float:
+def score_end_to_end(path: Path, clips: int, full: bool, precision: str = "float32") -> float:
     from audioset_batch.pipeline import score_file
     from audioset_batch.scoring import OutputOptions
     from model.inference import Predictor
 
-    predictor = Predictor.from_artifact(MODEL)
+    predictor = Predictor.from_artifact(MODEL, precision=precision)
     predictor.predict(np.zeros((2048, 10, 128), np.uint8))
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
@@ -69,14 +70,14 @@ def score_end_to_end(path: Path, clips: int, full: bool) -> float:
             out,
             predict=predictor.predict,
             classes=predictor.manifest.classes,
-            model=predictor.manifest.tag,
+            model=predictor.tag,
             source=str(path),
             options=OutputOptions(5, full),
         )
         return clips / (time.perf_counter() - start)
 
 
-def seed_way(path: Path, clips: int) -> float:
+def seed_way(path: Path, clips: int, full: bool = False) -> float:
     """The seed's inference: one Keras predict over the file, then a Python loop of json.dumps."""
     from model.artifact import load
 
@@ -90,12 +91,13 @@ def seed_way(path: Path, clips: int) -> float:
     with tempfile.TemporaryFile("w") as out:
         for i, row in enumerate(scores):
             top = np.argsort(row)[::-1][:5]
-            out.write(
-                json.dumps(
-                    {"video_id": ids[i].decode(), "labels": [{"name": names[c], "score": float(row[c])} for c in top]}
-                )
-                + "\n"
-            )
+            record: dict[str, Any] = {
+                "video_id": ids[i].decode(),
+                "labels": [{"name": names[c], "score": float(row[c])} for c in top],
+            }
+            if full:
+                record["scores"] = {names[c]: float(row[c]) for c in range(len(names))}
+            out.write(json.dumps(record) + "\n")
     return clips / (time.perf_counter() - start)
 
 
@@ -210,6 +212,32 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path, threads: int 
         redis_proc.terminate()
 
 
+def fast_precision(
+    precision: str, path: Path, clips: int, forward_clips: int, report: dict[str, Any]
+) -> dict[str, Any]:
+    """One fast precision: forward-only and end to end, each against the same measurement in float32."""
+    from model.inference import resolve_precision
+
+    resolved = resolve_precision(precision)
+    if resolved != precision:
+        return {"skipped": f"resolved to {resolved} on this machine"}
+    forward = forward_only(forward_clips, precision)
+    result: dict[str, Any] = {
+        "forward_only": {
+            "clips_per_second": round(forward, 1),
+            "speedup_vs_float32": round(forward / report["forward_only"]["clips_per_second"], 2),
+        }
+    }
+    for name, full in (("score_top5", False), ("score_full_scores", True)):
+        value = score_end_to_end(path, clips, full, precision)
+        result[name] = {
+            "clips_per_second": round(value, 1),
+            "ratio_to_own_forward_only": round(value / forward, 3),
+            "speedup_vs_float32": round(value / report[name]["clips_per_second"], 2),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -220,6 +248,11 @@ def main() -> None:
     parser.add_argument("--queue-files", type=int, default=16)
     parser.add_argument("--queue-clips", type=int, default=5000, help="clips per file through the queue")
     parser.add_argument("--skip-queue", action="store_true")
+    parser.add_argument(
+        "--precision",
+        default="bfloat16,int8",
+        help="comma-separated fast precisions to measure against float32 (empty: float32 only)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     report: dict[str, Any] = {
@@ -241,6 +274,9 @@ def main() -> None:
         report["score_top5"] = entry(score_end_to_end(big, args.clips, full=False), clips=args.clips)
         report["score_full_scores"] = entry(score_end_to_end(big, args.clips, full=True), clips=args.clips)
         report["seed_way"] = entry(seed_way(big, args.clips), clips=args.clips)
+        report["seed_way_full_scores"] = entry(seed_way(big, args.clips, full=True), clips=args.clips)
+        for precision in (p for p in args.precision.split(",") if p):
+            report[precision] = fast_precision(precision, big, args.clips, args.forward_clips, report)
         big.unlink()
         if not args.skip_queue:
             # one process limited to one core: the unit that N processes should scale from

@@ -3,11 +3,15 @@
 Each takes ``(batch, frames, 128)`` float32 embeddings and returns clip-level
 probabilities ``(batch, classes)``. They share the embedding mapping: three
 dense blocks (Dense -> BatchNorm -> ReLU -> Dropout), applied per frame.
+
+``branches=K`` builds K independent copies of the network side by side and
+serves the mean of their probabilities (a built-in ``Average`` layer). Each
+branch is trained on its own loss, so the branches behave like an ensemble of
+K seeds; with ``hidden_units`` divided by about sqrt(K) the whole model costs
+what one full-width network costs, so serving stays one model at one price.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import keras
 from keras import layers
@@ -23,6 +27,9 @@ ARCHITECTURES = (
 )
 DEFAULT_ARCHITECTURE = "decision_level_multi_attention"
 EMBEDDING_WIDTH = 128
+
+
+BRANCH_MEAN = "branch_mean"
 
 
 class UnknownArchitectureError(ValueError):
@@ -50,50 +57,59 @@ def build_model(
     frames: int = 10,
     hidden_units: int = 1024,
     dropout: float = 0.5,
+    branches: int = 1,
 ) -> keras.Model:
-    """Build an uncompiled Keras model of the named architecture."""
-    builders: dict[str, Callable[[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor], keras.KerasTensor]]
-    inputs = keras.Input(shape=(frames, EMBEDDING_WIDTH), name="embeddings")
-    a1 = _dense_block(inputs, hidden_units, dropout, "block1")
-    a2 = _dense_block(a1, hidden_units, dropout, "block2")
-    a3 = _dense_block(a2, hidden_units, dropout, "block3")
-
-    def max_pooling(_a1: keras.KerasTensor, _a2: keras.KerasTensor, a3: keras.KerasTensor) -> keras.KerasTensor:
-        cla = layers.Dense(classes, activation="sigmoid", name="cla")(a3)
-        return MaxPooling(name="max_pool")(cla)
-
-    def average_pooling(_a1: keras.KerasTensor, _a2: keras.KerasTensor, a3: keras.KerasTensor) -> keras.KerasTensor:
-        cla = layers.Dense(classes, activation="sigmoid", name="cla")(a3)
-        return AveragePooling(name="avg_pool")(cla)
-
-    def single_attention(_a1: keras.KerasTensor, _a2: keras.KerasTensor, a3: keras.KerasTensor) -> keras.KerasTensor:
-        return _attention_head(a3, classes, "head")
-
-    def multi_attention(_a1: keras.KerasTensor, a2: keras.KerasTensor, a3: keras.KerasTensor) -> keras.KerasTensor:
-        out1 = _attention_head(a2, classes, "head2")
-        out2 = _attention_head(a3, classes, "head3")
-        merged = layers.Concatenate(axis=-1, name="heads")([out1, out2])
-        return layers.Dense(classes, activation="sigmoid", name="fusion")(merged)
-
-    def feature_attention(_a1: keras.KerasTensor, _a2: keras.KerasTensor, a3: keras.KerasTensor) -> keras.KerasTensor:
-        cla = layers.Dense(hidden_units, activation="linear", name="feat_cla")(a3)
-        att = layers.Dense(hidden_units, activation="sigmoid", name="feat_att")(a3)
-        pooled = AttentionPooling(name="feat_pool")([cla, att])
-        pooled = layers.BatchNormalization(name="feat_bn")(pooled)
-        pooled = layers.Activation("relu", name="feat_relu")(pooled)
-        pooled = layers.Dropout(dropout, name="feat_dropout")(pooled)
-        return layers.Dense(classes, activation="sigmoid", name="output")(pooled)
-
-    builders = {
-        "decision_level_max_pooling": max_pooling,
-        "decision_level_average_pooling": average_pooling,
-        "decision_level_single_attention": single_attention,
-        "decision_level_multi_attention": multi_attention,
-        "feature_level_attention": feature_attention,
-    }
-    if architecture not in builders:
+    """Build an uncompiled Keras model of the named architecture (``branches`` side-by-side copies)."""
+    if architecture not in ARCHITECTURES:
         raise UnknownArchitectureError(
             f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}"
         )
-    outputs = builders[architecture](a1, a2, a3)
-    return keras.Model(inputs, outputs, name=architecture)
+    if branches < 1:
+        raise ValueError(f"branches must be >= 1, got {branches}")
+    inputs = keras.Input(shape=(frames, EMBEDDING_WIDTH), name="embeddings")
+    if branches == 1:
+        return keras.Model(inputs, _branch(inputs, architecture, classes, hidden_units, dropout, ""), name=architecture)
+    outputs = [_branch(inputs, architecture, classes, hidden_units, dropout, f"b{k}_") for k in range(branches)]
+    return keras.Model(inputs, layers.Average(name=BRANCH_MEAN)(outputs), name=architecture)
+
+
+def branch_outputs(net: keras.Model) -> list[keras.KerasTensor]:
+    """The per-branch probability tensors of a model (its single output when it has one branch)."""
+    try:
+        mean = net.get_layer(BRANCH_MEAN)
+    except ValueError:
+        return [net.outputs[0]]
+    return list(mean.input)
+
+
+def branch_count(net: keras.Model) -> int:
+    return len(branch_outputs(net))
+
+
+def _branch(
+    inputs: keras.KerasTensor, architecture: str, classes: int, hidden_units: int, dropout: float, prefix: str
+) -> keras.KerasTensor:
+    a1 = _dense_block(inputs, hidden_units, dropout, f"{prefix}block1")
+    a2 = _dense_block(a1, hidden_units, dropout, f"{prefix}block2")
+    a3 = _dense_block(a2, hidden_units, dropout, f"{prefix}block3")
+    if architecture == "decision_level_max_pooling":
+        cla = layers.Dense(classes, activation="sigmoid", name=f"{prefix}cla")(a3)
+        return MaxPooling(name=f"{prefix}max_pool")(cla)
+    if architecture == "decision_level_average_pooling":
+        cla = layers.Dense(classes, activation="sigmoid", name=f"{prefix}cla")(a3)
+        return AveragePooling(name=f"{prefix}avg_pool")(cla)
+    if architecture == "decision_level_single_attention":
+        return _attention_head(a3, classes, f"{prefix}head")
+    if architecture == "decision_level_multi_attention":
+        out1 = _attention_head(a2, classes, f"{prefix}head2")
+        out2 = _attention_head(a3, classes, f"{prefix}head3")
+        merged = layers.Concatenate(axis=-1, name=f"{prefix}heads")([out1, out2])
+        return layers.Dense(classes, activation="sigmoid", name=f"{prefix}fusion")(merged)
+    # feature_level_attention
+    cla = layers.Dense(hidden_units, activation="linear", name=f"{prefix}feat_cla")(a3)
+    att = layers.Dense(hidden_units, activation="sigmoid", name=f"{prefix}feat_att")(a3)
+    pooled = AttentionPooling(name=f"{prefix}feat_pool")([cla, att])
+    pooled = layers.BatchNormalization(name=f"{prefix}feat_bn")(pooled)
+    pooled = layers.Activation("relu", name=f"{prefix}feat_relu")(pooled)
+    pooled = layers.Dropout(dropout, name=f"{prefix}feat_dropout")(pooled)
+    return layers.Dense(classes, activation="sigmoid", name=f"{prefix}output")(pooled)

@@ -48,6 +48,7 @@ class Manifest:
     frames: int
     sha256: str = ""
     hidden_units: int = 1024
+    branches: int = 1
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -66,6 +67,7 @@ class Manifest:
             "architecture": self.architecture,
             "frames": self.frames,
             "hidden_units": self.hidden_units,
+            "branches": self.branches,
             "sha256": self.sha256,
             "created": self.created,
             "training": self.training,
@@ -86,6 +88,7 @@ class Manifest:
                 frames=int(data["frames"]),
                 sha256=str(data["sha256"]),
                 hidden_units=int(data.get("hidden_units", 1024)),
+                branches=int(data.get("branches", 1)),
                 training=dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
                 created=str(data.get("created", "")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,31 +15,66 @@ if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("audioset.model")
-Precision = Literal["float32", "bfloat16", "auto"]
+Precision = Literal["float32", "bfloat16", "int8", "auto"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "int8", "auto")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 class PrecisionUnavailableError(ValueError):
-    """bfloat16 was asked for explicitly on a CPU without bfloat16 support."""
+    """A fast precision was asked for explicitly where it cannot run (CPU or TensorFlow build)."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
 def cpu_supports_bfloat16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    return bool(_cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def cpu_supports_int8() -> bool:
+    """int8 dot-product instructions; without them int8 still runs, but is no faster than float32."""
+    from model.int8_runtime import INT8_CPU_FLAGS
+
+    return bool(_cpu_flags() & set(INT8_CPU_FLAGS))
 
 
 def resolve_precision(requested: str) -> str:
-    """``auto`` picks bfloat16 where the CPU computes it natively, else float32 (and says so)."""
+    """The precision to compute in.
+
+    ``auto`` prefers int8 (CPUs with VNNI/AMX int8 and a TFLite-capable TensorFlow),
+    then bfloat16 (avx512_bf16/AMX), else float32 — and logs the fall back. An
+    explicit ``bfloat16`` or ``int8`` that cannot run is an error, not a silent downgrade.
+    """
+    from model import int8_runtime
+
+    if requested not in PRECISIONS:
+        raise PrecisionUnavailableError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if requested == "float32":
         return "float32"
-    if cpu_supports_bfloat16():
-        return "bfloat16"
+    if requested == "int8":
+        if not int8_runtime.runtime_available():
+            raise PrecisionUnavailableError("this TensorFlow build has no tf.lite interpreter for int8; use float32")
+        if not cpu_supports_int8():
+            log.warning("precision int8: this CPU has no int8 dot-product instructions (VNNI); expect no speed-up")
+        return "int8"
     if requested == "bfloat16":
-        raise PrecisionUnavailableError("this CPU has no bfloat16 support (avx512_bf16/amx_bf16); use float32")
-    log.warning("precision auto: this CPU has no bfloat16 support (avx512_bf16/amx_bf16); falling back to float32")
+        if not cpu_supports_bfloat16():
+            raise PrecisionUnavailableError("this CPU has no bfloat16 support (avx512_bf16/amx_bf16); use float32")
+        return "bfloat16"
+    if cpu_supports_int8() and int8_runtime.runtime_available():
+        return "int8"
+    if cpu_supports_bfloat16():
+        log.info("precision auto: no int8 dot-product instructions (VNNI); using bfloat16")
+        return "bfloat16"
+    log.warning(
+        "precision auto: this CPU has neither int8 (VNNI/AMX) nor bfloat16 (avx512_bf16/AMX) support; "
+        "falling back to float32"
+    )
     return "float32"
 
 
@@ -80,13 +116,21 @@ class Predictor:
         import tensorflow as tf
 
         self.precision = resolve_precision(precision)
-        keras_model = with_precision(keras_model, self.precision)
-        self.model = keras_model
         self.manifest = manifest
         self.batch_size = batch_size
         self.frames = int(keras_model.input_shape[1])
+        self._forward: Any
+        if self.precision == "int8":
+            from model.int8_runtime import Int8Forward
+
+            threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
+            self.model = keras_model
+            self._forward = Int8Forward(keras_model, threads)
+            return
+        keras_model = with_precision(keras_model, self.precision)
+        self.model = keras_model
         signature = [tf.TensorSpec(shape=(None, self.frames, 128), dtype=tf.float32)]
-        self._forward: Any = tf.function(lambda x: keras_model(x, training=False), input_signature=signature)
+        self._forward = tf.function(lambda x: keras_model(x, training=False), input_signature=signature)
 
     @classmethod
     def from_artifact(cls, artifact: str | Path, batch_size: int = 1024, precision: str = "float32") -> Predictor:
@@ -95,7 +139,7 @@ class Predictor:
 
     @property
     def tag(self) -> str:
-        """``name@version``, plus ``+bfloat16`` when not computing in float32: written into every result."""
+        """``name@version``, plus ``+bfloat16``/``+int8`` when not computing in float32: written into every result."""
         return self.manifest.tag if self.precision == "float32" else f"{self.manifest.tag}+{self.precision}"
 
     @property

@@ -33,16 +33,33 @@ class TrainConfig:
     iterations: int = 4000
     dropout: float = 0.5
     hidden_units: int = 1024
+    branches: int = 1
+    ema_decay: float = 0.0
+    teachers: list[str] = field(default_factory=list)
+    distill_weight: float = 0.5
     balanced: bool = True
     validation_fraction: float = 0.1
     eval_every: int = 250
     checkpoint_every: int = 250
     seed: int = 0
+    split_seed: int | None = None
     name: str = "audioset-model"
     version: str = "1"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def validation_split(self) -> tuple[float, int]:
+        """(fraction, seed) of the hold-out: runs that share it are comparable and can teach each other."""
+        return self.validation_fraction, self.seed if self.split_seed is None else self.split_seed
+
+
+def validation_split_of(hyperparameters: dict[str, Any]) -> tuple[float, int]:
+    """The hold-out a trained model's manifest records (older manifests split by ``seed``)."""
+    split_seed = hyperparameters.get("split_seed")
+    seed = hyperparameters.get("seed", 0) if split_seed is None else split_seed
+    return float(hyperparameters.get("validation_fraction", 0.1)), int(seed)
 
 
 @dataclass(slots=True)
@@ -171,6 +188,100 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights (0 = off).
+
+    Evaluation, the best checkpoint and the artifact use the averaged weights: a
+    cheap stand-in for averaging predictions over checkpoints. The decay warms up
+    as ``(1 + t) / (10 + t)`` so early averages are not dominated by the random init.
+    """
+
+    def __init__(self, variables: list[Any], decay: float, step: int = 0) -> None:
+        self.variables = variables
+        self.decay = decay
+        self.step = step
+        self.values = [np.array(v.numpy(), dtype=np.float32) for v in variables]
+
+    def update(self) -> None:
+        self.step += 1
+        decay = min(self.decay, (1.0 + self.step) / (10.0 + self.step))
+        for value, variable in zip(self.values, self.variables, strict=True):
+            value += (1.0 - decay) * (variable.numpy() - value)
+
+    def swap(self) -> None:
+        """Exchange the live and the averaged weights (call twice to restore)."""
+        for i, variable in enumerate(self.variables):
+            live = np.array(variable.numpy(), dtype=np.float32)
+            variable.assign(self.values[i])
+            self.values[i] = live
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        arrays: dict[str, Any] = {f"arr_{i}": value for i, value in enumerate(self.values)}
+        np.savez(tmp, step=np.int64(self.step), **arrays)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        with np.load(path) as saved:
+            self.step = int(saved["step"])
+            self.values = [np.array(saved[f"arr_{i}"], dtype=np.float32) for i in range(len(self.variables))]
+
+
+def _serving_model(trainable: Any, architecture: str) -> Any:
+    """The model that is served: the trained model itself, or the mean over its branches."""
+    import keras
+
+    from model.architectures import BRANCH_MEAN
+
+    if len(trainable.outputs) == 1:
+        return trainable
+    mean = keras.layers.Average(name=BRANCH_MEAN)(trainable.outputs)
+    return keras.Model(trainable.inputs[0], mean, name=architecture)
+
+
+def teacher_targets(
+    teachers: Sequence[str], x: np.ndarray, classes: int, fingerprint: str, split: tuple[float, int]
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """The mean prediction of the teacher models on ``x``: soft targets for distillation.
+
+    A teacher that was trained on the same data with another validation split has
+    seen this run's validation clips, which would make its validation mAP a lie.
+    """
+    import logging
+
+    from model.inference import Predictor
+
+    log = logging.getLogger("audioset.training")
+    total = np.zeros((x.shape[0], classes), dtype=np.float32)
+    described: list[dict[str, str]] = []
+    for path in teachers:
+        predictor = Predictor.from_artifact(path)
+        if predictor.classes != classes:
+            raise TrainingDataError(f"teacher {path} predicts {predictor.classes} classes, the data has {classes}")
+        training = predictor.manifest.training
+        if (
+            training.get("data_fingerprint") == fingerprint
+            and validation_split_of(training.get("hyperparameters", {})) != split
+        ):
+            raise TrainingDataError(
+                f"teacher {path} was trained on this data with another validation split; it has seen the "
+                "validation clips. Train teachers with the same --validation-fraction and --split-seed."
+            )
+        if training.get("data_fingerprint") not in (None, fingerprint):
+            log.warning("teacher %s was trained on other data (fingerprint differs)", path)
+        total += predictor.predict(x)
+        described.append({"model": predictor.tag, "sha256": predictor.manifest.sha256})
+    return total / len(teachers), described
+
+
+def _mean_loss(value: Any) -> float:
+    """Keras returns the summed loss (and per-output losses) for several outputs; report the per-branch mean."""
+    if isinstance(value, list | tuple):
+        total = float(value[0])
+        return total / max(1, len(value) - 1) if len(value) > 1 else total
+    return float(value)
+
+
 def train(
     config: TrainConfig,
     x: np.ndarray,
@@ -189,7 +300,7 @@ def train(
     import keras
 
     from model import artifact
-    from model.architectures import build_model
+    from model.architectures import branch_outputs, build_model
     from model.inference import Predictor, dequantize
     from model.metrics import evaluate
 
@@ -203,7 +314,7 @@ def train(
     checkpoint = output / CHECKPOINT_DIR
     checkpoint.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(x, y)
-    train_idx, val_idx = stratified_split(y, config.validation_fraction, config.seed)
+    train_idx, val_idx = stratified_split(y, *config.validation_split)
     x_val, y_val = x[val_idx], np.asarray(y[val_idx], dtype=bool)
 
     state_path = checkpoint / STATE_NAME
@@ -214,7 +325,8 @@ def train(
             raise TrainingDataError(f"{output} holds a run with other data or settings; choose a new output directory")
         import model.attention_pooling  # noqa: F401
 
-        net = keras.models.load_model(checkpoint / "last.keras", safe_mode=True)
+        trainable = keras.models.load_model(checkpoint / "last.keras", safe_mode=True)
+        net = _serving_model(trainable, config.architecture)
     else:
         state = {
             "iteration": 0,
@@ -230,8 +342,24 @@ def train(
             frames=x.shape[1],
             hidden_units=config.hidden_units,
             dropout=config.dropout,
+            branches=config.branches,
         )
-        net.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy")
+        # Each branch learns from its own loss (an ensemble), not from the mean (one wide net).
+        trainable = net if config.branches == 1 else keras.Model(net.inputs[0], branch_outputs(net), name="branches")
+        trainable.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy")
+
+    average: WeightAverage | None = None
+    if config.ema_decay > 0:
+        average = WeightAverage(list(trainable.trainable_weights), config.ema_decay)
+        if (checkpoint / "ema.npz").exists() and state["iteration"] > 0:
+            average.load(checkpoint / "ema.npz")
+
+    soft: np.ndarray | None = None
+    teachers: list[dict[str, str]] = []
+    if config.teachers:
+        soft, teachers = teacher_targets(
+            config.teachers, x[train_idx], y.shape[1], fingerprint, config.validation_split
+        )
 
     # Re-seed from the iteration so a resumed run draws fresh batches deterministically.
     sampler = _sampler(config, np.asarray(y[train_idx], dtype=bool), config.seed + int(state["iteration"]))
@@ -242,24 +370,39 @@ def train(
         classes=list(labels),
         frames=int(x.shape[1]),
         hidden_units=config.hidden_units,
+        branches=config.branches,
     )
     predictor = Predictor(net, manifest)
     loss_value = float("nan")
     started = time.monotonic()
     while state["iteration"] < config.iterations:
-        batch = train_idx[next(sampler)]
-        loss_value = float(net.train_on_batch(dequantize(x[batch]), np.asarray(y[batch], dtype=np.float32)))
+        positions = next(sampler)
+        batch = train_idx[positions]
+        targets = np.asarray(y[batch], dtype=np.float32)
+        if soft is not None:
+            # Cross-entropy is linear in its target: mixing targets mixes the hard and the distillation loss.
+            targets = (1.0 - config.distill_weight) * targets + config.distill_weight * soft[positions]
+        per_output = targets if config.branches == 1 else [targets] * config.branches
+        loss_value = _mean_loss(trainable.train_on_batch(dequantize(x[batch]), per_output))
+        if average is not None:
+            average.update()
         state["iteration"] += 1
         iteration = int(state["iteration"])
         val_map: float | None = None
         if iteration % config.eval_every == 0 or iteration == config.iterations:
+            if average is not None:
+                average.swap()
             val_map = evaluate(y_val, predictor.predict(x_val)).mean_average_precision
             state["history"].append({"iteration": iteration, "loss": loss_value, "validation_map": val_map})
             if val_map > state["best_map"]:
                 state["best_map"], state["best_iteration"] = val_map, iteration
                 net.save_weights(checkpoint / "best.weights.h5")
+            if average is not None:
+                average.swap()
         if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
-            net.save(checkpoint / "last.keras")
+            trainable.save(checkpoint / "last.keras")
+            if average is not None:
+                average.save(checkpoint / "ema.npz")
             _write_json(state_path, state)
         if on_progress is not None:
             best = state["best_map"] if state["best_map"] >= 0 else None
@@ -276,6 +419,7 @@ def train(
         "validation_clips": len(val_idx),
         "best_iteration": int(state["best_iteration"]),
         "hyperparameters": config.to_json(),
+        "teachers": teachers,
         "seconds": round(time.monotonic() - started, 1),
     }
     manifest.metrics = {"validation": final.summary()}

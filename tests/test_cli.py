@@ -118,4 +118,49 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
     numbers = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert numbers["mAP"] > 0.6 and numbers["d_prime"] > 0
     assert (tmp_path / "pc.csv").read_text().splitlines()[1].startswith("0,/x/bird,Bird,")
+
+    # A branched student with a weight average, distilled from the model above on the same hold-out.
+    student = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(data),
+            "--labels",
+            str(labels),
+            "--output",
+            str(tmp_path / "student"),
+            "--architecture",
+            "feature_level_attention",
+            "--iterations",
+            "40",
+            "--batch-size",
+            "64",
+            "--hidden-units",
+            "32",
+            "--eval-every",
+            "20",
+            "--seed",
+            "5",
+            "--split-seed",
+            "0",
+            "--teacher",
+            str(out / "model"),
+            "--distill-weight",
+            "0.7",
+            "--branches",
+            "2",
+            "--ema-decay",
+            "0.9",
+        ],
+    )
+    assert student.exit_code == 0, student.output
+    manifest = json.loads((tmp_path / "student" / "model" / "manifest.json").read_text())
+    params = manifest["training"]["hyperparameters"]
+    assert (params["seed"], params["split_seed"], params["distill_weight"]) == (5, 0, 0.7)
+    assert (params["branches"], params["ema_decay"], manifest["branches"]) == (2, 0.9, 2)
+    assert [t["model"] for t in manifest["training"]["teachers"]] == ["birds@1"]
+    assert (
+        manifest["training"]["validation_clips"]
+        == json.loads((out / "model" / "manifest.json").read_text())["training"]["validation_clips"]
+    )
     assert (tmp_path / "ap.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model import artifact
-from model.architectures import ARCHITECTURES, UnknownArchitectureError, build_model
+from model.architectures import ARCHITECTURES, UnknownArchitectureError, branch_count, branch_outputs, build_model
 from model.inference import Predictor
 from model.labels import LabelFileError, parse_labels
 from model.metrics import d_prime, evaluate
@@ -29,6 +29,32 @@ def test_architecture_has_three_dense_blocks_and_no_lambda() -> None:
     kinds = [type(layer).__name__ for layer in net.layers]
     assert kinds.count("BatchNormalization") == 3 and kinds.count("Dropout") == 3
     assert "Lambda" not in kinds and kinds.count("AttentionPooling") == 2
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_branches_serve_the_mean_of_independent_copies(architecture: str, tmp_path: Path) -> None:
+    import keras
+
+    net = build_model(architecture, classes=5, hidden_units=8, branches=3)
+    assert branch_count(net) == 3
+    per_branch = keras.Model(net.inputs[0], branch_outputs(net))
+    x = np.random.default_rng(2).normal(size=(4, 10, 128)).astype(np.float32)
+    outs = [np.asarray(o) for o in per_branch(x, training=False)]
+    assert not np.allclose(outs[0], outs[1])  # separately initialised, not one shared net
+    np.testing.assert_allclose(np.asarray(net(x, training=False)), np.mean(outs, axis=0), rtol=1e-5, atol=1e-6)
+    manifest = artifact.Manifest(
+        name="b", version="1", architecture=architecture, classes=make_labels(5), frames=10, branches=3
+    )
+    artifact.save(net, manifest, tmp_path / "m")
+    loaded, loaded_manifest = artifact.load(tmp_path / "m")
+    assert loaded_manifest.branches == 3 and branch_count(loaded) == 3
+    assert "Lambda" not in {type(layer).__name__ for layer in loaded.layers}
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.mean(outs, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_one_branch_is_the_plain_architecture() -> None:
+    net = build_model("feature_level_attention", classes=5, hidden_units=8)
+    assert branch_count(net) == 1 and net.get_layer("output") is not None
 
 
 def test_unknown_architecture() -> None:

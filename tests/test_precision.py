@@ -1,4 +1,4 @@
-"""The fast precision mode: bfloat16 where the CPU supports it, float32 otherwise."""
+"""The fast precision modes: int8 (VNNI) and bfloat16 where the CPU supports them, float32 otherwise."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from model import inference
+from model import inference, int8_runtime
 from model.inference import PrecisionUnavailableError, Predictor, resolve_precision
 from tests.helpers import write_h5
 
@@ -19,6 +19,7 @@ def test_fallback_to_float32_without_cpu_support(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: False)
+    monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
     with caplog.at_level(logging.WARNING, logger="audioset.model"):
         assert resolve_precision("auto") == "float32"
     assert "falling back to float32" in caplog.text
@@ -27,9 +28,62 @@ def test_fallback_to_float32_without_cpu_support(
     assert resolve_precision("float32") == "float32"
 
 
-def test_auto_picks_bfloat16_with_cpu_support(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_prefers_int8_then_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)
+    assert resolve_precision("auto") == "int8"
+    monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
     assert resolve_precision("auto") == "bfloat16"
+
+
+def test_int8_without_a_tflite_runtime(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(int8_runtime, "runtime_available", lambda: False)
+    monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)
+    monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: False)
+    with pytest.raises(PrecisionUnavailableError, match=r"no tf\.lite interpreter"):
+        resolve_precision("int8")
+    with caplog.at_level(logging.WARNING, logger="audioset.model"):
+        assert resolve_precision("auto") == "float32"
+    assert "falling back to float32" in caplog.text
+
+
+def test_int8_on_a_cpu_without_vnni_runs_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="audioset.model"):
+        assert resolve_precision("int8") == "int8"
+    assert "no int8 dot-product instructions" in caplog.text
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(PrecisionUnavailableError, match="unknown precision"):
+        resolve_precision("fp8")
+
+
+def test_int8_gives_the_same_top_labels_at_any_batch_size(tiny_model: Path) -> None:
+    x = np.random.default_rng(8).integers(0, 256, size=(64, 10, 128), dtype=np.uint8)
+    full = Predictor.from_artifact(tiny_model)
+    fast = Predictor.from_artifact(tiny_model, precision="int8", batch_size=24)  # 24, 24, 16: resizes
+    assert fast.tag == "tiny@0+int8"
+    a, b = full.predict(x), fast.predict(x)
+    assert b.dtype == np.float32 and b.shape == a.shape and np.abs(a - b).max() < 0.02
+    assert (a.argmax(axis=1) == b.argmax(axis=1)).mean() >= 0.95
+    np.testing.assert_allclose(fast.predict(x[:5]), b[:5], rtol=1e-5, atol=1e-6)
+    assert fast.predict(x[:0]).shape == (0, a.shape[1])
+
+
+def test_score_cli_records_int8_in_results(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audioset_batch.cli import main
+    from audioset_batch.settings import get_settings
+
+    monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
+    get_settings.cache_clear()
+    path = write_h5(tmp_path / "a.h5", clips=3)
+    result = CliRunner().invoke(main, ["score", str(path), "-o", str(tmp_path / "o.jsonl"), "--precision", "int8"])
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert orjson.loads((tmp_path / "o.jsonl").read_bytes().splitlines()[0])["model"] == "tiny@0+int8"
 
 
 @pytest.fixture

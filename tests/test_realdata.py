@@ -14,7 +14,7 @@ from model import artifact
 from model.inference import Predictor
 from model.labels import load_labels
 from model.metrics import evaluate
-from model.training import data_fingerprint, stratified_split
+from model.training import data_fingerprint, stratified_split, validation_split_of
 
 pytestmark = pytest.mark.realdata
 
@@ -29,7 +29,7 @@ def test_shipped_model_reaches_its_recorded_validation_map() -> None:
     with h5py.File(data_dir() / "bal_train.h5", "r") as f:
         x, y = f["x"][:], f["y"][:]
     assert data_fingerprint(x, y) == manifest.training["data_fingerprint"], "not the data the model was trained on"
-    _, val_idx = stratified_split(y, params["validation_fraction"], params["seed"])
+    _, val_idx = stratified_split(y, *validation_split_of(params))
     assert len(val_idx) == manifest.training["validation_clips"]
     predictor = Predictor.from_artifact(DEFAULT_MODEL_PATH)
     result = evaluate(y[val_idx], predictor.predict(x[val_idx]))
@@ -55,16 +55,27 @@ def test_demo_sample_uses_real_clips(tmp_path: Path) -> None:
         assert np.asarray(f["y"]).any()
 
 
-def test_bfloat16_map_within_0_002_of_float32() -> None:
-    from model.inference import cpu_supports_bfloat16
-
-    if not cpu_supports_bfloat16():
-        pytest.skip("no bfloat16 support on this CPU")
+@pytest.fixture(scope="module")
+def validation_split() -> tuple[np.ndarray, np.ndarray]:
     manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
     params = manifest.training["hyperparameters"]
     with h5py.File(data_dir() / "bal_train.h5", "r") as f:
         x, y = f["x"][:], f["y"][:]
-    _, val_idx = stratified_split(y, params["validation_fraction"], params["seed"])
-    full = evaluate(y[val_idx], Predictor.from_artifact(DEFAULT_MODEL_PATH).predict(x[val_idx]))
-    fast = evaluate(y[val_idx], Predictor.from_artifact(DEFAULT_MODEL_PATH, precision="bfloat16").predict(x[val_idx]))
+    _, val_idx = stratified_split(y, *validation_split_of(params))
+    return x[val_idx], y[val_idx]
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_fast_precision_map_within_0_002_of_float32(
+    precision: str, validation_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from model.inference import cpu_supports_bfloat16
+
+    if precision == "bfloat16" and not cpu_supports_bfloat16():
+        pytest.skip("no bfloat16 support on this CPU")
+    x, y = validation_split
+    full = evaluate(y, Predictor.from_artifact(DEFAULT_MODEL_PATH).predict(x))
+    fast = evaluate(y, Predictor.from_artifact(DEFAULT_MODEL_PATH, precision=precision).predict(x))
     assert abs(full.mean_average_precision - fast.mean_average_precision) < 0.002
+    card = (Path(__file__).resolve().parent.parent / "docs" / "model-card.md").read_text(encoding="utf-8")
+    assert f"+{precision}" in card, "the model card must quote each fast precision's validation mAP"

@@ -60,6 +60,95 @@ def test_training_resumes_after_interruption(tmp_path: Path) -> None:
     assert [h["iteration"] for h in result.history] == [20, 40, 60]
 
 
+def test_branched_training_learns_resumes_and_serves_the_mean(tmp_path: Path) -> None:
+    import keras
+
+    from model.architectures import branch_count, branch_outputs
+    from model.inference import Predictor
+
+    x, y = learnable_dataset(600, 4, seed=5)
+    config = small_config(architecture="feature_level_attention", branches=2, iterations=60, hidden_units=32)
+
+    def interrupt(p: Progress) -> None:
+        if p.iteration == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert result.best_map > 0.7
+    assert [h["iteration"] for h in result.history] == [20, 40, 60]
+    net, manifest = artifact.load(result.artifact)
+    assert manifest.branches == 2 and branch_count(net) == 2
+    assert manifest.training["hyperparameters"]["branches"] == 2
+    # The served prediction is the mean of the two branches, and each branch learnt on its own.
+    sample = x[:50]
+    served = Predictor.from_artifact(result.artifact).predict(sample)
+    from model.inference import dequantize
+
+    per_branch = keras.Model(net.inputs[0], branch_outputs(net))
+    branches = [np.asarray(o) for o in per_branch(dequantize(sample), training=False)]
+    np.testing.assert_allclose(served, np.mean(branches, axis=0), rtol=1e-4, atol=1e-5)
+    from model.metrics import evaluate
+
+    for branch in branches:
+        assert evaluate(np.asarray(y[:50], dtype=bool), branch).mean_average_precision > 0.6
+
+
+def test_weight_average_is_evaluated_saved_and_resumed(tmp_path: Path) -> None:
+    x, y = learnable_dataset(500, 4, seed=6)
+    config = small_config(architecture="feature_level_attention", ema_decay=0.9, iterations=60)
+
+    def interrupt(p: Progress) -> None:
+        if p.iteration == 50:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    saved = np.load(tmp_path / "run" / "checkpoint" / "ema.npz")
+    assert int(saved["step"]) == 40  # written with the iteration-40 checkpoint
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert result.best_map > 0.7
+    assert artifact.verify(result.artifact).training["hyperparameters"]["ema_decay"] == 0.9
+
+
+def test_weight_average_tracks_and_swaps() -> None:
+    import keras
+
+    from model.training import WeightAverage
+
+    variable = keras.Variable(np.zeros(3, np.float32))
+    average = WeightAverage([variable], decay=0.5, step=100)
+    variable.assign(np.full(3, 4.0, np.float32))
+    average.update()  # 0 + 0.5 * (4 - 0)
+    np.testing.assert_allclose(average.values[0], 2.0)
+    average.swap()
+    np.testing.assert_allclose(variable.numpy(), 2.0)
+    average.swap()
+    np.testing.assert_allclose(variable.numpy(), 4.0)
+
+
+def test_distillation_learns_from_the_teachers_soft_targets(tmp_path: Path) -> None:
+    x, y = learnable_dataset(800, 5, seed=7)
+    teacher = train(small_config(), x, y, make_labels(5), tmp_path / "teacher")
+    # distill_weight=1: the labels are ignored, so everything the student learns comes from the teacher.
+    student_config = small_config(teachers=[str(teacher.artifact)], distill_weight=1.0, seed=3)
+    student = train(student_config, x, y, make_labels(5), tmp_path / "student")
+    assert student.best_map > max(0.8, 2 * y.mean())
+    recorded = artifact.verify(student.artifact).training["teachers"]
+    assert recorded == [{"model": "audioset-model@1", "sha256": artifact.read_manifest(teacher.artifact).sha256}]
+
+
+def test_a_teacher_that_saw_the_validation_clips_is_refused(tmp_path: Path) -> None:
+    x, y = learnable_dataset(300, 3, seed=8)
+    teacher = train(small_config(iterations=20, seed=1), x, y, make_labels(3), tmp_path / "teacher")
+    with pytest.raises(TrainingDataError, match="another validation split"):
+        train(small_config(teachers=[str(teacher.artifact)], seed=2), x, y, make_labels(3), tmp_path / "student")
+    with pytest.raises(TrainingDataError, match="predicts 3 classes"):
+        x4, y4 = learnable_dataset(300, 4, seed=8)
+        train(small_config(teachers=[str(teacher.artifact)]), x4, y4, make_labels(4), tmp_path / "other")
+
+
 def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     x, y = learnable_dataset(200, 3, seed=2)
     train(small_config(iterations=20), x, y, make_labels(3), tmp_path / "run")
