@@ -597,6 +597,13 @@ def show_config(as_json: bool) -> None:
     "--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
 )
 @click.option("--eval-every", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Stop after this many evaluations in a row without a better validation mAP; 0 = run all iterations.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--split-seed",
@@ -625,6 +632,7 @@ def train(
     sampling: str,
     validation_fraction: float,
     eval_every: int,
+    patience: int,
     seed: int,
     split_seed: int | None,
     name: str,
@@ -678,6 +686,7 @@ def train(
         validation_fraction=validation_fraction,
         eval_every=eval_every,
         checkpoint_every=eval_every,
+        patience=patience,
         seed=seed,
         split_seed=split_seed,
         name=name,
@@ -703,6 +712,8 @@ def train(
                 "artifact": str(result.artifact),
                 "best_iteration": result.best_iteration,
                 "validation_map": result.best_map,
+                "iterations_run": result.iterations_run,
+                "stopped_early": result.stopped_early,
             }
         )
     )

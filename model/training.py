@@ -38,6 +38,7 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 0.5
     balanced: bool = True
+    patience: int = 0
     validation_fraction: float = 0.1
     eval_every: int = 250
     checkpoint_every: int = 250
@@ -53,6 +54,19 @@ class TrainConfig:
     def validation_split(self) -> tuple[float, int]:
         """(fraction, seed) of the hold-out: runs that share it are comparable and can teach each other."""
         return self.validation_fraction, self.seed if self.split_seed is None else self.split_seed
+
+
+# Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
+RESUMABLE = frozenset({"iterations", "patience"})
+
+
+def _fixed_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESUMABLE}
+
+
+def evaluations_since_best(history: list[dict[str, float]], best_iteration: int) -> int:
+    """How many evaluations in a row have not beaten the best validation mAP (early stopping counts these)."""
+    return sum(1 for entry in history if entry["iteration"] > best_iteration)
 
 
 def validation_split_of(hyperparameters: dict[str, Any]) -> tuple[float, int]:
@@ -76,6 +90,8 @@ class TrainResult:
     best_iteration: int
     best_map: float
     history: list[dict[str, float]] = field(default_factory=list)
+    iterations_run: int = 0
+    stopped_early: bool = False
 
 
 def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
@@ -321,8 +337,9 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        if state["fingerprint"] != fingerprint or state["config"] != config.to_json():
+        if state["fingerprint"] != fingerprint or _fixed_settings(state["config"]) != _fixed_settings(config.to_json()):
             raise TrainingDataError(f"{output} holds a run with other data or settings; choose a new output directory")
+        state["config"] = config.to_json()
         import model.attention_pooling  # noqa: F401
 
         trainable = keras.models.load_model(checkpoint / "last.keras", safe_mode=True)
@@ -375,7 +392,12 @@ def train(
     predictor = Predictor(net, manifest)
     loss_value = float("nan")
     started = time.monotonic()
-    while state["iteration"] < config.iterations:
+
+    def stalled() -> bool:
+        since = evaluations_since_best(state["history"], int(state["best_iteration"]))
+        return config.patience > 0 and since >= config.patience
+
+    while state["iteration"] < config.iterations and not stalled():
         positions = next(sampler)
         batch = train_idx[positions]
         targets = np.asarray(y[batch], dtype=np.float32)
@@ -408,6 +430,13 @@ def train(
             best = state["best_map"] if state["best_map"] >= 0 else None
             on_progress(Progress(iteration, loss_value, val_map, best))
 
+    stopped_early = stalled() and state["iteration"] < config.iterations
+    trainable.save(checkpoint / "last.keras")
+    if average is not None:
+        average.save(checkpoint / "ema.npz")
+    _write_json(state_path, state)
+    if not (checkpoint / "best.weights.h5").exists():
+        raise TrainingDataError(f"{output} has no evaluated checkpoint yet; train for at least --eval-every iterations")
     net.load_weights(checkpoint / "best.weights.h5")
     final = evaluate(y_val, predictor.predict(x_val))
     manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -418,6 +447,8 @@ def train(
         "train_clips": len(train_idx),
         "validation_clips": len(val_idx),
         "best_iteration": int(state["best_iteration"]),
+        "iterations_run": int(state["iteration"]),
+        "stopped_early": bool(stopped_early),
         "hyperparameters": config.to_json(),
         "teachers": teachers,
         "seconds": round(time.monotonic() - started, 1),
@@ -425,5 +456,10 @@ def train(
     manifest.metrics = {"validation": final.summary()}
     artifact.save(net, manifest, output / "model")
     return TrainResult(
-        output / "model", int(state["best_iteration"]), float(final.mean_average_precision), list(state["history"])
+        output / "model",
+        int(state["best_iteration"]),
+        float(final.mean_average_precision),
+        list(state["history"]),
+        int(state["iteration"]),
+        stopped_early,
     )

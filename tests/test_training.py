@@ -156,6 +156,35 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
         train(small_config(iterations=20, learning_rate=0.1), x, y, make_labels(3), tmp_path / "run")
 
 
+def test_early_stopping_ends_at_the_first_stall_of_patience_evaluations(tmp_path: Path) -> None:
+    x, y = learnable_dataset(400, 3, seed=6)
+    result = train(small_config(iterations=2000, eval_every=10, patience=2), x, y, make_labels(3), tmp_path / "run")
+    maps = [h["validation_map"] for h in result.history]
+    assert result.stopped_early and result.iterations_run == 10 * len(maps) < 2000
+    best = maps.index(max(maps))
+    assert len(maps) == best + 3 and max(maps[best + 1 :]) <= maps[best]  # two evaluations without a better mAP
+    run_without_gain = 0
+    for i in range(1, best + 1):  # it did not stop earlier: no two non-improving evaluations in a row before the best
+        run_without_gain = run_without_gain + 1 if maps[i] <= max(maps[:i]) else 0
+        assert run_without_gain < 2
+    manifest = artifact.verify(result.artifact)
+    assert manifest.training["stopped_early"] is True and manifest.training["iterations_run"] == result.iterations_run
+    assert manifest.training["best_iteration"] == result.best_iteration == 10 * (best + 1)
+
+
+def test_a_finished_run_can_be_extended_or_finished_now(tmp_path: Path) -> None:
+    x, y = learnable_dataset(300, 3, seed=7)
+    first = train(small_config(iterations=40), x, y, make_labels(3), tmp_path / "run")
+    assert [h["iteration"] for h in first.history] == [20, 40]
+    extended = train(small_config(iterations=80), x, y, make_labels(3), tmp_path / "run")
+    assert [h["iteration"] for h in extended.history] == [20, 40, 60, 80] and extended.iterations_run == 80
+    assert extended.best_map >= first.best_map
+    # Asking for fewer iterations than already run trains no more and publishes the best checkpoint so far.
+    now = train(small_config(iterations=50), x, y, make_labels(3), tmp_path / "run")
+    assert now.iterations_run == 80 and now.best_iteration == extended.best_iteration
+    assert now.best_map == pytest.approx(extended.best_map)
+
+
 def test_label_count_must_match(tmp_path: Path) -> None:
     x, y = learnable_dataset(50, 3)
     with pytest.raises(TrainingDataError, match="label list has 2"):
