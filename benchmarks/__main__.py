@@ -101,7 +101,7 @@ def seed_way(path: Path, clips: int, full: bool = False) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def peak_rss_mb(path: Path) -> dict[str, float]:
+def peak_rss_mb(path: Path, precision: str = "float32") -> dict[str, Any]:
     """Peak RSS of `audioset score` in its own process, and of a process that only loads the model."""
     code = (
         "import resource,sys,runpy; sys.argv=['audioset','score',%r,'-o',%r]\n"
@@ -111,10 +111,11 @@ def peak_rss_mb(path: Path) -> dict[str, float]:
     )
     load_only = (
         "import resource,numpy as np\nfrom model.inference import Predictor\n"
-        f"p=Predictor.from_artifact({str(MODEL)!r}); p.predict(np.zeros((1024,10,128),np.uint8))\n"
+        f"p=Predictor.from_artifact({str(MODEL)!r}, precision={precision!r})\n"
+        "p.predict(np.zeros((1024,10,128),np.uint8))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AUDIOSET_PRECISION": precision}
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run(
             [sys.executable, "-c", code % (str(path), str(Path(tmp) / "o.jsonl"))],
@@ -130,6 +131,7 @@ def peak_rss_mb(path: Path) -> dict[str, float]:
     scored = int(run.stdout.strip().splitlines()[-1]) / 1024
     loaded = int(base.stdout.strip().splitlines()[-1]) / 1024
     return {
+        "precision": precision,
         "peak_rss_mb": round(scored, 1),
         "model_loaded_rss_mb": round(loaded, 1),
         "above_loaded_model_mb": round(scored - loaded, 1),
@@ -245,6 +247,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=100_000, help="clips in the end-to-end file")
     parser.add_argument("--forward-clips", type=int, default=50_000)
     parser.add_argument("--rss-clips", default="100000,1000000", help="comma-separated file sizes for peak RSS")
+    parser.add_argument(
+        "--rss-precision", default="float32", help="precision of the peak-RSS runs (int8 makes the 1M-clip run short)"
+    )
     parser.add_argument("--queue-files", type=int, default=16)
     parser.add_argument("--queue-clips", type=int, default=5000, help="clips per file through the queue")
     parser.add_argument("--skip-queue", action="store_true")
@@ -293,7 +298,7 @@ def main() -> None:
                 )
         for size in (int(s) for s in args.rss_clips.split(",") if s):
             path = write_file(tmp / f"rss{size}.h5", size)
-            report[f"rss_{size}_clips"] = peak_rss_mb(path)
+            report[f"rss_{size}_clips"] = peak_rss_mb(path, args.rss_precision)
             path.unlink()
     report["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(report, indent=2))

@@ -9,6 +9,8 @@ one artifact, nothing extra is stored and nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -50,7 +52,10 @@ def quantise(keras_model: keras.Model) -> bytes:
     _interpreter_class()
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    blob: bytes = converter.convert()
+    # The converter exports a SavedModel first and prints its signature: keep stdout for results (`-o -`).
+    with contextlib.redirect_stdout(io.StringIO()) as exported:
+        blob: bytes = converter.convert()
+    log.debug("int8 conversion: %s", exported.getvalue().strip())
     return blob
 
 

@@ -115,3 +115,20 @@ def test_score_cli_records_the_precision_in_results(
     get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert orjson.loads((tmp_path / "o.jsonl").read_bytes().splitlines()[0])["model"] == "tiny@0+bfloat16"
+
+
+def test_int8_results_on_stdout_are_clean_json_lines(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 conversion exports a SavedModel and prints its signature; none of that may reach stdout."""
+    from audioset_batch.cli import main
+    from audioset_batch.settings import get_settings
+
+    monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
+    get_settings.cache_clear()
+    path = write_h5(tmp_path / "a.h5", clips=3)
+    result = CliRunner().invoke(main, ["score", str(path), "--precision", "int8"])
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(orjson.loads(line)["model"] == "tiny@0+int8" for line in lines)
