@@ -592,6 +592,27 @@ def show_config(as_json: bool) -> None:
     show_default=True,
     help="Weight of the teachers' soft targets against the labels (with --teacher).",
 )
+@click.option(
+    "--mixup",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Mixup on embeddings with Beta(ALPHA, ALPHA) weights (e.g. 0.3); 0 = off.",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Pull the 0/1 targets towards 0.5 by this amount (e.g. 0.1); 0 = off.",
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="cosine: decay the learning rate to 1% of --learning-rate over --iterations.",
+)
 @click.option("--sampling", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True)
 @click.option(
     "--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
@@ -629,6 +650,9 @@ def train(
     ema_decay: float,
     teachers: tuple[str, ...],
     distill_weight: float,
+    mixup: float,
+    label_smoothing: float,
+    lr_schedule: str,
     sampling: str,
     validation_fraction: float,
     eval_every: int,
@@ -682,6 +706,9 @@ def train(
         ema_decay=ema_decay,
         teachers=list(teachers),
         distill_weight=distill_weight,
+        mixup=mixup,
+        label_smoothing=label_smoothing,
+        lr_schedule=lr_schedule,
         balanced=sampling == "balanced",
         validation_fraction=validation_fraction,
         eval_every=eval_every,

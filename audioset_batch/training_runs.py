@@ -54,7 +54,7 @@ class TrainingSpec:
         config_keys = {f.name for f in fields(TrainConfig)}
         try:
             config = TrainConfig(**{k: v for k, v in raw.items() if k in config_keys})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
         return cls(data=list(data), output=str(raw.get("output") or ""), labels=raw.get("labels"), config=config)
 

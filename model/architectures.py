@@ -1,4 +1,9 @@
-"""The five pooling architectures of Kong et al. 2018 / Yu et al. 2018.
+"""The five pooling architectures of Kong et al. 2018 / Yu et al. 2018, and one of ours.
+
+``frame_self_attention`` is feature-level attention with one self-attention
+block across the 10 frames before pooling (Keras' own ``MultiHeadAttention``,
+so artifacts still load in safe mode): each frame sees the rest of the clip
+before the pooling weighs it.
 
 Each takes ``(batch, frames, 128)`` float32 embeddings and returns clip-level
 probabilities ``(batch, classes)``. They share the embedding mapping: three
@@ -24,6 +29,7 @@ ARCHITECTURES = (
     "decision_level_single_attention",
     "decision_level_multi_attention",
     "feature_level_attention",
+    "frame_self_attention",
 )
 DEFAULT_ARCHITECTURE = "decision_level_multi_attention"
 EMBEDDING_WIDTH = 128
@@ -105,7 +111,12 @@ def _branch(
         out2 = _attention_head(a3, classes, f"{prefix}head3")
         merged = layers.Concatenate(axis=-1, name=f"{prefix}heads")([out1, out2])
         return layers.Dense(classes, activation="sigmoid", name=f"{prefix}fusion")(merged)
-    # feature_level_attention
+    if architecture == "frame_self_attention":
+        context = layers.MultiHeadAttention(num_heads=4, key_dim=64, name=f"{prefix}frame_attention")(a3, a3)
+        context = layers.Dropout(dropout, name=f"{prefix}frame_attention_dropout")(context)
+        a3 = layers.Add(name=f"{prefix}frame_residual")([a3, context])
+        a3 = layers.LayerNormalization(name=f"{prefix}frame_norm")(a3)
+    # feature_level_attention (and frame_self_attention from here on)
     cla = layers.Dense(hidden_units, activation="linear", name=f"{prefix}feat_cla")(a3)
     att = layers.Dense(hidden_units, activation="sigmoid", name=f"{prefix}feat_att")(a3)
     pooled = AttentionPooling(name=f"{prefix}feat_pool")([cla, att])

@@ -19,10 +19,15 @@ from model.labels import ClassLabel
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "state.json"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingDataError(ValueError):
     """Training data is unusable: wrong shapes, no labels, class count mismatch."""
+
+
+class TrainConfigError(ValueError):
+    """A training setting is out of range (checked when the config is made, before any data loads)."""
 
 
 @dataclass(slots=True)
@@ -37,6 +42,9 @@ class TrainConfig:
     ema_decay: float = 0.0
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 0.5
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "constant"
     balanced: bool = True
     patience: int = 0
     validation_fraction: float = 0.1
@@ -47,6 +55,14 @@ class TrainConfig:
     name: str = "audioset-model"
     version: str = "1"
 
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.mixup < 0:
+            raise TrainConfigError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
+        if not 0 <= self.label_smoothing < 1:
+            raise TrainConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -54,6 +70,46 @@ class TrainConfig:
     def validation_split(self) -> tuple[float, int]:
         """(fraction, seed) of the hold-out: runs that share it are comparable and can teach each other."""
         return self.validation_fraction, self.seed if self.split_seed is None else self.split_seed
+
+
+# Cosine decay ends at this fraction of the initial learning rate rather than at zero.
+COSINE_FLOOR = 0.01
+
+
+def learning_rate_at(base: float, schedule: str, iteration: int, iterations: int) -> float:
+    """The learning rate for ``iteration`` (0-based) of a run of ``iterations``.
+
+    ``cosine`` decays from ``base`` to ``COSINE_FLOOR * base`` over the run; it is a
+    function of the iteration alone, so a resumed run continues on the same curve.
+    """
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    progress = min(max(iteration, 0), iterations) / max(iterations, 1)
+    floor = COSINE_FLOOR * base
+    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def smooth_labels(targets: np.ndarray, amount: float) -> np.ndarray:
+    """Pull binary targets towards 0.5 by ``amount``: 1 becomes ``1 - amount/2``, 0 becomes ``amount/2``."""
+    return targets * (1.0 - amount) + 0.5 * amount
+
+
+def mix_batch(
+    x: np.ndarray, targets: np.ndarray, alpha: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup on embeddings: each clip is blended with a random partner from the batch.
+
+    The weight ``lam ~ Beta(alpha, alpha)`` is folded to ``max(lam, 1 - lam)`` so each
+    mixed clip stays closest to its own original; targets are blended the same way.
+    """
+    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    lam = np.maximum(lam, 1.0 - lam)
+    partner = rng.permutation(len(x))
+    mixed_x = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * x[partner]
+    mixed_y = lam[:, None] * targets + (1.0 - lam[:, None]) * targets[partner]
+    return mixed_x.astype(np.float32), mixed_y.astype(np.float32)
 
 
 # Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
@@ -380,6 +436,7 @@ def train(
 
     # Re-seed from the iteration so a resumed run draws fresh batches deterministically.
     sampler = _sampler(config, np.asarray(y[train_idx], dtype=bool), config.seed + int(state["iteration"]))
+    mix_rng = np.random.default_rng([config.seed, int(state["iteration"]), 1])
     manifest = artifact.Manifest(
         name=config.name,
         version=config.version,
@@ -404,8 +461,17 @@ def train(
         if soft is not None:
             # Cross-entropy is linear in its target: mixing targets mixes the hard and the distillation loss.
             targets = (1.0 - config.distill_weight) * targets + config.distill_weight * soft[positions]
+        if config.label_smoothing > 0:
+            targets = smooth_labels(targets, config.label_smoothing)
+        inputs = dequantize(x[batch])
+        if config.mixup > 0:
+            inputs, targets = mix_batch(inputs, targets, config.mixup, mix_rng)
+        if config.lr_schedule != "constant":
+            trainable.optimizer.learning_rate.assign(
+                learning_rate_at(config.learning_rate, config.lr_schedule, int(state["iteration"]), config.iterations)
+            )
         per_output = targets if config.branches == 1 else [targets] * config.branches
-        loss_value = _mean_loss(trainable.train_on_batch(dequantize(x[batch]), per_output))
+        loss_value = _mean_loss(trainable.train_on_batch(inputs, per_output))
         if average is not None:
             average.update()
         state["iteration"] += 1

@@ -151,6 +151,12 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
             "2",
             "--ema-decay",
             "0.9",
+            "--mixup",
+            "0.2",
+            "--label-smoothing",
+            "0.05",
+            "--lr-schedule",
+            "cosine",
         ],
     )
     assert student.exit_code == 0, student.output
@@ -158,6 +164,7 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
     params = manifest["training"]["hyperparameters"]
     assert (params["seed"], params["split_seed"], params["distill_weight"]) == (5, 0, 0.7)
     assert (params["branches"], params["ema_decay"], manifest["branches"]) == (2, 0.9, 2)
+    assert (params["mixup"], params["label_smoothing"], params["lr_schedule"]) == (0.2, 0.05, "cosine")
     assert [t["model"] for t in manifest["training"]["teachers"]] == ["birds@1"]
     assert (
         manifest["training"]["validation_clips"]

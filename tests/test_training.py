@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -7,7 +8,17 @@ import numpy as np
 import pytest
 
 from model import artifact
-from model.training import Progress, TrainConfig, TrainingDataError, train
+from model.training import (
+    COSINE_FLOOR,
+    Progress,
+    TrainConfig,
+    TrainConfigError,
+    TrainingDataError,
+    learning_rate_at,
+    mix_batch,
+    smooth_labels,
+    train,
+)
 from tests.helpers import learnable_dataset, make_labels
 
 
@@ -262,3 +273,79 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
     manifest = json.loads(store.get_bytes(stack.results_bucket, prefix + "manifest.json") or b"{}")
     assert [c["name"] for c in manifest["classes"]] == ["Alpha", "Beta", "Gamma"]
     assert store.get_bytes(stack.results_bucket, prefix + "model.keras")
+
+
+def test_cosine_schedule_decays_from_the_base_rate_to_the_floor() -> None:
+    assert learning_rate_at(1e-3, "constant", 700, 1000) == 1e-3
+    assert learning_rate_at(1e-3, "cosine", 0, 1000) == pytest.approx(1e-3)
+    assert learning_rate_at(1e-3, "cosine", 500, 1000) == pytest.approx((1e-3 + COSINE_FLOOR * 1e-3) / 2)
+    assert learning_rate_at(1e-3, "cosine", 1000, 1000) == pytest.approx(COSINE_FLOOR * 1e-3)
+    rates = [learning_rate_at(1e-3, "cosine", i, 1000) for i in range(0, 1001, 50)]
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        learning_rate_at(1e-3, "step", 1, 10)
+
+
+def test_label_smoothing_pulls_targets_towards_one_half() -> None:
+    np.testing.assert_allclose(smooth_labels(np.array([[1.0, 0.0, 0.5]]), 0.2), [[0.9, 0.1, 0.5]])
+
+
+def test_mixup_blends_each_clip_with_a_partner_and_mixes_its_targets_alike() -> None:
+    n = 64
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 10, axis=1).repeat(128, axis=2)
+    y = np.eye(n, dtype=np.float32)  # clip i is class i, so a mixed target shows exactly who was mixed, and how much
+    mixed_x, mixed_y = mix_batch(x, y, 0.4, np.random.default_rng(0))
+    assert mixed_x.shape == x.shape and mixed_y.shape == y.shape and mixed_x.dtype == np.float32
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, rtol=1e-6)
+    own = mixed_y[np.arange(n), np.arange(n)]
+    assert (own >= 0.5 - 1e-6).all() and (own < 1.0).sum() > n // 2  # each clip stays dominant; most are mixed
+    # The embeddings are blended with the same weights as the targets.
+    np.testing.assert_allclose(mixed_x[:, 0, 0], mixed_y @ np.arange(n, dtype=np.float32), rtol=1e-5)
+
+
+def test_training_options_are_checked_when_the_config_is_made() -> None:
+    with pytest.raises(TrainConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(TrainConfigError, match="mixup"):
+        TrainConfig(mixup=-0.1)
+    with pytest.raises(TrainConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
+    from audioset_batch.errors import ConfigError
+    from audioset_batch.training_runs import TrainingSpec
+
+    with pytest.raises(ConfigError, match=r"run\.yml: lr_schedule must be one of constant, cosine"):
+        TrainingSpec.from_json({"data": ["x.h5"], "lr_schedule": "step"}, source="run.yml")
+
+
+def test_mixup_smoothing_and_cosine_decay_train_and_resume_on_the_same_curve(tmp_path: Path) -> None:
+    import keras
+
+    x, y = learnable_dataset(600, 4, seed=9)
+    config = small_config(
+        architecture="feature_level_attention", iterations=60, mixup=0.3, label_smoothing=0.05, lr_schedule="cosine"
+    )
+
+    def interrupt(p: Progress) -> None:
+        if p.iteration == 45:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    last = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
+    assert float(last.optimizer.learning_rate) == pytest.approx(learning_rate_at(1e-3, "cosine", 39, 60), rel=1e-5)
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert result.best_map > 0.7
+    last = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
+    assert float(last.optimizer.learning_rate) == pytest.approx(learning_rate_at(1e-3, "cosine", 59, 60), rel=1e-5)
+    hyperparameters = artifact.verify(result.artifact).training["hyperparameters"]
+    assert (hyperparameters["mixup"], hyperparameters["lr_schedule"]) == (0.3, "cosine")
+
+
+def test_frame_self_attention_learns_and_loads_in_safe_mode(tmp_path: Path) -> None:
+    x, y = learnable_dataset(600, 4, seed=10)
+    config = small_config(architecture="frame_self_attention", iterations=60)
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert result.best_map > 0.7
+    net, manifest = artifact.load(result.artifact)
+    assert manifest.architecture == "frame_self_attention"
+    assert "MultiHeadAttention" in {type(layer).__name__ for layer in net.layers}
