@@ -18,7 +18,7 @@ from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededEr
 from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits
 from audioset_batch.object_store import ObjectStore, ObjectURL, store_for
 from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
-from audioset_batch.scoring import OutputOptions, Predict, score_chunk
+from audioset_batch.scoring import OutputOptions, Predict, encode_records
 from audioset_batch.settings import Settings
 from model.labels import ClassLabel
 from model.metrics import evaluate
@@ -75,6 +75,33 @@ def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
             yield chunk
 
 
+def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk, np.ndarray]]:
+    """Predict the next chunk on a helper thread while the caller encodes this one.
+
+    The model releases the GIL, so encoding JSON (which holds it) no longer waits for
+    the model and the model no longer waits for encoding. One thread owns the model,
+    which is what a TFLite interpreter requires; at most one prediction is in flight.
+    """
+
+    def checked(chunk: Chunk) -> np.ndarray:
+        scores = np.asarray(predict(chunk.x), dtype=np.float32)
+        if scores.shape[0] != chunk.x.shape[0]:
+            raise ValueError(f"model returned {scores.shape[0]} rows for {chunk.x.shape[0]} clips")
+        return scores
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") as pool:
+        current = next(chunks, None)
+        if current is None:
+            return
+        pending = pool.submit(checked, current)
+        for following in chunks:
+            scores = pending.result()
+            pending = pool.submit(checked, following)
+            yield current, scores
+            current = following
+        yield current, pending.result()
+
+
 def score_file(
     path: Path,
     out: IO[bytes],
@@ -107,12 +134,11 @@ def score_file(
                 f"metrics skipped: {embeddings.clips} clips exceed AUDIOSET_METRICS_MAX_CLIPS={metrics_max_clips}"
             )
             want_metrics = False
-        for chunk in prefetched(embeddings.chunks(chunk_clips)):
+        for chunk, scores in predicted(prefetched(embeddings.chunks(chunk_clips)), predict):
             if deadline is not None:
                 deadline.check()
-            lines, scores = score_chunk(
-                chunk.x,
-                predict,
+            lines = encode_records(
+                scores,
                 classes=classes,
                 source=source,
                 model=model,

@@ -102,18 +102,22 @@ def seed_way(path: Path, clips: int, full: bool = False) -> float:
 
 
 def peak_rss_mb(path: Path, precision: str = "float32") -> dict[str, Any]:
-    """Peak RSS of `audioset score` in its own process, and of a process that only loads the model."""
+    """Peak RSS of `audioset score` in its own process, and of a process that only loads the model.
+
+    Read from VmHWM, the high-water mark of the process's own memory map. (``ru_maxrss``
+    would not do: Linux carries the parent's peak into a child across fork and exec, so
+    every child of a big benchmark process would report the benchmark's own peak.)
+    """
+    hwm = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
     code = (
-        "import resource,sys,runpy; sys.argv=['audioset','score',%r,'-o',%r]\n"
+        "import sys,runpy; sys.argv=['audioset','score',%r,'-o',%r]\n"
         "try:\n    runpy.run_module('audioset_batch.cli', run_name='__main__')\n"
-        "except SystemExit: pass\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "except SystemExit: pass\n" + hwm
     )
     load_only = (
-        "import resource,numpy as np\nfrom model.inference import Predictor\n"
+        "import numpy as np\nfrom model.inference import Predictor\n"
         f"p=Predictor.from_artifact({str(MODEL)!r}, precision={precision!r})\n"
-        "p.predict(np.zeros((1024,10,128),np.uint8))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "p.predict(np.zeros((1024,10,128),np.uint8))\n" + hwm
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AUDIOSET_PRECISION": precision}
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,6 +300,12 @@ def main() -> None:
                     files=args.queue_files,
                     clips_per_file=args.queue_clips,
                 )
+            # the scaling target: N single-core processes against N x one single-core process
+            report["queue_2_workers_vs_2x_1_worker_1_thread"] = round(
+                report["queue_2_workers"]["clips_per_second"]
+                / (2 * report["queue_1_worker_1_thread"]["clips_per_second"]),
+                3,
+            )
         for size in (int(s) for s in args.rss_clips.split(",") if s):
             path = write_file(tmp / f"rss{size}.h5", size)
             report[f"rss_{size}_clips"] = peak_rss_mb(path, args.rss_precision)

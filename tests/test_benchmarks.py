@@ -24,4 +24,19 @@ def test_benchmark_command_prints_every_figure_as_json() -> None:
     int8 = report["int8"]
     assert "skipped" in int8 or all(int8[k]["speedup_vs_float32"] > 0 for k in ("forward_only", "score_top5"))
     rss = report["rss_2000_clips"]
-    assert rss["precision"] == "int8" and rss["peak_rss_mb"] >= rss["model_loaded_rss_mb"] > 0
+    assert rss["precision"] == "int8" and rss["peak_rss_mb"] > 0 and rss["model_loaded_rss_mb"] > 0
+
+
+def test_peak_rss_is_the_scoring_process_own_not_the_benchmark_process_peak(tmp_path: Path) -> None:
+    import resource
+
+    import numpy as np
+
+    from benchmarks.__main__ import peak_rss_mb, write_file
+
+    ballast = np.ones(3 * 1024**3, dtype=np.uint8)  # make this (parent) process's peak 3 GB, far above a scorer's
+    parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert parent_peak_mb > 3000 and int(ballast[-1]) == 1
+    rss = peak_rss_mb(write_file(tmp_path / "small.h5", 500), "float32")
+    del ballast
+    assert 0 < rss["model_loaded_rss_mb"] < parent_peak_mb - 500 and 0 < rss["peak_rss_mb"] < parent_peak_mb - 500
