@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from model import inference, int8_runtime
+from model.architectures import ARCHITECTURES
 from model.inference import PrecisionUnavailableError, Predictor, resolve_precision
-from tests.helpers import write_h5
+from tests.helpers import build_artifact, write_h5
 
 
 def test_fallback_to_float32_without_cpu_support(
@@ -71,6 +72,16 @@ def test_int8_gives_the_same_top_labels_at_any_batch_size(tiny_model: Path) -> N
     assert (a.argmax(axis=1) == b.argmax(axis=1)).mean() >= 0.95
     np.testing.assert_allclose(fast.predict(x[:5]), b[:5], rtol=1e-5, atol=1e-6)
     assert fast.predict(x[:0]).shape == (0, a.shape[1])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_converts_to_int8_with_the_same_top_labels(architecture: str, tmp_path: Path) -> None:
+    model = build_artifact(tmp_path / "m", architecture=architecture, hidden_units=48)
+    x = np.random.default_rng(9).integers(0, 256, size=(48, 10, 128), dtype=np.uint8)
+    a = Predictor.from_artifact(model).predict(x)
+    b = Predictor.from_artifact(model, precision="int8").predict(x)
+    assert b.shape == a.shape and np.abs(a - b).max() < 0.02
+    assert (a.argmax(axis=1) == b.argmax(axis=1)).mean() >= 0.9
 
 
 def test_score_cli_records_int8_in_results(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
