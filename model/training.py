@@ -393,7 +393,9 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        if state["fingerprint"] != fingerprint or _fixed_settings(state["config"]) != _fixed_settings(config.to_json()):
+        # A run saved before a setting existed ran with that setting's default.
+        saved = {**TrainConfig().to_json(), **state["config"]}
+        if state["fingerprint"] != fingerprint or _fixed_settings(saved) != _fixed_settings(config.to_json()):
             raise TrainingDataError(f"{output} holds a run with other data or settings; choose a new output directory")
         state["config"] = config.to_json()
         import model.attention_pooling  # noqa: F401

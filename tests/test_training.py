@@ -167,6 +167,19 @@ def test_resume_refuses_other_settings(tmp_path: Path) -> None:
         train(small_config(iterations=20, learning_rate=0.1), x, y, make_labels(3), tmp_path / "run")
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path: Path) -> None:
+    x, y = learnable_dataset(200, 3, seed=2)
+    train(small_config(iterations=20), x, y, make_labels(3), tmp_path / "run")
+    state_path = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    for newer in ("mixup", "label_smoothing", "lr_schedule"):
+        del state["config"][newer]
+    state_path.write_text(json.dumps(state))
+    assert train(small_config(iterations=40), x, y, make_labels(3), tmp_path / "run").iterations_run == 40
+    with pytest.raises(TrainingDataError, match="other data or settings"):
+        train(small_config(iterations=60, mixup=0.2), x, y, make_labels(3), tmp_path / "run")
+
+
 def test_early_stopping_ends_at_the_first_stall_of_patience_evaluations(tmp_path: Path) -> None:
     x, y = learnable_dataset(400, 3, seed=6)
     result = train(small_config(iterations=2000, eval_every=10, patience=2), x, y, make_labels(3), tmp_path / "run")
