@@ -590,7 +590,14 @@ def show_config(as_json: bool) -> None:
     type=click.FloatRange(0, 1),
     default=0.5,
     show_default=True,
-    help="Weight of the teachers' soft targets against the labels (with --teacher).",
+    help="Weight of the soft targets (--teacher or --cross-fit) against the labels.",
+)
+@click.option(
+    "--cross-fit",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Train K fold models first; each clip's out-of-fold prediction becomes its soft target. 0 = off.",
 )
 @click.option(
     "--mixup",
@@ -650,6 +657,7 @@ def train(
     ema_decay: float,
     teachers: tuple[str, ...],
     distill_weight: float,
+    cross_fit: int,
     mixup: float,
     label_smoothing: float,
     lr_schedule: str,
@@ -706,6 +714,7 @@ def train(
         ema_decay=ema_decay,
         teachers=list(teachers),
         distill_weight=distill_weight,
+        cross_fit=cross_fit,
         mixup=mixup,
         label_smoothing=label_smoothing,
         lr_schedule=lr_schedule,
@@ -721,8 +730,14 @@ def train(
     )
     bar = tqdm(total=iterations, desc="train", unit="it", file=sys.stderr)
     last_map: list[float] = []
+    stage = [""]
 
     def progress(p: Progress) -> None:
+        if p.stage != stage[0]:  # cross-fitting: one bar pass per fold, then the model itself
+            stage[0] = p.stage
+            last_map.clear()
+            bar.reset(total=iterations)
+            bar.set_description(p.stage or "train")
         if p.validation_map is not None:
             last_map.append(p.validation_map)
         bar.n = p.iteration
@@ -754,7 +769,8 @@ def training() -> None:
 def _run_line(run: dict[str, Any]) -> str:
     best = run.get("best_map")
     return (
-        f"{run['id']}  {run.get('status', '?'):9}  it {run.get('iteration', 0)}/{run.get('iterations', '?')}"
+        f"{run['id']}  {run.get('status', '?'):9}  {run['stage'] + ' ' if run.get('stage') else ''}"
+        f"it {run.get('iteration', 0)}/{run.get('iterations', '?')}"
         f"  loss {run.get('loss', float('nan')):.4f}  val mAP {'-' if best is None else f'{best:.4f}'}"
         f"{'  -> ' + run['artifact'] if run.get('artifact') else ''}"
         f"{'  error: ' + run['error'] if run.get('error') else ''}"

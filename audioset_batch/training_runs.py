@@ -128,7 +128,7 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
 
         def progress(p: Progress) -> None:
             nonlocal last_write
-            record["iteration"], record["loss"] = p.iteration, p.loss
+            record["iteration"], record["loss"], record["stage"] = p.iteration, p.loss, p.stage
             if p.validation_map is not None:
                 record["validation_map"], record["best_map"] = p.validation_map, p.best_map
             if p.validation_map is not None or time.monotonic() - last_write > 2.0:

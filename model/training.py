@@ -18,6 +18,7 @@ import numpy as np
 from model.labels import ClassLabel
 
 CHECKPOINT_DIR = "checkpoint"
+FOLDS_DIR = "folds"
 STATE_NAME = "state.json"
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -42,6 +43,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 0.5
+    cross_fit: int = 0
     mixup: float = 0.0
     label_smoothing: float = 0.0
     lr_schedule: str = "constant"
@@ -60,6 +62,10 @@ class TrainConfig:
             raise TrainConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.mixup < 0:
             raise TrainConfigError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
+        if self.cross_fit == 1 or self.cross_fit < 0:
+            raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
+        if self.cross_fit and self.teachers:
+            raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
         if not 0 <= self.label_smoothing < 1:
             raise TrainConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -138,6 +144,7 @@ class Progress:
     loss: float
     validation_map: float | None
     best_map: float | None
+    stage: str = ""  # "" for the model itself, "fold K/N" while cross-fitting
 
 
 @dataclass(slots=True)
@@ -354,41 +361,42 @@ def _mean_loss(value: Any) -> float:
     return float(value)
 
 
-def train(
+@dataclass(slots=True)
+class _Fitted:
+    """What one training loop leaves behind: the served net (best weights loaded) and its run state."""
+
+    net: Any
+    predictor: Any
+    state: dict[str, Any]
+    stopped_early: bool
+
+
+def _fit(
     config: TrainConfig,
     x: np.ndarray,
     y: np.ndarray,
-    labels: Sequence[ClassLabel],
-    output_dir: str | Path,
-    on_progress: Callable[[Progress], None] | None = None,
-    data_description: str = "",
-) -> TrainResult:
-    """Train, evaluate every ``eval_every`` iterations, keep the best by validation mAP.
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    soft: np.ndarray | None,
+    checkpoint: Path,
+    fingerprint: str,
+    manifest: Any,
+    on_progress: Callable[[Progress], None] | None,
+    stage: str = "",
+) -> _Fitted:
+    """One training loop over ``train_idx``, evaluated on ``val_idx``; resumes from ``checkpoint``.
 
-    State lives in ``output_dir/checkpoint``; calling again with the same
-    ``output_dir`` resumes from the last checkpoint instead of starting over.
-    The best model is written as an artifact to ``output_dir/model``.
+    ``soft`` (aligned with ``train_idx``) are soft targets mixed into the labels with
+    ``config.distill_weight``. On return the net holds the best checkpoint's weights.
     """
     import keras
 
-    from model import artifact
     from model.architectures import branch_outputs, build_model
     from model.inference import Predictor, dequantize
     from model.metrics import evaluate
 
-    if x.ndim != 3 or x.shape[2] != 128:
-        raise TrainingDataError(f"x must be (clips, frames, 128), got {x.shape}")
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise TrainingDataError(f"y must be (clips, classes) with {x.shape[0]} clips, got {y.shape}")
-    if y.shape[1] != len(labels):
-        raise TrainingDataError(f"y has {y.shape[1]} classes but the label list has {len(labels)}")
-    output = Path(output_dir)
-    checkpoint = output / CHECKPOINT_DIR
     checkpoint.mkdir(parents=True, exist_ok=True)
-    fingerprint = data_fingerprint(x, y)
-    train_idx, val_idx = stratified_split(y, *config.validation_split)
     x_val, y_val = x[val_idx], np.asarray(y[val_idx], dtype=bool)
-
     state_path = checkpoint / STATE_NAME
     keras.utils.set_random_seed(config.seed)
     if state_path.exists():
@@ -396,7 +404,9 @@ def train(
         # A run saved before a setting existed ran with that setting's default.
         saved = {**TrainConfig().to_json(), **state["config"]}
         if state["fingerprint"] != fingerprint or _fixed_settings(saved) != _fixed_settings(config.to_json()):
-            raise TrainingDataError(f"{output} holds a run with other data or settings; choose a new output directory")
+            raise TrainingDataError(
+                f"{checkpoint.parent} holds a run with other data or settings; choose a new output directory"
+            )
         state["config"] = config.to_json()
         import model.attention_pooling  # noqa: F401
 
@@ -429,28 +439,11 @@ def train(
         if (checkpoint / "ema.npz").exists() and state["iteration"] > 0:
             average.load(checkpoint / "ema.npz")
 
-    soft: np.ndarray | None = None
-    teachers: list[dict[str, str]] = []
-    if config.teachers:
-        soft, teachers = teacher_targets(
-            config.teachers, x[train_idx], y.shape[1], fingerprint, config.validation_split
-        )
-
     # Re-seed from the iteration so a resumed run draws fresh batches deterministically.
     sampler = _sampler(config, np.asarray(y[train_idx], dtype=bool), config.seed + int(state["iteration"]))
     mix_rng = np.random.default_rng([config.seed, int(state["iteration"]), 1])
-    manifest = artifact.Manifest(
-        name=config.name,
-        version=config.version,
-        architecture=config.architecture,
-        classes=list(labels),
-        frames=int(x.shape[1]),
-        hidden_units=config.hidden_units,
-        branches=config.branches,
-    )
     predictor = Predictor(net, manifest)
     loss_value = float("nan")
-    started = time.monotonic()
 
     def stalled() -> bool:
         since = evaluations_since_best(state["history"], int(state["best_iteration"]))
@@ -496,7 +489,7 @@ def train(
             _write_json(state_path, state)
         if on_progress is not None:
             best = state["best_map"] if state["best_map"] >= 0 else None
-            on_progress(Progress(iteration, loss_value, val_map, best))
+            on_progress(Progress(iteration, loss_value, val_map, best, stage))
 
     stopped_early = stalled() and state["iteration"] < config.iterations
     trainable.save(checkpoint / "last.keras")
@@ -504,9 +497,153 @@ def train(
         average.save(checkpoint / "ema.npz")
     _write_json(state_path, state)
     if not (checkpoint / "best.weights.h5").exists():
-        raise TrainingDataError(f"{output} has no evaluated checkpoint yet; train for at least --eval-every iterations")
+        raise TrainingDataError(
+            f"{checkpoint.parent} has no evaluated checkpoint yet; train for at least --eval-every iterations"
+        )
     net.load_weights(checkpoint / "best.weights.h5")
-    final = evaluate(y_val, predictor.predict(x_val))
+    return _Fitted(net, predictor, state, bool(stopped_early))
+
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number per clip, dealt round-robin within each clip's rarest-label stratum.
+
+    Every class with at least ``folds`` clips then has positives in every fold, so
+    each fold model learns every class from ``(folds - 1) / folds`` of its clips.
+    """
+    y = np.asarray(y, dtype=bool)
+    rng = np.random.default_rng(seed)
+    counts = y.sum(axis=0)
+    masked = np.where(y, counts[None, :], np.iinfo(np.int64).max)
+    rarest = np.where(y.any(axis=1), masked.argmin(axis=1), -1)
+    fold_of = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for stratum in np.unique(rarest):
+        members = np.flatnonzero(rarest == stratum)
+        rng.shuffle(members)
+        fold_of[members] = (np.arange(len(members)) + offset) % folds
+        offset += len(members)
+    return fold_of
+
+
+def cross_fit_targets(
+    config: TrainConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    fingerprint: str,
+    manifest: Any,
+    folder: Path,
+    on_progress: Callable[[Progress], None] | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Out-of-fold predictions for every training clip: soft targets no model has memorised.
+
+    The training clips are dealt into ``config.cross_fit`` folds; a model trained on the
+    other folds predicts each one. Unlike a teacher's predictions on its own training
+    clips (which echo the labels), these carry what a model really believes about a clip,
+    including labels the annotators missed. Each fold is a resumable run of its own
+    under ``folder/fold-K``; a finished fold is not trained again.
+    """
+    from model.metrics import evaluate
+
+    k = config.cross_fit
+    fold_config = TrainConfig(**{**config.to_json(), "cross_fit": 0, "teachers": []})
+    fold_of = stratified_folds(np.asarray(y[train_idx], dtype=bool), k, config.seed)
+    soft = np.zeros((len(train_idx), y.shape[1]), dtype=np.float32)
+    validation = np.zeros((len(val_idx), y.shape[1]), dtype=np.float32)
+    summary: dict[str, Any] = {"folds": k, "fold_maps": [], "fold_best_iterations": []}
+    for fold in range(k):
+        where = folder / f"fold-{fold}"
+        held = np.flatnonzero(fold_of == fold)
+        done = where / "predictions.npz"
+        if not done.exists():
+            fitted = _fit(
+                fold_config,
+                x,
+                y,
+                train_idx[fold_of != fold],
+                val_idx,
+                None,
+                where / CHECKPOINT_DIR,
+                fingerprint,
+                manifest,
+                on_progress,
+                stage=f"fold {fold + 1}/{k}",
+            )
+            tmp = where / "predictions.tmp.npz"
+            np.savez(
+                tmp,
+                held=fitted.predictor.predict(x[train_idx[held]]),
+                validation=fitted.predictor.predict(x[val_idx]),
+                best_map=np.float64(fitted.state["best_map"]),
+                best_iteration=np.int64(fitted.state["best_iteration"]),
+            )
+            os.replace(tmp, done)
+        with np.load(done) as saved:
+            if saved["held"].shape != (len(held), y.shape[1]):
+                raise TrainingDataError(f"{done} does not match this data; choose a new output directory")
+            soft[held] = saved["held"]
+            validation += saved["validation"] / k
+            summary["fold_maps"].append(float(saved["best_map"]))
+            summary["fold_best_iterations"].append(int(saved["best_iteration"]))
+    y_val = np.asarray(y[val_idx], dtype=bool)
+    summary["fold_ensemble_map"] = evaluate(y_val, validation).mean_average_precision
+    summary["out_of_fold_map"] = evaluate(np.asarray(y[train_idx], dtype=bool), soft).mean_average_precision
+    return soft, summary
+
+
+def train(
+    config: TrainConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[ClassLabel],
+    output_dir: str | Path,
+    on_progress: Callable[[Progress], None] | None = None,
+    data_description: str = "",
+) -> TrainResult:
+    """Train, evaluate every ``eval_every`` iterations, keep the best by validation mAP.
+
+    State lives in ``output_dir/checkpoint`` (and ``output_dir/folds`` with
+    ``cross_fit``); calling again with the same ``output_dir`` resumes from the last
+    checkpoint instead of starting over. The best model is written as an artifact
+    to ``output_dir/model``.
+    """
+    from model import artifact
+    from model.metrics import evaluate
+
+    if x.ndim != 3 or x.shape[2] != 128:
+        raise TrainingDataError(f"x must be (clips, frames, 128), got {x.shape}")
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise TrainingDataError(f"y must be (clips, classes) with {x.shape[0]} clips, got {y.shape}")
+    if y.shape[1] != len(labels):
+        raise TrainingDataError(f"y has {y.shape[1]} classes but the label list has {len(labels)}")
+    output = Path(output_dir)
+    fingerprint = data_fingerprint(x, y)
+    train_idx, val_idx = stratified_split(y, *config.validation_split)
+    manifest = artifact.Manifest(
+        name=config.name,
+        version=config.version,
+        architecture=config.architecture,
+        classes=list(labels),
+        frames=int(x.shape[1]),
+        hidden_units=config.hidden_units,
+        branches=config.branches,
+    )
+    started = time.monotonic()
+    soft: np.ndarray | None = None
+    teachers: list[dict[str, str]] = []
+    cross_fit: dict[str, Any] | None = None
+    if config.teachers:
+        soft, teachers = teacher_targets(
+            config.teachers, x[train_idx], y.shape[1], fingerprint, config.validation_split
+        )
+    if config.cross_fit:
+        soft, cross_fit = cross_fit_targets(
+            config, x, y, train_idx, val_idx, fingerprint, manifest, output / FOLDS_DIR, on_progress
+        )
+    fitted = _fit(config, x, y, train_idx, val_idx, soft, output / CHECKPOINT_DIR, fingerprint, manifest, on_progress)
+    final = evaluate(np.asarray(y[val_idx], dtype=bool), fitted.predictor.predict(x[val_idx]))
+    state = fitted.state
     manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
     manifest.training = {
         "data": data_description,
@@ -516,18 +653,20 @@ def train(
         "validation_clips": len(val_idx),
         "best_iteration": int(state["best_iteration"]),
         "iterations_run": int(state["iteration"]),
-        "stopped_early": bool(stopped_early),
+        "stopped_early": fitted.stopped_early,
         "hyperparameters": config.to_json(),
         "teachers": teachers,
         "seconds": round(time.monotonic() - started, 1),
     }
+    if cross_fit is not None:
+        manifest.training["cross_fit"] = cross_fit
     manifest.metrics = {"validation": final.summary()}
-    artifact.save(net, manifest, output / "model")
+    artifact.save(fitted.net, manifest, output / "model")
     return TrainResult(
         output / "model",
         int(state["best_iteration"]),
         float(final.mean_average_precision),
         list(state["history"]),
         int(state["iteration"]),
-        stopped_early,
+        fitted.stopped_early,
     )

@@ -17,6 +17,7 @@ from model.training import (
     learning_rate_at,
     mix_batch,
     smooth_labels,
+    stratified_folds,
     train,
 )
 from tests.helpers import learnable_dataset, make_labels
@@ -362,3 +363,83 @@ def test_frame_self_attention_learns_and_loads_in_safe_mode(tmp_path: Path) -> N
     net, manifest = artifact.load(result.artifact)
     assert manifest.architecture == "frame_self_attention"
     assert "MultiHeadAttention" in {type(layer).__name__ for layer in net.layers}
+
+
+def test_stratified_folds_put_every_class_in_every_fold() -> None:
+    _, y = learnable_dataset(400, 6, seed=11)
+    fold_of = stratified_folds(y, 4, seed=0)
+    assert sorted(set(fold_of.tolist())) == [0, 1, 2, 3]
+    sizes = np.bincount(fold_of)
+    assert sizes.max() - sizes.min() <= 1 + 6  # dealt round-robin within at most 7 strata
+    for fold in range(4):
+        assert y[fold_of == fold].any(axis=0).all()  # each fold holds positives of every class
+    np.testing.assert_array_equal(fold_of, stratified_folds(y, 4, seed=0))  # deterministic
+
+
+def test_cross_fit_targets_are_out_of_fold_predictions(tmp_path: Path) -> None:
+    """Labels the data cannot predict: a model's own training clips echo them, held-out clips do not."""
+    from model.inference import Predictor
+    from model.labels import ClassLabel
+    from model.metrics import evaluate
+    from model.training import cross_fit_targets, data_fingerprint, stratified_split
+
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 256, size=(240, 10, 128), dtype=np.uint8)
+    y = rng.random((240, 3)) < 0.3
+    y[np.arange(240), rng.integers(0, 3, 240)] = True
+    config = small_config(architecture="feature_level_attention", iterations=200, cross_fit=2, dropout=0.0)
+    train_idx, val_idx = stratified_split(y, *config.validation_split)
+    manifest = artifact.Manifest(
+        "m", "1", config.architecture, [ClassLabel(i, f"/m/{i}", f"c{i}") for i in range(3)], 10
+    )
+    soft, summary = cross_fit_targets(
+        config, x, y, train_idx, val_idx, data_fingerprint(x, y), manifest, tmp_path / "folds", None
+    )
+    assert soft.shape == (len(train_idx), 3) and summary["folds"] == 2 and len(summary["fold_maps"]) == 2
+    fold_of = stratified_folds(y[train_idx], 2, config.seed)
+    from model.architectures import build_model
+
+    net = build_model("feature_level_attention", 3, 10, config.hidden_units, 0.0)
+    net.load_weights(tmp_path / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
+    seen = train_idx[fold_of == 1]  # fold 0's model trained on fold 1
+    own = evaluate(y[seen], Predictor(net, manifest).predict(x[seen])).mean_average_precision
+    held_out = evaluate(y[train_idx[fold_of == 0]], soft[fold_of == 0]).mean_average_precision
+    assert own > held_out + 0.15  # memorised where it trained; the soft targets come from where it did not
+    assert summary["out_of_fold_map"] == pytest.approx(evaluate(y[train_idx], soft).mean_average_precision)
+
+
+def test_cross_fit_trains_learns_records_and_resumes_fold_by_fold(tmp_path: Path) -> None:
+    x, y = learnable_dataset(600, 4, seed=13)
+    config = small_config(architecture="feature_level_attention", iterations=40, cross_fit=3, distill_weight=0.3)
+    stages: list[str] = []
+
+    def interrupt(p: Progress) -> None:
+        if not stages or stages[-1] != p.stage:
+            stages.append(p.stage)
+        if p.stage == "fold 2/3" and p.iteration == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    assert stages == ["fold 1/3", "fold 2/3"]
+    first_fold = tmp_path / "run" / "folds" / "fold-0" / "predictions.npz"
+    written = first_fold.stat().st_mtime_ns
+    resumed: list[tuple[str, int]] = []
+    result = train(
+        config, x, y, make_labels(4), tmp_path / "run", on_progress=lambda p: resumed.append((p.stage, p.iteration))
+    )
+    assert resumed[0] == ("fold 2/3", 21)  # fold 1 is not trained again; fold 2 resumes from its checkpoint
+    assert [s for s, _ in resumed if s == "fold 3/3"] and resumed[-1] == ("", 40)
+    assert first_fold.stat().st_mtime_ns == written
+    assert result.best_map > 0.7
+    recorded = artifact.verify(result.artifact).training
+    assert recorded["hyperparameters"]["cross_fit"] == 3
+    assert len(recorded["cross_fit"]["fold_maps"]) == 3 and recorded["cross_fit"]["out_of_fold_map"] > 0.6
+    assert 0 < recorded["cross_fit"]["fold_ensemble_map"] <= 1
+
+
+def test_cross_fit_settings_are_checked() -> None:
+    with pytest.raises(TrainConfigError, match="number of folds"):
+        TrainConfig(cross_fit=1)
+    with pytest.raises(TrainConfigError, match="choose one"):
+        TrainConfig(cross_fit=3, teachers=["t"])
