@@ -607,6 +607,20 @@ def show_config(as_json: bool) -> None:
     help="Mixup on embeddings with Beta(ALPHA, ALPHA) weights (e.g. 0.3); 0 = off.",
 )
 @click.option(
+    "--frame-mix",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Splice clips: up to this share of each clip's frames come from another clip in the batch; 0 = off.",
+)
+@click.option(
+    "--frame-mix-targets",
+    type=click.Choice(["share", "union"]),
+    default="share",
+    show_default=True,
+    help="Targets of a spliced clip: blended by frame share, or the union of both label sets.",
+)
+@click.option(
     "--label-smoothing",
     type=click.FloatRange(0, 1, max_open=True),
     default=0.0,
@@ -659,6 +673,8 @@ def train(
     distill_weight: float,
     cross_fit: int,
     mixup: float,
+    frame_mix: float,
+    frame_mix_targets: str,
     label_smoothing: float,
     lr_schedule: str,
     sampling: str,
@@ -716,6 +732,8 @@ def train(
         distill_weight=distill_weight,
         cross_fit=cross_fit,
         mixup=mixup,
+        frame_mix=frame_mix,
+        frame_mix_targets=frame_mix_targets,
         label_smoothing=label_smoothing,
         lr_schedule=lr_schedule,
         balanced=sampling == "balanced",

@@ -21,6 +21,7 @@ CHECKPOINT_DIR = "checkpoint"
 FOLDS_DIR = "folds"
 STATE_NAME = "state.json"
 LR_SCHEDULES = ("constant", "cosine")
+FRAME_MIX_TARGETS = ("share", "union")
 
 
 class TrainingDataError(ValueError):
@@ -45,6 +46,8 @@ class TrainConfig:
     distill_weight: float = 0.5
     cross_fit: int = 0
     mixup: float = 0.0
+    frame_mix: float = 0.0
+    frame_mix_targets: str = "share"
     label_smoothing: float = 0.0
     lr_schedule: str = "constant"
     balanced: bool = True
@@ -62,6 +65,12 @@ class TrainConfig:
             raise TrainConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.mixup < 0:
             raise TrainConfigError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
+        if not 0 <= self.frame_mix <= 1:
+            raise TrainConfigError(f"frame_mix must be in [0, 1] (a share of frames; 0 = off), got {self.frame_mix}")
+        if self.frame_mix_targets not in FRAME_MIX_TARGETS:
+            raise TrainConfigError(
+                f"frame_mix_targets must be one of {', '.join(FRAME_MIX_TARGETS)}, got {self.frame_mix_targets!r}"
+            )
         if self.cross_fit == 1 or self.cross_fit < 0:
             raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
         if self.cross_fit and self.teachers:
@@ -116,6 +125,34 @@ def mix_batch(
     mixed_x = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * x[partner]
     mixed_y = lam[:, None] * targets + (1.0 - lam[:, None]) * targets[partner]
     return mixed_x.astype(np.float32), mixed_y.astype(np.float32)
+
+
+def frame_mix_batch(
+    x: np.ndarray, targets: np.ndarray, max_share: float, rng: np.random.Generator, union: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splice clips: up to ``max_share`` of each clip's frames come from a random partner in the batch.
+
+    VGGish embeds each second of audio on its own, so a clip whose frames are partly
+    another clip's is exactly the embedding of the spliced audio: a realistic new
+    training clip, unlike a blend of embeddings. Each clip takes ``k`` frames, ``k``
+    uniform in ``0..round(max_share * frames)``, at random positions. Targets are
+    blended by the share of frames each clip gave (``union=False``), or are the union
+    of both label sets (``union=True``: a sound heard in any second is present).
+    """
+    n, frames = x.shape[:2]
+    most = round(max_share * frames)
+    k = rng.integers(0, most + 1, size=n)
+    partner = rng.permutation(n)
+    ranks = rng.random((n, frames)).argsort(axis=1).argsort(axis=1)
+    from_partner = ranks < k[:, None]
+    mixed_x = np.where(from_partner[:, :, None], x[partner], x).astype(np.float32)
+    if union:
+        given = (k > 0)[:, None]
+        mixed_y = np.where(given, np.maximum(targets, targets[partner]), targets)
+    else:
+        share = (k / frames).astype(np.float32)[:, None]
+        mixed_y = (1.0 - share) * targets + share * targets[partner]
+    return mixed_x, mixed_y.astype(np.float32)
 
 
 # Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
@@ -442,6 +479,7 @@ def _fit(
     # Re-seed from the iteration so a resumed run draws fresh batches deterministically.
     sampler = _sampler(config, np.asarray(y[train_idx], dtype=bool), config.seed + int(state["iteration"]))
     mix_rng = np.random.default_rng([config.seed, int(state["iteration"]), 1])
+    splice_rng = np.random.default_rng([config.seed, int(state["iteration"]), 2])
     predictor = Predictor(net, manifest)
     loss_value = float("nan")
 
@@ -459,6 +497,10 @@ def _fit(
         if config.label_smoothing > 0:
             targets = smooth_labels(targets, config.label_smoothing)
         inputs = dequantize(x[batch])
+        if config.frame_mix > 0:
+            inputs, targets = frame_mix_batch(
+                inputs, targets, config.frame_mix, splice_rng, union=config.frame_mix_targets == "union"
+            )
         if config.mixup > 0:
             inputs, targets = mix_batch(inputs, targets, config.mixup, mix_rng)
         if config.lr_schedule != "constant":

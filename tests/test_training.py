@@ -14,6 +14,7 @@ from model.training import (
     TrainConfig,
     TrainConfigError,
     TrainingDataError,
+    frame_mix_batch,
     learning_rate_at,
     mix_batch,
     smooth_labels,
@@ -173,7 +174,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path:
     train(small_config(iterations=20), x, y, make_labels(3), tmp_path / "run")
     state_path = tmp_path / "run" / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text())
-    for newer in ("mixup", "label_smoothing", "lr_schedule"):
+    for newer in ("mixup", "label_smoothing", "lr_schedule", "frame_mix", "frame_mix_targets"):
         del state["config"][newer]
     state_path.write_text(json.dumps(state))
     assert train(small_config(iterations=40), x, y, make_labels(3), tmp_path / "run").iterations_run == 40
@@ -317,6 +318,47 @@ def test_mixup_blends_each_clip_with_a_partner_and_mixes_its_targets_alike() -> 
     np.testing.assert_allclose(mixed_x[:, 0, 0], mixed_y @ np.arange(n, dtype=np.float32), rtol=1e-5)
 
 
+def test_frame_mix_splices_partner_frames_and_blends_targets_by_their_share() -> None:
+    n, frames = 200, 10
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], frames, axis=1).repeat(128, axis=2)
+    y = np.eye(n, dtype=np.float32)  # clip i is class i: a target shows who gave frames, and how many
+    mixed_x, mixed_y = frame_mix_batch(x, y, 0.5, np.random.default_rng(0))
+    assert mixed_x.shape == x.shape and mixed_x.dtype == mixed_y.dtype == np.float32
+    source = mixed_x[:, :, 0].astype(int)  # which clip each frame came from
+    assert (mixed_x == mixed_x[:, :, :1]).all()  # whole frames move, never parts of one
+    for i in range(n):
+        own = source[i] == i
+        given = frames - own.sum()
+        assert given <= 5  # at most half of the frames come from elsewhere
+        partners = set(source[i][~own].tolist())
+        assert len(partners) <= 1  # from one partner
+        if partners:
+            (j,) = partners
+            assert mixed_y[i, i] == pytest.approx(1 - given / frames) and mixed_y[i, j] == pytest.approx(given / frames)
+    taken = (source != np.arange(n)[:, None]).sum(axis=1)
+    assert set(taken.tolist()) == {0, 1, 2, 3, 4, 5}  # every share from none to half occurs
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_frame_mix_union_targets_hold_both_label_sets() -> None:
+    n = 50
+    x = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 10, axis=1).repeat(128, axis=2)
+    y = np.eye(n, dtype=np.float32)
+    mixed_x, mixed_y = frame_mix_batch(x, y, 0.3, np.random.default_rng(1), union=True)
+    for i in range(n):
+        sources = set(mixed_x[i, :, 0].astype(int).tolist())
+        assert set(np.flatnonzero(mixed_y[i]).tolist()) == sources and (mixed_y[i][list(sources)] == 1).all()
+
+
+def test_frame_mix_trains_and_is_recorded(tmp_path: Path) -> None:
+    x, y = learnable_dataset(600, 4, seed=12)
+    config = small_config(architecture="feature_level_attention", iterations=60, frame_mix=0.3)
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert result.best_map > 0.7
+    hyperparameters = artifact.verify(result.artifact).training["hyperparameters"]
+    assert (hyperparameters["frame_mix"], hyperparameters["frame_mix_targets"]) == (0.3, "share")
+
+
 def test_training_options_are_checked_when_the_config_is_made() -> None:
     with pytest.raises(TrainConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
@@ -324,6 +366,10 @@ def test_training_options_are_checked_when_the_config_is_made() -> None:
         TrainConfig(mixup=-0.1)
     with pytest.raises(TrainConfigError, match="label_smoothing"):
         TrainConfig(label_smoothing=1.0)
+    with pytest.raises(TrainConfigError, match="frame_mix must be in"):
+        TrainConfig(frame_mix=1.5)
+    with pytest.raises(TrainConfigError, match="frame_mix_targets"):
+        TrainConfig(frame_mix_targets="max")
     from audioset_batch.errors import ConfigError
     from audioset_batch.training_runs import TrainingSpec
 
