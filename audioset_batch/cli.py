@@ -322,6 +322,11 @@ def watch(url: str, interval: float | None, once: bool) -> None:
 @click.option("--redis-list", default=None, help="Consume notifications from this Redis list (MinIO's Redis target).")
 @click.option("--redis-url", default=None, help="Redis holding the list (default: AUDIOSET_BROKER_URL).")
 @click.option("--http", "http_address", default=None, help="Serve an HTTP endpoint on HOST:PORT for webhooks.")
+@click.option(
+    "--replay-failed",
+    is_flag=True,
+    help="Move the payloads set aside in <KEY>:failed back onto --redis-list KEY, then exit.",
+)
 @click.option("--prefix", default="", help="Only keys starting with this prefix.")
 @click.option(
     "--suffix", "suffixes", multiple=True, help="Only keys ending with this (repeatable; default .h5, .hdf5)."
@@ -344,6 +349,7 @@ def listen(
     redis_list: str | None,
     redis_url: str | None,
     http_address: str | None,
+    replay_failed: bool,
     prefix: str,
     suffixes: tuple[str, ...],
     event_types: tuple[str, ...],
@@ -361,6 +367,12 @@ def listen(
     if not redis_list and not http_address:
         raise click.UsageError("give --redis-list KEY, --http HOST:PORT, or both")
     settings = _settings()
+    if replay_failed:
+        if not redis_list:
+            raise click.UsageError("--replay-failed needs --redis-list KEY")
+        moved = Listener.replay_failed(redis_url or settings.broker_url, redis_list)
+        click.echo(f"{moved} payload(s) moved from {redis_list}:failed back to {redis_list}", err=True)
+        return
     event_filter = EventFilter(
         prefix=prefix, suffixes=suffixes or HDF5_SUFFIXES, event_types=event_types or CREATED_TYPES
     )

@@ -66,6 +66,8 @@ class JobStore(Protocol):
 
     def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]: ...
 
+    def forget_items(self, job_id: str, sources: Iterable[str]) -> int: ...
+
     def mark(self, job_id: str, source: str, status: str) -> bool: ...
 
     def status(self, job_id: str) -> JobStatus: ...
@@ -90,6 +92,18 @@ class JobStore(Protocol):
 def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
+
+_FORGET_LUA = """
+local n = 0
+for i, source in ipairs(ARGV) do
+  if redis.call('HGET', KEYS[1], source) == 'pending' then
+    redis.call('HDEL', KEYS[1], source)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[2], 'total', -n) end
+return n
+"""
 
 _MARK_LUA = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -116,6 +130,7 @@ class RedisJobStore:
         )
         self.prefix = prefix
         self._mark = self.redis.register_script(_MARK_LUA)
+        self._forget = self.redis.register_script(_FORGET_LUA)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -146,6 +161,10 @@ class RedisJobStore:
         if added:
             self.redis.hincrby(self._k("job", job_id, "counts"), "total", len(added))
         return added
+
+    def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
+        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts")]
+        return int(self._forget(keys=keys, args=list(sources)))  # type: ignore[arg-type]
 
     def mark(self, job_id: str, source: str, status: str) -> bool:
         if status not in FINAL_STATUSES:
@@ -255,6 +274,16 @@ class SqliteJobStore:
             conn.execute("ROLLBACK")
             raise
         return added
+
+    def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
+        conn = self._conn()
+        forgotten = 0
+        for source in sources:
+            cursor = conn.execute(
+                "DELETE FROM items WHERE job = ? AND source = ? AND status = 'pending'", (job_id, source)
+            )
+            forgotten += cursor.rowcount
+        return forgotten
 
     def mark(self, job_id: str, source: str, status: str) -> bool:
         if status not in FINAL_STATUSES:

@@ -64,17 +64,28 @@ def send(
     """Register each object in the job, then send a task for each one the job did not hold yet.
 
     An item is the object URL, or ``(url, item_id)`` where the caller needs another identity
-    (the watcher adds the ETag so an overwritten object is scored again).
+    (the watcher adds the ETag so an overwritten object is scored again). If the broker
+    refuses a task, the items not sent are removed from the job again before the error
+    propagates, so calling again (a retry) sends them.
     """
     sent = 0
     batch: dict[str, str] = {}
 
     def flush() -> int:
         added = jobs.add_items(job, list(batch))
-        for item in added:
-            app.send_task(
-                SCORE_TASK, args=[batch[item]], kwargs={"job": job, "item": item, "force": force}, queue=settings.queue
-            )
+        for i, item in enumerate(added):
+            try:
+                app.send_task(
+                    SCORE_TASK,
+                    args=[batch[item]],
+                    kwargs={"job": job, "item": item, "force": force},
+                    queue=settings.queue,
+                )
+            except BaseException:
+                # Not sent: unregister what was not sent, so a retry finds it new instead of
+                # leaving a 'pending' item that no task will ever finish.
+                jobs.forget_items(job, added[i:])
+                raise
         batch.clear()
         return len(added)
 

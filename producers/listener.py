@@ -4,7 +4,10 @@ Two inputs feed the same handler: a Redis list (MinIO's Redis target) and an
 HTTP endpoint (S3-style webhooks, IBM Code Engine COS subscriptions). Each
 object version becomes the job item ``<url>#<etag>``, so duplicate
 notifications enqueue nothing. A malformed payload is logged, counted and
-skipped; it never stops the listener or costs another event.
+skipped; it never stops the listener or costs another event. A payload that
+fails for good (an invalid key, no permission) is set aside in a dead-letter
+list instead of blocking the ones behind it; an outage (broker, state store,
+object store) is retried with backoff.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from audioset_batch.errors import AudiosetError, ObjectNotFoundError
+from audioset_batch.errors import AudiosetError, InvalidObjectKeyError, ObjectNotFoundError
 from audioset_batch.jobs import JobStore
 from audioset_batch.object_store import ObjectURL, store_for
 from audioset_batch.results import is_result_key
@@ -30,6 +33,21 @@ from producers.notifications import EventFilter, MalformedEventError, parse_even
 
 log = logging.getLogger("audioset.listener")
 MAX_BODY = 1024 * 1024
+RETRY_MAX_SECONDS = 30.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Could the same payload succeed later? Outages yes; a bad key or missing permission no."""
+    import kombu.exceptions
+    import redis
+
+    if isinstance(exc, AudiosetError):
+        return exc.transient
+    return isinstance(exc, redis.RedisError | kombu.exceptions.OperationalError | ConnectionError | TimeoutError)
+
+
+def dead_letter_key(list_key: str) -> str:
+    return f"{list_key}:failed"
 
 
 @dataclass(slots=True)
@@ -112,7 +130,9 @@ class Listener:
 
         client = redis.Redis.from_url(redis_url, socket_timeout=30, health_check_interval=30)
         processing = f"{list_key}:processing"
-        log.info("listening on Redis list %s (job %s)", list_key, self.job)
+        failed = dead_letter_key(list_key)
+        log.info("listening on Redis list %s (job %s; failing payloads go to %s)", list_key, self.job, failed)
+        retries = 0
         while not stop.is_set():
             try:
                 leftover = client.lindex(processing, -1)
@@ -123,14 +143,47 @@ class Listener:
                     self.handle(payload)
                 except MalformedEventError:
                     pass  # logged and counted in handle(); drop it and carry on
-                except AudiosetError as exc:
-                    log.warning("could not enqueue a notification, will retry: %s", exc)
-                    stop.wait(1.0)
+                except Exception as exc:
+                    if is_transient(exc):
+                        delay = min(RETRY_MAX_SECONDS, 2.0**retries)
+                        retries += 1
+                        log.warning("could not enqueue a notification (%s); retrying in %.0f s", exc, delay)
+                        stop.wait(delay)
+                        continue
+                    self._set_aside(client, processing, failed, payload, exc)  # type: ignore[arg-type]
+                    retries = 0
                     continue
+                retries = 0
                 client.lrem(processing, -1, payload)  # type: ignore[arg-type]
             except redis.RedisError as exc:
                 log.warning("Redis unavailable (%s); reconnecting", exc)
                 stop.wait(1.0)
+
+    def _set_aside(self, client: Any, processing: str, failed: str, payload: bytes, exc: Exception) -> None:
+        """Move a payload that cannot succeed to the dead-letter list, in one transaction."""
+        pipe = client.pipeline(transaction=True)
+        pipe.rpush(failed, payload)
+        pipe.lrem(processing, -1, payload)
+        pipe.execute()
+        self.jobs.incr_counter("listener.failed")
+        log.error(
+            "notification set aside in %s: %s: %s (payload: %s)",
+            failed,
+            type(exc).__name__,
+            exc,
+            payload[:300].decode("utf-8", "replace"),
+        )
+
+    @staticmethod
+    def replay_failed(redis_url: str, list_key: str) -> int:
+        """Move every set-aside payload back onto the list (after fixing what made it fail)."""
+        import redis
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=30)
+        moved = 0
+        while client.lmove(dead_letter_key(list_key), list_key, "LEFT", "RIGHT") is not None:
+            moved += 1
+        return moved
 
     def http_server(self, host: str, port: int) -> ThreadingHTTPServer:
         """An HTTP server: POST a notification to any path; GET /healthz; GET /stats."""
@@ -171,7 +224,17 @@ def _handler_for(handle: Callable[[bytes], Handled], jobs: JobStore) -> type[Bas
             except MalformedEventError as exc:
                 self._reply(400, {"error": str(exc)})
                 return
+            except InvalidObjectKeyError as exc:  # can never succeed: say so, so the sender stops retrying
+                jobs.incr_counter("listener.failed")
+                log.error("notification refused: %s: %s", type(exc).__name__, exc)
+                self._reply(422, {"error": f"{type(exc).__name__}: {exc}"})
+                return
             except AudiosetError as exc:
+                self._reply(503, {"error": f"could not enqueue, retry later: {exc}"})
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 self._reply(503, {"error": f"could not enqueue, retry later: {exc}"})
                 return
             self._reply(202, result.to_json())

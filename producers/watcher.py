@@ -36,17 +36,23 @@ class Watcher:
         self.job = jobs.create_job(name=f"watch {self.url}", job_id=watch_job_id(self.url))
         self._known: set[str] = set()  # items this process already registered: saves round trips
 
-    def _candidates(self) -> Iterator[tuple[ObjectURL, str]]:
+    def _candidates(self, fresh: list[str]) -> Iterator[tuple[ObjectURL, str]]:
         for info in list_inputs(self.url, self.settings):
             obj = self.url.with_key(info.key)
             item = f"{obj}#{info.etag}"
             if item not in self._known:
                 self._known.add(item)
+                fresh.append(item)
                 yield obj, item
 
     def poll_once(self) -> int:
         """List once; returns how many tasks were sent."""
-        sent = send(self.app, self.jobs, self.job, self._candidates(), self.settings)
+        fresh: list[str] = []
+        try:
+            sent = send(self.app, self.jobs, self.job, self._candidates(fresh), self.settings)
+        except BaseException:
+            self._known.difference_update(fresh)  # not all sent: offer them again next poll (the job dedupes)
+            raise
         if sent:
             self.jobs.incr_counter("watcher.enqueued", sent)
             log.info("watch %s: enqueued %d new object(s) into job %s", self.url, sent, self.job)

@@ -32,6 +32,18 @@ def test_job_lifecycle(jobs: JobStore) -> None:
     assert [s.id for s in jobs.list_jobs()] == [job]
 
 
+def test_forgetting_takes_back_only_pending_items(jobs: JobStore) -> None:
+    job = jobs.create_job()
+    jobs.add_items(job, ["a", "b", "c"])
+    jobs.mark(job, "a", "scored")
+    assert jobs.forget_items(job, ["a", "b", "zz"]) == 1  # a is final, zz was never there
+    assert jobs.items(job) == {"a": "scored", "c": "pending"}
+    status = jobs.status(job)
+    assert (status.total, status.scored, status.pending) == (2, 1, 1)
+    assert jobs.add_items(job, ["b"]) == ["b"]  # a forgotten item is new again
+    assert jobs.status(job).total == 3
+
+
 def test_unknown_job(jobs: JobStore) -> None:
     with pytest.raises(UnknownJobError):
         jobs.status("nope")

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote_plus
 
+import kombu.exceptions
 import pytest
 import redis
 
@@ -158,6 +159,110 @@ def test_minio_payloads_on_redis_list_are_scored_once(
     assert delta["listener.duplicates"] == 2 * len(keys)
     assert client.llen("bucketevents") == 0 and client.llen("bucketevents:processing") == 0
     assert worker.text().count("Task audioset.score_object") >= len(keys)
+
+
+def dead_broker_settings(stack: Stack, **overrides: object):  # type: ignore[no-untyped-def]
+    """The stack's settings with a broker on a port where nothing listens."""
+    return stack.settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", **overrides)
+
+
+@pytest.mark.integration
+def test_a_task_the_broker_refuses_leaves_no_pending_item_behind(stack: Stack) -> None:
+    from audioset_batch.object_store import ObjectURL
+    from producers.enqueue import send
+
+    settings = stack.settings()
+    jobs = open_job_store(settings.effective_state_url)
+    job = jobs.create_job()
+    urls = [ObjectURL("cos", stack.input_bucket, f"k{i}.h5") for i in range(3)]
+    with pytest.raises(kombu.exceptions.OperationalError):
+        send(make_app(dead_broker_settings(stack)), jobs, job, urls, settings)
+    assert jobs.items(job) == {} and jobs.status(job).total == 0  # nothing stranded as 'pending'
+    assert send(make_app(settings), jobs, job, urls, settings) == 3  # the retry sends every one
+    assert set(jobs.items(job, "pending")) == {str(u) for u in urls}
+
+    CosStore(settings).put_bytes(b"not scored here", stack.input_bucket, "watched-outage/a.h5")
+    outage = make_app(dead_broker_settings(stack))
+    watcher = Watcher(f"cos://{stack.input_bucket}/watched-outage/", settings, outage, jobs)
+    with pytest.raises(kombu.exceptions.OperationalError):
+        watcher.poll_once()
+    watcher.app = make_app(settings)  # the broker is back: the next poll sends what the failed one could not
+    assert watcher.poll_once() == 1 and watcher.poll_once() == 0
+
+
+@pytest.mark.integration
+def test_redis_list_sets_aside_a_payload_that_fails_for_good_and_goes_on(
+    stack: Stack, tmp_path: Path, redis_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "buckets"
+    write_h5(root / "incoming" / "good.h5", clips=2)
+    settings = stack.settings(local_root=str(root))
+    jobs = open_job_store(settings.effective_state_url)
+    client = redis.Redis.from_url(redis_db)
+    bad = ibm_event("incoming", "../outside.h5")  # no etag: the listener stats the key, which is refused
+    good = ibm_event("incoming", "good.h5")
+    client.rpush("events", bad, good)
+    listener = Listener(settings, make_app(settings), jobs, scheme="file")
+    before = jobs.counters()
+    stop = threading.Event()
+    thread = threading.Thread(target=listener.run_redis_list, args=(redis_db, "events", stop), daemon=True)
+    with caplog.at_level("ERROR", logger="audioset.listener"):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while (client.llen("events") or client.llen("events:processing")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(10)
+    assert client.lrange("events:failed", 0, -1) == [bad]  # set aside, not lost and not blocking
+    assert [item.split("#")[0] for item in jobs.items(listener.job) if item.startswith("file://incoming/")] == [
+        "file://incoming/good.h5"
+    ]
+    after = jobs.counters()
+    assert after["listener.failed"] - before.get("listener.failed", 0) == 1
+    assert after["listener.enqueued"] - before.get("listener.enqueued", 0) == 1
+    assert "InvalidObjectKeyError" in caplog.text and "outside.h5" in caplog.text
+    # Once the cause is fixed, the operator puts the payloads back on the list.
+    command = ["listen", "--redis-list", "events", "--replay-failed", "--redis-url", redis_db]
+    replay = subprocess.run(
+        [sys.executable, "-m", "audioset_batch.cli", *command],
+        env={**os.environ, **stack.env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert "1 payload(s) moved" in replay.stderr
+    assert client.lrange("events", 0, -1) == [bad] and client.llen("events:failed") == 0
+
+
+@pytest.mark.integration
+def test_redis_list_retries_through_a_broker_outage_without_losing_the_payload(
+    stack: Stack, redis_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = dead_broker_settings(stack)
+    jobs = open_job_store(settings.effective_state_url)
+    client = redis.Redis.from_url(redis_db)
+    payload = minio_access(stack.input_bucket, "outage.h5", "e1")
+    client.rpush("events", payload)
+    listener = Listener(settings, make_app(settings), jobs)
+    stop = threading.Event()
+    thread = threading.Thread(target=listener.run_redis_list, args=(redis_db, "events", stop), daemon=True)
+    with caplog.at_level("WARNING", logger="audioset.listener"):
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while caplog.text.count("retrying in") < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert thread.is_alive()  # an outage does not kill the consumer
+        finally:
+            stop.set()
+            thread.join(10)
+    assert caplog.text.count("retrying in") >= 2
+    assert client.lrange("events:processing", 0, -1) == [payload] and client.llen("events:failed") == 0
+    assert not [i for i in jobs.items(listener.job) if "outage.h5" in i]  # nothing registered that no task finishes
 
 
 @pytest.mark.integration
