@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -140,17 +142,9 @@ def test_minio_payloads_on_redis_list_are_scored_once(
     jobs = open_job_store(settings.effective_state_url)
     before = jobs.counters()
     listener = Listener(settings, make_app(settings), jobs)
-    stop = threading.Event()
-    thread = threading.Thread(target=listener.run_redis_list, args=(redis_db, "bucketevents", stop), daemon=True)
-    thread.start()
-    try:
+    with consuming(listener, redis_db, "bucketevents"):
         assert results_exist(stack, keys)
-        deadline = time.monotonic() + 30
-        while client.llen("bucketevents") and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        thread.join(10)
+        wait_until(lambda: not client.llen("bucketevents"))
     status = wait_job(jobs, listener.job)
     assert (status.total, status.scored) == (len(keys), len(keys))
     after = jobs.counters()
@@ -159,6 +153,25 @@ def test_minio_payloads_on_redis_list_are_scored_once(
     assert delta["listener.duplicates"] == 2 * len(keys)
     assert client.llen("bucketevents") == 0 and client.llen("bucketevents:processing") == 0
     assert worker.text().count("Task audioset.score_object") >= len(keys)
+
+
+@contextlib.contextmanager
+def consuming(listener: Listener, redis_url: str, key: str) -> Iterator[threading.Thread]:
+    """The listener's Redis-list consumer, running on a thread for the block's duration."""
+    stop = threading.Event()
+    thread = threading.Thread(target=listener.run_redis_list, args=(redis_url, key, stop), daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def dead_broker_settings(stack: Stack, **overrides: object):  # type: ignore[no-untyped-def]
@@ -204,17 +217,8 @@ def test_redis_list_sets_aside_a_payload_that_fails_for_good_and_goes_on(
     client.rpush("events", bad, good)
     listener = Listener(settings, make_app(settings), jobs, scheme="file")
     before = jobs.counters()
-    stop = threading.Event()
-    thread = threading.Thread(target=listener.run_redis_list, args=(redis_db, "events", stop), daemon=True)
-    with caplog.at_level("ERROR", logger="audioset.listener"):
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while (client.llen("events") or client.llen("events:processing")) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        finally:
-            stop.set()
-            thread.join(10)
+    with caplog.at_level("ERROR", logger="audioset.listener"), consuming(listener, redis_db, "events"):
+        wait_until(lambda: not (client.llen("events") or client.llen("events:processing")))
     assert client.lrange("events:failed", 0, -1) == [bad]  # set aside, not lost and not blocking
     assert [item.split("#")[0] for item in jobs.items(listener.job) if item.startswith("file://incoming/")] == [
         "file://incoming/good.h5"
@@ -248,18 +252,9 @@ def test_redis_list_retries_through_a_broker_outage_without_losing_the_payload(
     payload = minio_access(stack.input_bucket, "outage.h5", "e1")
     client.rpush("events", payload)
     listener = Listener(settings, make_app(settings), jobs)
-    stop = threading.Event()
-    thread = threading.Thread(target=listener.run_redis_list, args=(redis_db, "events", stop), daemon=True)
-    with caplog.at_level("WARNING", logger="audioset.listener"):
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while caplog.text.count("retrying in") < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert thread.is_alive()  # an outage does not kill the consumer
-        finally:
-            stop.set()
-            thread.join(10)
+    with caplog.at_level("WARNING", logger="audioset.listener"), consuming(listener, redis_db, "events") as thread:
+        wait_until(lambda: caplog.text.count("retrying in") >= 2)
+        assert thread.is_alive()  # an outage does not kill the consumer
     assert caplog.text.count("retrying in") >= 2
     assert client.lrange("events:processing", 0, -1) == [payload] and client.llen("events:failed") == 0
     assert not [i for i in jobs.items(listener.job) if "outage.h5" in i]  # nothing registered that no task finishes
