@@ -573,6 +573,13 @@ def show_config(as_json: bool) -> None:
 @click.option("--iterations", type=click.IntRange(min=1), default=4000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Decoupled weight decay (AdamW): each step shrinks every weight by learning-rate x this; 0 = off.",
+)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
 @click.option(
     "--hidden-units", type=click.IntRange(min=1), default=1024, show_default=True, help="Width of each branch."
@@ -677,6 +684,7 @@ def train(
     iterations: int,
     batch_size: int,
     learning_rate: float,
+    weight_decay: float,
     dropout: float,
     hidden_units: int,
     branches: int,
@@ -735,6 +743,7 @@ def train(
         architecture=architecture,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        weight_decay=weight_decay,
         iterations=iterations,
         dropout=dropout,
         hidden_units=hidden_units,

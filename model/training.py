@@ -37,6 +37,7 @@ class TrainConfig:
     architecture: str = "decision_level_multi_attention"
     batch_size: int = 500
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0
     iterations: int = 4000
     dropout: float = 0.5
     hidden_units: int = 1024
@@ -63,6 +64,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise TrainConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.weight_decay < 0:
+            raise TrainConfigError(f"weight_decay must be >= 0 (0 = off), got {self.weight_decay}")
         if self.mixup < 0:
             raise TrainConfigError(f"mixup must be >= 0 (0 = off), got {self.mixup}")
         if not 0 <= self.frame_mix <= 1:
@@ -468,7 +471,9 @@ def _fit(
         )
         # Each branch learns from its own loss (an ensemble), not from the mean (one wide net).
         trainable = net if config.branches == 1 else keras.Model(net.inputs[0], branch_outputs(net), name="branches")
-        trainable.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy")
+        # Decoupled weight decay (AdamW): each step shrinks every weight by learning_rate * weight_decay.
+        optimizer = keras.optimizers.Adam(config.learning_rate, weight_decay=config.weight_decay or None)
+        trainable.compile(optimizer=optimizer, loss="binary_crossentropy")
 
     average: WeightAverage | None = None
     if config.ema_decay > 0:

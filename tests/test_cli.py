@@ -161,6 +161,8 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
             "0.2",
             "--frame-mix-targets",
             "union",
+            "--weight-decay",
+            "0.01",
         ],
     )
     assert student.exit_code == 0, student.output
@@ -169,7 +171,7 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
     assert (params["seed"], params["split_seed"], params["distill_weight"]) == (5, 0, 0.7)
     assert (params["branches"], params["ema_decay"], manifest["branches"]) == (2, 0.9, 2)
     assert (params["mixup"], params["label_smoothing"], params["lr_schedule"]) == (0.2, 0.05, "cosine")
-    assert (params["frame_mix"], params["frame_mix_targets"]) == (0.2, "union")
+    assert (params["frame_mix"], params["frame_mix_targets"], params["weight_decay"]) == (0.2, "union", 0.01)
     assert [t["model"] for t in manifest["training"]["teachers"]] == ["birds@1"]
     assert (
         manifest["training"]["validation_clips"]

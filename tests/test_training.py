@@ -174,7 +174,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path:
     train(small_config(iterations=20), x, y, make_labels(3), tmp_path / "run")
     state_path = tmp_path / "run" / "checkpoint" / "state.json"
     state = json.loads(state_path.read_text())
-    for newer in ("mixup", "label_smoothing", "lr_schedule", "frame_mix", "frame_mix_targets"):
+    for newer in ("mixup", "label_smoothing", "lr_schedule", "frame_mix", "frame_mix_targets", "weight_decay"):
         del state["config"][newer]
     state_path.write_text(json.dumps(state))
     assert train(small_config(iterations=40), x, y, make_labels(3), tmp_path / "run").iterations_run == 40
@@ -359,6 +359,23 @@ def test_frame_mix_trains_and_is_recorded(tmp_path: Path) -> None:
     assert (hyperparameters["frame_mix"], hyperparameters["frame_mix_targets"]) == (0.3, "share")
 
 
+def test_weight_decay_shrinks_the_weights_and_survives_a_resume(tmp_path: Path) -> None:
+    import keras
+
+    x, y = learnable_dataset(400, 3, seed=13)
+
+    def output_norm(run: Path) -> float:
+        model = keras.models.load_model(run / "checkpoint" / "last.keras", safe_mode=True)
+        return float(np.linalg.norm(model.get_layer("fusion").get_weights()[0]))
+
+    train(small_config(iterations=40), x, y, make_labels(3), tmp_path / "plain")
+    decayed = train(small_config(iterations=40, weight_decay=5.0), x, y, make_labels(3), tmp_path / "decayed")
+    assert output_norm(tmp_path / "decayed") < 0.9 * output_norm(tmp_path / "plain")
+    assert artifact.verify(decayed.artifact).training["hyperparameters"]["weight_decay"] == 5.0
+    resumed = keras.models.load_model(tmp_path / "decayed" / "checkpoint" / "last.keras", safe_mode=True)
+    assert resumed.optimizer.weight_decay == pytest.approx(5.0)  # a resumed run goes on decaying alike
+
+
 def test_training_options_are_checked_when_the_config_is_made() -> None:
     with pytest.raises(TrainConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
@@ -366,6 +383,8 @@ def test_training_options_are_checked_when_the_config_is_made() -> None:
         TrainConfig(mixup=-0.1)
     with pytest.raises(TrainConfigError, match="label_smoothing"):
         TrainConfig(label_smoothing=1.0)
+    with pytest.raises(TrainConfigError, match="weight_decay"):
+        TrainConfig(weight_decay=-1.0)
     with pytest.raises(TrainConfigError, match="frame_mix must be in"):
         TrainConfig(frame_mix=1.5)
     with pytest.raises(TrainConfigError, match="frame_mix_targets"):
