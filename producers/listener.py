@@ -229,11 +229,8 @@ def _handler_for(handle: Callable[[bytes], Handled], jobs: JobStore) -> type[Bas
                 log.error("notification refused: %s: %s", type(exc).__name__, exc)
                 self._reply(422, {"error": f"{type(exc).__name__}: {exc}"})
                 return
-            except AudiosetError as exc:
-                self._reply(503, {"error": f"could not enqueue, retry later: {exc}"})
-                return
-            except Exception as exc:
-                if not is_transient(exc):
+            except Exception as exc:  # our own errors and outages: the sender should retry later
+                if not (isinstance(exc, AudiosetError) or is_transient(exc)):
                     raise
                 self._reply(503, {"error": f"could not enqueue, retry later: {exc}"})
                 return
