@@ -264,6 +264,71 @@ def jobs_list(limit: int, as_json: bool) -> None:
         click.echo("producer counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` as seconds."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0)
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # also refuses nan
+        raise click.BadParameter(f"{value!r} is not a duration like 90s, 15m, 12h, 30d or 2w")
+    return number * (unit or 1)
+
+
+@jobs.command("prune")
+@click.option(
+    "--older-than",
+    default="30d",
+    show_default=True,
+    help="Remove jobs created at least this long ago (90s, 15m, 12h, 30d, 2w).",
+)
+@click.option("--include-unfinished", is_flag=True, help="Also remove jobs that still have pending files.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove old finished jobs from the state store (never a watcher's or listener's job).
+
+    Results in the bucket are untouched; only the job records (per-file statuses) go.
+    """
+    from audioset_batch.jobs import open_job_store, prunable_jobs
+
+    store = open_job_store(_settings().effective_state_url)
+    doomed = prunable_jobs(store.list_jobs(None), _duration(older_than), time.time(), include_unfinished)
+    removed = [s.id for s in doomed if dry_run or store.delete_job(s.id)]
+    if as_json:
+        click.echo(json.dumps({"removed": removed, "dry_run": dry_run}))
+        return
+    for job_id in removed:
+        click.echo(job_id)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(removed)} job(s)", err=True)
+
+
+@jobs.command("delete")
+@click.argument("job_ids", nargs=-1, required=True)
+@friendly_errors
+def jobs_delete(job_ids: tuple[str, ...]) -> None:
+    """Remove jobs by id, whatever their state.
+
+    Deleting a watcher's or listener's job (``watch-…``, ``listen-…``) makes it forget what it
+    sent: stop the producer first, and expect it to offer every object again (the worker still
+    skips versions it has already scored).
+    """
+    from audioset_batch.jobs import open_job_store
+
+    store = open_job_store(_settings().effective_state_url)
+    missing = [job_id for job_id in job_ids if not store.delete_job(job_id)]
+    for job_id in missing:
+        click.echo(f"error: no job {job_id!r} (see `audioset jobs list`)", err=True)
+    sys.exit(2 if missing else 0)
+
+
 # --- running the service ----------------------------------------------------------------------
 
 

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 FINAL_STATUSES = ("scored", "skipped", "failed")
 STATUSES = ("pending", *FINAL_STATUSES)
+# Jobs a long-running producer keeps as its memory of what it already sent (see producers/).
+PRODUCER_JOB_PREFIXES = ("watch-", "listen-")
 
 
 class UnknownJobError(KeyError):
@@ -74,7 +76,9 @@ class JobStore(Protocol):
 
     def items(self, job_id: str, status: str | None = None) -> dict[str, str]: ...
 
-    def list_jobs(self, limit: int = 50) -> list[JobStatus]: ...
+    def list_jobs(self, limit: int | None = 50) -> list[JobStatus]: ...
+
+    def delete_job(self, job_id: str) -> bool: ...
 
     def count_delivery(self, task_id: str) -> int: ...
 
@@ -192,9 +196,16 @@ class RedisJobStore:
         raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "items"))  # type: ignore[assignment]
         return {k: v for k, v in raw.items() if status is None or v == status}
 
-    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
-        ids: list[str] = self.redis.zrevrange(self._k("jobs"), 0, limit - 1)  # type: ignore[assignment]
+    def list_jobs(self, limit: int | None = 50) -> list[JobStatus]:
+        ids: list[str] = self.redis.zrevrange(self._k("jobs"), 0, -1 if limit is None else limit - 1)  # type: ignore[assignment]
         return [self.status(i) for i in ids]
+
+    def delete_job(self, job_id: str) -> bool:
+        pipe = self.redis.pipeline()  # MULTI/EXEC: a reader sees the job whole or not at all
+        pipe.delete(self._k("job", job_id), self._k("job", job_id, "items"), self._k("job", job_id, "counts"))
+        pipe.zrem(self._k("jobs"), job_id)
+        deleted, _ = pipe.execute()
+        return bool(deleted)
 
     def count_delivery(self, task_id: str) -> int:
         key = self._k("deliveries", task_id)
@@ -315,9 +326,22 @@ class SqliteJobStore:
         rows = self._conn().execute("SELECT source, status FROM items WHERE job = ?", (job_id,)).fetchall()
         return {s: st for s, st in rows if status is None or st == status}
 
-    def list_jobs(self, limit: int = 50) -> list[JobStatus]:
-        ids = [r[0] for r in self._conn().execute("SELECT id FROM jobs ORDER BY created DESC LIMIT ?", (limit,))]
+    def list_jobs(self, limit: int | None = 50) -> list[JobStatus]:
+        query = "SELECT id FROM jobs ORDER BY created DESC LIMIT ?"
+        ids = [r[0] for r in self._conn().execute(query, (-1 if limit is None else limit,))]
         return [self.status(i) for i in ids]
+
+    def delete_job(self, job_id: str) -> bool:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM items WHERE job = ?", (job_id,))
+            deleted = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return deleted == 1
 
     def count_delivery(self, task_id: str) -> int:
         conn = self._conn()
@@ -349,6 +373,23 @@ class SqliteJobStore:
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._conn().execute("SELECT record FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+
+def prunable_jobs(
+    statuses: Iterable[JobStatus], older_than: float, now: float, include_unfinished: bool = False
+) -> list[JobStatus]:
+    """The jobs ``jobs prune`` removes: created ``older_than`` seconds before ``now`` and finished.
+
+    A producer's job (``watch-…``, ``listen-…``) is never among them: it is the producer's
+    memory of what it already sent, and without it every object would be enqueued again.
+    """
+    return [
+        s
+        for s in statuses
+        if s.created <= now - older_than
+        and (s.finished or include_unfinished)
+        and not s.id.startswith(PRODUCER_JOB_PREFIXES)
+    ]
 
 
 def open_job_store(url: str) -> JobStore:

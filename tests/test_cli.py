@@ -178,3 +178,37 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
         == json.loads((out / "model" / "manifest.json").read_text())["training"]["validation_clips"]
     )
     assert (tmp_path / "ap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_jobs_prune_and_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from audioset_batch.jobs import open_job_store
+
+    state = tmp_path / "state.db"
+    monkeypatch.setenv("AUDIOSET_STATE_URL", f"sqlite:///{state}")
+    store = open_job_store(f"sqlite:///{state}")
+    old, fresh, pending = store.create_job(), store.create_job(), store.create_job()
+    watcher = store.create_job(job_id="watch-0123456789ab")
+    for job in (old, fresh, pending, watcher):
+        store.add_items(job, ["s3://in/a.h5"])
+    for job in (old, fresh, watcher):
+        store.mark(job, "s3://in/a.h5", "scored")
+    with sqlite3.connect(state) as conn:  # backdate all but `fresh` by two days
+        conn.execute("UPDATE jobs SET created = created - 172800 WHERE id != ?", (fresh,))
+
+    dry = CliRunner().invoke(main, ["jobs", "prune", "--older-than", "1d", "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output) == {"removed": [old], "dry_run": True}
+    assert len(store.list_jobs(None)) == 4
+
+    pruned = CliRunner().invoke(main, ["jobs", "prune", "--older-than", "36h"])
+    assert pruned.exit_code == 0 and pruned.stdout.split() == [old], pruned.output
+    assert {s.id for s in store.list_jobs(None)} == {fresh, pending, watcher}
+
+    deleted = CliRunner().invoke(main, ["jobs", "delete", watcher, "no-such-job"])
+    assert deleted.exit_code == 2 and "no job 'no-such-job'" in deleted.output
+    assert {s.id for s in store.list_jobs(None)} == {fresh, pending}
+
+    bad = CliRunner().invoke(main, ["jobs", "prune", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "not a duration" in bad.output

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from audioset_batch.jobs import JobStore, RedisJobStore, SqliteJobStore, UnknownJobError, open_job_store
+from audioset_batch.jobs import (
+    JobStore,
+    RedisJobStore,
+    SqliteJobStore,
+    UnknownJobError,
+    open_job_store,
+    prunable_jobs,
+)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -42,6 +50,36 @@ def test_forgetting_takes_back_only_pending_items(jobs: JobStore) -> None:
     assert (status.total, status.scored, status.pending) == (2, 1, 1)
     assert jobs.add_items(job, ["b"]) == ["b"]  # a forgotten item is new again
     assert jobs.status(job).total == 3
+
+
+def test_deleting_a_job_removes_it_whole(jobs: JobStore) -> None:
+    kept, gone = jobs.create_job(name="kept"), jobs.create_job(name="gone")
+    for job in (kept, gone):
+        jobs.add_items(job, ["a", "b"])
+        jobs.mark(job, "a", "scored")
+    assert jobs.delete_job(gone)
+    assert not jobs.delete_job(gone)  # already gone
+    with pytest.raises(UnknownJobError):
+        jobs.status(gone)
+    assert jobs.items(gone) == {}
+    assert not jobs.mark(gone, "b", "scored")  # a late delivery does not bring it back
+    assert [s.id for s in jobs.list_jobs(None)] == [kept]
+    assert jobs.status(kept).scored == 1
+    assert jobs.create_job(job_id=gone) == gone and jobs.status(gone).total == 0  # the id is free again
+
+
+def test_pruning_picks_old_finished_one_off_jobs(jobs: JobStore) -> None:
+    finished, unfinished = jobs.create_job(), jobs.create_job()
+    watcher, listener = jobs.create_job(job_id="watch-0123456789ab"), jobs.create_job(job_id="listen-redis-x")
+    for job in (finished, unfinished, watcher, listener):
+        jobs.add_items(job, ["a"])
+    for job in (finished, watcher, listener):
+        jobs.mark(job, "a", "scored")
+    statuses = jobs.list_jobs(None)
+    later = time.time() + 3600
+    assert [s.id for s in prunable_jobs(statuses, older_than=600, now=later)] == [finished]
+    assert {s.id for s in prunable_jobs(statuses, 600, later, include_unfinished=True)} == {finished, unfinished}
+    assert prunable_jobs(statuses, older_than=7200, now=later) == []  # not old enough
 
 
 def test_unknown_job(jobs: JobStore) -> None:
