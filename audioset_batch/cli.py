@@ -218,7 +218,7 @@ def enqueue(urls: tuple[str, ...], job_name: str | None, force: bool, wait: bool
 
 @main.group()
 def jobs() -> None:
-    """Inspect jobs: counts of scored, skipped, failed and pending files."""
+    """Inspect jobs (counts of scored, skipped, failed and pending files) and remove old ones."""
 
 
 @jobs.command("status")
