@@ -228,6 +228,7 @@ def jobs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def jobs_status(job: str, wait: bool, show_failed: bool, as_json: bool) -> None:
+    """Show a job's counts of scored, skipped, failed and pending files."""
     from audioset_batch.jobs import UnknownJobError, open_job_store
 
     jobs_store = open_job_store(_settings().effective_state_url)
@@ -250,6 +251,7 @@ def jobs_status(job: str, wait: bool, show_failed: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def jobs_list(limit: int, as_json: bool) -> None:
+    """List the newest jobs and the producers' counters."""
     from audioset_batch.jobs import open_job_store
 
     store = open_job_store(_settings().effective_state_url)
