@@ -888,6 +888,7 @@ def _run_line(run: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def training_list(limit: int, as_json: bool) -> None:
+    """List the newest queued training runs: status, iteration, loss, validation mAP."""
     from audioset_batch.jobs import open_job_store
 
     runs = open_job_store(_settings().effective_state_url).list_runs(limit)
@@ -902,6 +903,7 @@ def training_list(limit: int, as_json: bool) -> None:
 @click.argument("run_id")
 @friendly_errors
 def training_show(run_id: str) -> None:
+    """Print a training run's full record as JSON, including where its artifact landed."""
     from audioset_batch.jobs import open_job_store
 
     run = open_job_store(_settings().effective_state_url).get_run(run_id)
