@@ -16,6 +16,7 @@ from typing import IO, Any, TypeVar
 import click
 
 from audioset_batch.errors import AudiosetError, ConfigError
+from audioset_batch.jobs import UnknownJobError
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import ArtifactError
 from model.inference import PrecisionUnavailableError
@@ -39,7 +40,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
+        except (ConfigError, UnknownJobError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except (AudiosetError, KeyError, ArtifactError, PrecisionUnavailableError) as exc:
@@ -229,14 +230,10 @@ def jobs() -> None:
 @friendly_errors
 def jobs_status(job: str, wait: bool, show_failed: bool, as_json: bool) -> None:
     """Show a job's counts of scored, skipped, failed and pending files."""
-    from audioset_batch.jobs import UnknownJobError, open_job_store
+    from audioset_batch.jobs import open_job_store
 
     jobs_store = open_job_store(_settings().effective_state_url)
-    try:
-        status = jobs_store.status(job)
-    except UnknownJobError:
-        click.echo(f"error: no job {job!r} (see `audioset jobs list`)", err=True)
-        sys.exit(2)
+    status = jobs_store.status(job)
     code = _wait(jobs_store, job, as_json) if wait else 0
     if not wait:
         _print_status(status, as_json)
@@ -327,7 +324,7 @@ def jobs_delete(job_ids: tuple[str, ...]) -> None:
     store = open_job_store(_settings().effective_state_url)
     missing = [job_id for job_id in job_ids if not store.delete_job(job_id)]
     for job_id in missing:
-        click.echo(f"error: no job {job_id!r} (see `audioset jobs list`)", err=True)
+        click.echo(f"error: {UnknownJobError(job_id)}", err=True)
     sys.exit(2 if missing else 0)
 
 

@@ -26,6 +26,17 @@ PRODUCER_JOB_PREFIXES = ("watch-", "listen-")
 class UnknownJobError(KeyError):
     """No job with that id exists in the state store."""
 
+    what, listed_by = "job", "audioset jobs list"
+
+    def __str__(self) -> str:
+        return f"no {self.what} {self.args[0]!r} (see `{self.listed_by}`)"
+
+
+class UnknownRunError(UnknownJobError):
+    """No training run with that id exists in the state store."""
+
+    what, listed_by = "training run", "audioset training list"
+
 
 @dataclass(frozen=True, slots=True)
 class JobStatus:
@@ -230,7 +241,7 @@ class RedisJobStore:
     def get_run(self, run_id: str) -> dict[str, Any]:
         raw = self.redis.get(self._k("run", run_id))
         if raw is None:
-            raise UnknownJobError(run_id)
+            raise UnknownRunError(run_id)
         record: dict[str, Any] = json.loads(str(raw))
         return record
 
@@ -366,7 +377,7 @@ class SqliteJobStore:
     def get_run(self, run_id: str) -> dict[str, Any]:
         row = self._conn().execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise UnknownJobError(run_id)
+            raise UnknownRunError(run_id)
         record: dict[str, Any] = json.loads(row[0])
         return record
 

@@ -212,3 +212,11 @@ def test_jobs_prune_and_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     bad = CliRunner().invoke(main, ["jobs", "prune", "--older-than", "soon"])
     assert bad.exit_code == 2 and "not a duration" in bad.output
+
+
+def test_unknown_job_or_run_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOSET_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    job = CliRunner().invoke(main, ["jobs", "status", "nope"])
+    assert job.exit_code == 2 and job.output == "error: no job 'nope' (see `audioset jobs list`)\n"
+    run = CliRunner().invoke(main, ["training", "show", "nope"])
+    assert run.exit_code == 2 and run.output == "error: no training run 'nope' (see `audioset training list`)\n"
