@@ -79,7 +79,13 @@ class JobStore(Protocol):
 
     def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]: ...
 
-    def forget_items(self, job_id: str, sources: Iterable[str]) -> int: ...
+    def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
+        """Take back ``pending`` items (their tasks were never sent); returns how many."""
+        ...
+
+    def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
+        """Remove finished items (their objects are gone); ``pending`` ones stay. Returns how many."""
+        ...
 
     def mark(self, job_id: str, source: str, status: str) -> bool: ...
 
@@ -120,6 +126,20 @@ if n > 0 then redis.call('HINCRBY', KEYS[2], 'total', -n) end
 return n
 """
 
+_DROP_FINISHED_LUA = """
+local n = 0
+for i, source in ipairs(ARGV) do
+  local status = redis.call('HGET', KEYS[1], source)
+  if status and status ~= 'pending' then
+    redis.call('HDEL', KEYS[1], source)
+    redis.call('HINCRBY', KEYS[2], status, -1)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[2], 'total', -n) end
+return n
+"""
+
 _MARK_LUA = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old ~= 'pending' then return 0 end
@@ -146,6 +166,7 @@ class RedisJobStore:
         self.prefix = prefix
         self._mark = self.redis.register_script(_MARK_LUA)
         self._forget = self.redis.register_script(_FORGET_LUA)
+        self._drop_finished = self.redis.register_script(_DROP_FINISHED_LUA)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -180,6 +201,18 @@ class RedisJobStore:
     def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
         keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts")]
         return int(self._forget(keys=keys, args=list(sources)))  # type: ignore[arg-type]
+
+    def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
+        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts")]
+        dropped, batch = 0, []
+        for source in sources:
+            batch.append(source)
+            if len(batch) >= 1000:  # keep each script call short: Redis runs it atomically
+                dropped += int(self._drop_finished(keys=keys, args=batch))  # type: ignore[arg-type]
+                batch = []
+        if batch:
+            dropped += int(self._drop_finished(keys=keys, args=batch))  # type: ignore[arg-type]
+        return dropped
 
     def mark(self, job_id: str, source: str, status: str) -> bool:
         if status not in FINAL_STATUSES:
@@ -306,6 +339,16 @@ class SqliteJobStore:
             )
             forgotten += cursor.rowcount
         return forgotten
+
+    def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
+        conn = self._conn()
+        dropped = 0
+        for source in sources:
+            cursor = conn.execute(
+                "DELETE FROM items WHERE job = ? AND source = ? AND status != 'pending'", (job_id, source)
+            )
+            dropped += cursor.rowcount
+        return dropped
 
     def mark(self, job_id: str, source: str, status: str) -> bool:
         if status not in FINAL_STATUSES:

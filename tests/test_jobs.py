@@ -52,6 +52,18 @@ def test_forgetting_takes_back_only_pending_items(jobs: JobStore) -> None:
     assert jobs.status(job).total == 3
 
 
+def test_dropping_finished_items_keeps_pending_ones(jobs: JobStore) -> None:
+    job = jobs.create_job()
+    jobs.add_items(job, ["a", "b", "c", "d"])
+    jobs.mark(job, "a", "scored")
+    jobs.mark(job, "b", "failed")
+    assert jobs.drop_finished_items(job, ["a", "b", "c", "zz"]) == 2  # c is pending, zz was never there
+    assert jobs.items(job) == {"c": "pending", "d": "pending"}
+    status = jobs.status(job)
+    assert (status.total, status.scored, status.failed, status.pending) == (2, 0, 0, 2)
+    assert jobs.add_items(job, ["a"]) == ["a"]  # a dropped item is new again
+
+
 def test_deleting_a_job_removes_it_whole(jobs: JobStore) -> None:
     kept, gone = jobs.create_job(name="kept"), jobs.create_job(name="gone")
     for job in (kept, gone):

@@ -122,6 +122,19 @@ def test_watcher_new_objects_restart_and_overwrite(stack: Stack, worker: WorkerP
     body = store.get_bytes(stack.results_bucket, "predictions/watched/a.h5.jsonl") or b""
     assert len(body.splitlines()) == 6
 
+    # The sweep drops finished versions that are no longer listed: the overwritten a.h5, then the deleted b.hdf5.
+    restarted.sweep_every = 1
+    assert restarted.poll_once() == 0
+    a_now = [item for item in jobs.items(watcher.job) if "/watched/a.h5#" in item]
+    assert len(a_now) == 1 and (jobs.status(watcher.job).total, jobs.status(watcher.job).scored) == (2, 2)
+    store.delete(stack.input_bucket, "watched/deep/b.hdf5")
+    assert restarted.poll_once() == 0
+    assert jobs.items(watcher.job) == {a_now[0]: "scored"}
+    status = jobs.status(watcher.job)
+    assert (status.total, status.scored, status.pending) == (1, 1, 0)
+    store.upload_file(write_h5(tmp_path / "b.h5", clips=4, seed=2), stack.input_bucket, "watched/deep/b.hdf5")
+    assert restarted.poll_once() == 1  # back again: offered again (the worker skips it: same ETag, results exist)
+
 
 @pytest.mark.integration
 def test_minio_payloads_on_redis_list_are_scored_once(
