@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
     precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
         "float32",
-        description="Inference precision; auto = int8 on CPUs with VNNI, else bfloat16 where supported, else float32.",
+        description="Inference precision; auto = int8 (with TFLite), else bfloat16 where supported, else float32.",
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")
     metrics_max_clips: int = Field(

@@ -1,4 +1,4 @@
-"""The fast precision modes: int8 (VNNI) and bfloat16 where the CPU supports them, float32 otherwise."""
+"""The fast precision modes: int8 (TFLite) and bfloat16 where they can run, float32 otherwise."""
 
 from __future__ import annotations
 
@@ -16,14 +16,12 @@ from model.inference import PrecisionUnavailableError, Predictor, resolve_precis
 from tests.helpers import build_artifact, write_h5
 
 
-def test_fallback_to_float32_without_cpu_support(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_auto_takes_int8_even_without_vnni(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: False)
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="audioset.model"):
-        assert resolve_precision("auto") == "float32"
-    assert "falling back to float32" in caplog.text
+    with caplog.at_level(logging.INFO, logger="audioset.model"):
+        assert resolve_precision("auto") == "int8"  # same mAP, still 1.3-1.6x faster than float32 on AVX2
+    assert "without int8 dot-product instructions" in caplog.text
     with pytest.raises(PrecisionUnavailableError, match="no bfloat16 support"):
         resolve_precision("bfloat16")
     assert resolve_precision("float32") == "float32"
@@ -33,7 +31,7 @@ def test_auto_prefers_int8_then_bfloat16(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: True)
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)
     assert resolve_precision("auto") == "int8"
-    monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
+    monkeypatch.setattr(int8_runtime, "runtime_available", lambda: False)
     assert resolve_precision("auto") == "bfloat16"
 
 
