@@ -241,7 +241,8 @@ class RedisJobStore:
         return {k: v for k, v in raw.items() if status is None or v == status}
 
     def list_jobs(self, limit: int | None = 50) -> list[JobStatus]:
-        ids: list[str] = self.redis.zrevrange(self._k("jobs"), 0, -1 if limit is None else limit - 1)  # type: ignore[assignment]
+        last = -1 if limit is None else limit - 1
+        ids: list[str] = self.redis.zrevrange(self._k("jobs"), 0, last)  # type: ignore[assignment]
         return [self.status(i) for i in ids]
 
     def delete_job(self, job_id: str) -> bool:
@@ -343,11 +344,17 @@ class SqliteJobStore:
     def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
         conn = self._conn()
         dropped = 0
-        for source in sources:
-            cursor = conn.execute(
-                "DELETE FROM items WHERE job = ? AND source = ? AND status != 'pending'", (job_id, source)
-            )
-            dropped += cursor.rowcount
+        conn.execute("BEGIN IMMEDIATE")  # one transaction: a sweep may drop thousands
+        try:
+            for source in sources:
+                cursor = conn.execute(
+                    "DELETE FROM items WHERE job = ? AND source = ? AND status != 'pending'", (job_id, source)
+                )
+                dropped += cursor.rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return dropped
 
     def mark(self, job_id: str, source: str, status: str) -> bool:
