@@ -12,7 +12,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -316,46 +317,37 @@ class SqliteJobStore:
         self._conn().execute("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", (job_id, name or job_id, time.time()))
         return job_id
 
-    def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers wait instead of failing."""
         conn = self._conn()
-        added: list[str] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]:
+        added: list[str] = []
+        with self._transaction() as conn:
             for source in sources:
                 cursor = conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, 'pending')", (job_id, source))
                 if cursor.rowcount == 1:
                     added.append(source)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return added
 
+    def _delete_items(self, job_id: str, sources: Iterable[str], pending: bool) -> int:
+        query = f"DELETE FROM items WHERE job = ? AND source = ? AND status {'=' if pending else '!='} 'pending'"
+        with self._transaction() as conn:
+            return sum(conn.execute(query, (job_id, source)).rowcount for source in sources)
+
     def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
-        conn = self._conn()
-        forgotten = 0
-        for source in sources:
-            cursor = conn.execute(
-                "DELETE FROM items WHERE job = ? AND source = ? AND status = 'pending'", (job_id, source)
-            )
-            forgotten += cursor.rowcount
-        return forgotten
+        return self._delete_items(job_id, sources, pending=True)
 
     def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
-        conn = self._conn()
-        dropped = 0
-        conn.execute("BEGIN IMMEDIATE")  # one transaction: a sweep may drop thousands
-        try:
-            for source in sources:
-                cursor = conn.execute(
-                    "DELETE FROM items WHERE job = ? AND source = ? AND status != 'pending'", (job_id, source)
-                )
-                dropped += cursor.rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return dropped
+        return self._delete_items(job_id, sources, pending=False)
 
     def mark(self, job_id: str, source: str, status: str) -> bool:
         if status not in FINAL_STATUSES:
@@ -393,15 +385,9 @@ class SqliteJobStore:
         return [self.status(i) for i in ids]
 
     def delete_job(self, job_id: str) -> bool:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             conn.execute("DELETE FROM items WHERE job = ?", (job_id,))
             deleted = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return deleted == 1
 
     def count_delivery(self, task_id: str) -> int:
