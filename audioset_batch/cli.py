@@ -719,6 +719,14 @@ def show_config(as_json: bool) -> None:
 )
 @click.option("--sampling", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True)
 @click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Training arithmetic. bfloat16: mixed precision (float32 weights), about 1.5x faster on CPUs with "
+    "avx512_bf16/AMX; validation and the artifact stay float32.",
+)
+@click.option(
     "--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
 )
 @click.option("--eval-every", type=click.IntRange(min=1), default=250, show_default=True)
@@ -762,6 +770,7 @@ def train(
     label_smoothing: float,
     lr_schedule: str,
     sampling: str,
+    precision: str,
     validation_fraction: float,
     eval_every: int,
     patience: int,
@@ -822,6 +831,7 @@ def train(
         label_smoothing=label_smoothing,
         lr_schedule=lr_schedule,
         balanced=sampling == "balanced",
+        precision=precision,
         validation_fraction=validation_fraction,
         eval_every=eval_every,
         checkpoint_every=eval_every,

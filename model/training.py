@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -21,6 +22,7 @@ CHECKPOINT_DIR = "checkpoint"
 FOLDS_DIR = "folds"
 STATE_NAME = "state.json"
 LR_SCHEDULES = ("constant", "cosine")
+TRAIN_PRECISIONS = ("float32", "bfloat16")
 FRAME_MIX_TARGETS = ("share", "union")
 
 
@@ -52,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     lr_schedule: str = "constant"
     balanced: bool = True
+    precision: str = "float32"
     patience: int = 0
     validation_fraction: float = 0.1
     eval_every: int = 250
@@ -64,6 +67,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise TrainConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise TrainConfigError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
         if self.weight_decay < 0:
             raise TrainConfigError(f"weight_decay must be >= 0 (0 = off), got {self.weight_decay}")
         if self.mixup < 0:
@@ -346,6 +351,20 @@ class WeightAverage:
             self.values = [np.array(saved[f"arr_{i}"], dtype=np.float32) for i in range(len(self.variables))]
 
 
+def _build(config: TrainConfig, classes: int, frames: int) -> Any:
+    """A fresh float32 model of the configured architecture."""
+    from model.architectures import build_model
+
+    return build_model(
+        config.architecture,
+        classes=classes,
+        frames=frames,
+        hidden_units=config.hidden_units,
+        dropout=config.dropout,
+        branches=config.branches,
+    )
+
+
 def _serving_model(trainable: Any, architecture: str) -> Any:
     """The model that is served: the trained model itself, or the mean over its branches."""
     import keras
@@ -366,7 +385,6 @@ def teacher_targets(
     A teacher that was trained on the same data with another validation split has
     seen this run's validation clips, which would make its validation mAP a lie.
     """
-    import logging
 
     from model.inference import Predictor
 
@@ -428,11 +446,15 @@ def _fit(
 
     ``soft`` (aligned with ``train_idx``) are soft targets mixed into the labels with
     ``config.distill_weight``. On return the net holds the best checkpoint's weights.
+
+    With ``precision="bfloat16"`` the net computes in bfloat16 (mixed precision: the
+    weights stay float32); a float32 twin receives its weights for every evaluation, so
+    validation mAP, the best checkpoint and the artifact are float32 as always.
     """
     import keras
 
-    from model.architectures import branch_outputs, build_model
-    from model.inference import Predictor, dequantize
+    from model.architectures import branch_outputs
+    from model.inference import Predictor, dequantize, with_precision
     from model.metrics import evaluate
 
     checkpoint.mkdir(parents=True, exist_ok=True)
@@ -461,14 +483,7 @@ def _fit(
             "fingerprint": fingerprint,
             "config": config.to_json(),
         }
-        net = build_model(
-            config.architecture,
-            classes=y.shape[1],
-            frames=x.shape[1],
-            hidden_units=config.hidden_units,
-            dropout=config.dropout,
-            branches=config.branches,
-        )
+        net = with_precision(_build(config, y.shape[1], x.shape[1]), config.precision)
         # Each branch learns from its own loss (an ensemble), not from the mean (one wide net).
         trainable = net if config.branches == 1 else keras.Model(net.inputs[0], branch_outputs(net), name="branches")
         # Decoupled weight decay (AdamW): each step shrinks every weight by learning_rate * weight_decay.
@@ -485,7 +500,8 @@ def _fit(
     sampler = _sampler(config, np.asarray(y[train_idx], dtype=bool), config.seed + int(state["iteration"]))
     mix_rng = np.random.default_rng([config.seed, int(state["iteration"]), 1])
     splice_rng = np.random.default_rng([config.seed, int(state["iteration"]), 2])
-    predictor = Predictor(net, manifest)
+    served = net if config.precision == "float32" else _build(config, y.shape[1], x.shape[1])
+    predictor = Predictor(served, manifest)
     loss_value = float("nan")
 
     def stalled() -> bool:
@@ -522,11 +538,13 @@ def _fit(
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             if average is not None:
                 average.swap()
+            if served is not net:
+                served.set_weights(net.get_weights())
             val_map = evaluate(y_val, predictor.predict(x_val)).mean_average_precision
             state["history"].append({"iteration": iteration, "loss": loss_value, "validation_map": val_map})
             if val_map > state["best_map"]:
                 state["best_map"], state["best_iteration"] = val_map, iteration
-                net.save_weights(checkpoint / "best.weights.h5")
+                served.save_weights(checkpoint / "best.weights.h5")
             if average is not None:
                 average.swap()
         if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
@@ -547,8 +565,8 @@ def _fit(
         raise TrainingDataError(
             f"{checkpoint.parent} has no evaluated checkpoint yet; train for at least --eval-every iterations"
         )
-    net.load_weights(checkpoint / "best.weights.h5")
-    return _Fitted(net, predictor, state, bool(stopped_early))
+    served.load_weights(checkpoint / "best.weights.h5")
+    return _Fitted(served, predictor, state, bool(stopped_early))
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -676,6 +694,14 @@ def train(
         hidden_units=config.hidden_units,
         branches=config.branches,
     )
+    if config.precision == "bfloat16":
+        from model.inference import cpu_supports_bfloat16
+
+        if not cpu_supports_bfloat16():
+            logging.getLogger("audioset.training").warning(
+                "training in bfloat16 on a CPU without avx512_bf16/AMX: TensorFlow emulates it, "
+                "which is slower than float32"
+            )
     started = time.monotonic()
     soft: np.ndarray | None = None
     teachers: list[dict[str, str]] = []

@@ -376,7 +376,42 @@ def test_weight_decay_shrinks_the_weights_and_survives_a_resume(tmp_path: Path) 
     assert resumed.optimizer.weight_decay == pytest.approx(5.0)  # a resumed run goes on decaying alike
 
 
+def test_bfloat16_training_learns_resumes_and_ships_a_float32_artifact(tmp_path: Path) -> None:
+    import keras
+
+    from model.inference import Predictor
+    from model.metrics import evaluate
+    from model.training import stratified_split
+
+    x, y = learnable_dataset(800, 6, seed=21)
+    config = small_config(iterations=60, precision="bfloat16", ema_decay=0.9)
+
+    def interrupt(p: Progress) -> None:
+        if p.iteration == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, make_labels(6), tmp_path / "run", on_progress=interrupt)
+    checkpoint = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
+    assert checkpoint.get_layer("block1_dense").compute_dtype == "bfloat16"
+    assert checkpoint.get_layer("block1_dense").kernel.dtype == "float32"  # mixed precision: weights stay float32
+
+    result = train(config, x, y, make_labels(6), tmp_path / "run")
+    assert [h["iteration"] for h in result.history] == [20, 40, 60]
+    assert result.best_map > 0.7
+    predictor = Predictor.from_artifact(result.artifact)
+    served = keras.models.load_model(result.artifact / "model.keras", safe_mode=True)
+    assert {layer.compute_dtype for layer in served.layers if layer.name != "embeddings"} == {"float32"}
+    # The recorded mAP is the float32 artifact's own on the validation split, not a bfloat16 reading.
+    _, val_idx = stratified_split(y, *config.validation_split)
+    recomputed = evaluate(y[val_idx].astype(bool), predictor.predict(x[val_idx])).mean_average_precision
+    assert recomputed == pytest.approx(result.best_map, abs=1e-6)
+    assert predictor.manifest.training["hyperparameters"]["precision"] == "bfloat16"
+
+
 def test_training_options_are_checked_when_the_config_is_made() -> None:
+    with pytest.raises(TrainConfigError, match="precision must be one of float32, bfloat16"):
+        TrainConfig(precision="int8")
     with pytest.raises(TrainConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
     with pytest.raises(TrainConfigError, match="mixup"):
