@@ -399,7 +399,8 @@ def watch(url: str, interval: float | None, once: bool) -> None:
     "--event",
     "event_types",
     multiple=True,
-    help="Only these event types (prefix match; default ObjectCreated and Object:Write).",
+    help="Only these event types enqueue (prefix match; default ObjectCreated and Object:Write). "
+    "Removal events (ObjectRemoved, Object:Delete) always drop the object's finished items from the job.",
 )
 @click.option(
     "--scheme",

@@ -92,7 +92,9 @@ class JobStore(Protocol):
 
     def status(self, job_id: str) -> JobStatus: ...
 
-    def items(self, job_id: str, status: str | None = None) -> dict[str, str]: ...
+    def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:
+        """Item -> status, optionally only one status and only items starting with ``prefix``."""
+        ...
 
     def list_jobs(self, limit: int | None = 50) -> list[JobStatus]: ...
 
@@ -237,8 +239,15 @@ class RedisJobStore:
             failed=counts.get("failed", 0),
         )
 
-    def items(self, job_id: str, status: str | None = None) -> dict[str, str]:
-        raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "items"))  # type: ignore[assignment]
+    def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:
+        key = self._k("job", job_id, "items")
+        raw: dict[str, str]
+        if prefix:
+            # HSCAN's MATCH is a glob: escape the glob characters an object key may hold.
+            pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+            raw = dict(self.redis.hscan_iter(key, match=pattern, count=1000))  # type: ignore[arg-type]
+        else:
+            raw = self.redis.hgetall(key)  # type: ignore[assignment]
         return {k: v for k, v in raw.items() if status is None or v == status}
 
     def list_jobs(self, limit: int | None = 50) -> list[JobStatus]:
@@ -375,8 +384,15 @@ class SqliteJobStore:
             failed=counts.get("failed", 0),
         )
 
-    def items(self, job_id: str, status: str | None = None) -> dict[str, str]:
-        rows = self._conn().execute("SELECT source, status FROM items WHERE job = ?", (job_id,)).fetchall()
+    def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT source, status FROM items WHERE job = ? AND substr(source, 1, ?) = ?",
+                (job_id, len(prefix), prefix),
+            )
+            .fetchall()
+        )
         return {s: st for s, st in rows if status is None or st == status}
 
     def list_jobs(self, limit: int | None = 50) -> list[JobStatus]:

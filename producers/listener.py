@@ -8,6 +8,10 @@ skipped; it never stops the listener or costs another event. A payload that
 fails for good (an invalid key, no permission) is set aside in a dead-letter
 list instead of blocking the ones behind it; an outage (broker, state store,
 object store) is retried with backoff.
+
+The listener's job is its memory of what it sent, so it must not grow forever: a
+new version of an object, or a removal event for it, drops the finished items of
+the object's older versions. The job then holds one item per object present.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Handled:
     duplicates: int = 0
     filtered: int = 0
     missing: int = 0
+    removed: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -65,6 +70,7 @@ class Handled:
             "duplicates": self.duplicates,
             "filtered": self.filtered,
             "missing": self.missing,
+            "removed": self.removed,
         }
 
 
@@ -97,12 +103,18 @@ class Listener:
             raise
         result = Handled(events=len(events))
         for event in events:
-            if not self.filter.accepts(event) or is_result_key(
-                event.bucket, event.key, self.settings.results_bucket, self.settings.results_prefix
-            ):
+            if is_result_key(event.bucket, event.key, self.settings.results_bucket, self.settings.results_prefix):
                 result.filtered += 1
                 continue
             url = ObjectURL(self.scheme, event.bucket, event.key)
+            if self.filter.is_removal(event):
+                result.removed += 1
+                dropped = self._drop_other_versions(url, keep=None)
+                log.info("%s was removed; %d finished item(s) dropped from job %s", url, dropped, self.job)
+                continue
+            if not self.filter.accepts(event):
+                result.filtered += 1
+                continue
             etag = event.etag
             if not etag:
                 try:
@@ -116,12 +128,18 @@ class Listener:
             if sent:
                 result.enqueued += 1
                 log.info("enqueued %s (etag %s) into job %s", url, etag, self.job)
+                self._drop_other_versions(url, keep=f"{url}#{etag}")
             else:
                 result.duplicates += 1
-        for name in ("enqueued", "duplicates", "filtered"):
+        for name in ("enqueued", "duplicates", "filtered", "removed"):
             if getattr(result, name):
                 self.jobs.incr_counter(f"listener.{name}", getattr(result, name))
         return result
+
+    def _drop_other_versions(self, url: ObjectURL, keep: str | None) -> int:
+        """Drop the finished items of ``url``'s versions other than ``keep``; pending ones stay."""
+        stale = [item for item in self.jobs.items(self.job, prefix=f"{url}#") if item != keep]
+        return self.jobs.drop_finished_items(self.job, stale) if stale else 0
 
     def run_redis_list(self, redis_url: str, list_key: str, stop: threading.Event) -> None:
         """Consume a Redis list reliably: each payload moves to ``<key>:processing`` until handled,

@@ -111,6 +111,7 @@ def parse_events(payload: bytes | str | Any) -> list[ObjectEvent]:
 
 
 CREATED_TYPES = ("ObjectCreated", "Object:Write")
+REMOVED_TYPES = ("ObjectRemoved", "Object:Delete")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -119,10 +120,15 @@ class EventFilter:
     prefix: str = ""
     suffixes: tuple[str, ...] = HDF5_SUFFIXES
     event_types: tuple[str, ...] = CREATED_TYPES
+    removal_types: tuple[str, ...] = REMOVED_TYPES
+
+    def _watched(self, event: ObjectEvent) -> bool:
+        return event.key.startswith(self.prefix) and event.key.lower().endswith(tuple(s.lower() for s in self.suffixes))
 
     def accepts(self, event: ObjectEvent) -> bool:
-        return (
-            event.key.startswith(self.prefix)
-            and event.key.lower().endswith(tuple(s.lower() for s in self.suffixes))
-            and any(event.event_type.startswith(t) for t in self.event_types)
-        )
+        """A new object (version) to score."""
+        return self._watched(event) and any(event.event_type.startswith(t) for t in self.event_types)
+
+    def is_removal(self, event: ObjectEvent) -> bool:
+        """A watched object was deleted: its finished item can leave the listener's job."""
+        return self._watched(event) and any(event.event_type.startswith(t) for t in self.removal_types)

@@ -64,6 +64,20 @@ def test_dropping_finished_items_keeps_pending_ones(jobs: JobStore) -> None:
     assert jobs.add_items(job, ["a"]) == ["a"]  # a dropped item is new again
 
 
+def test_items_by_prefix_take_object_keys_literally(jobs: JobStore) -> None:
+    job = jobs.create_job()
+    sources = ["cos://b/a.h5#e1", "cos://b/a.h5#e2", "cos://b/[a].h5#e1", "cos://b/a*.h5#e1", "cos://b/ab.h5#e1"]
+    jobs.add_items(job, sources)
+    jobs.mark(job, "cos://b/a.h5#e1", "scored")
+    assert jobs.items(job, prefix="cos://b/a.h5#") == {"cos://b/a.h5#e1": "scored", "cos://b/a.h5#e2": "pending"}
+    assert jobs.items(job, "scored", prefix="cos://b/a.h5#") == {"cos://b/a.h5#e1": "scored"}
+    # Glob and LIKE characters in a key match only themselves.
+    assert list(jobs.items(job, prefix="cos://b/[a].h5#")) == ["cos://b/[a].h5#e1"]
+    assert list(jobs.items(job, prefix="cos://b/a*.h5#")) == ["cos://b/a*.h5#e1"]
+    assert jobs.items(job, prefix="cos://b/a%") == {}
+    assert len(jobs.items(job, prefix="")) == len(sources)
+
+
 def test_deleting_a_job_removes_it_whole(jobs: JobStore) -> None:
     kept, gone = jobs.create_job(name="kept"), jobs.create_job(name="gone")
     for job in (kept, gone):

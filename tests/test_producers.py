@@ -168,6 +168,52 @@ def test_minio_payloads_on_redis_list_are_scored_once(
     assert worker.text().count("Task audioset.score_object") >= len(keys)
 
 
+@pytest.mark.integration
+def test_listener_job_keeps_one_item_per_object_present(stack: Stack) -> None:
+    settings = stack.settings()
+    jobs = open_job_store(settings.effective_state_url)
+    listener = Listener(settings, make_app(settings), jobs)
+    bucket = stack.input_bucket
+
+    def items() -> dict[str, str]:
+        return jobs.items(listener.job, prefix=f"cos://{bucket}/")
+
+    def finish_all() -> None:  # what the workers do once the files are scored
+        for item in jobs.items(listener.job, "pending", prefix=f"cos://{bucket}/"):
+            jobs.mark(listener.job, item, "scored")
+
+    for key in ("a.h5", "[a].h5", "b.h5"):
+        listener.handle(minio_access(bucket, key, "v1"))
+    finish_all()
+    # An overwrite (new ETag) replaces the finished item of the old version.
+    assert listener.handle(minio_access(bucket, "a.h5", "v2")).enqueued == 1
+    assert items() == {
+        f"cos://{bucket}/a.h5#v2": "pending",
+        f"cos://{bucket}/[a].h5#v1": "scored",
+        f"cos://{bucket}/b.h5#v1": "scored",
+    }
+    # A removal drops the object's finished items (the glob-like key drops only its own) and enqueues nothing.
+    removal = {"Records": [s3_record(bucket, "[a].h5", event="s3:ObjectRemoved:Delete")]}
+    assert listener.handle(json.dumps(removal)).to_json() == {
+        "events": 1,
+        "enqueued": 0,
+        "duplicates": 0,
+        "filtered": 0,
+        "missing": 0,
+        "removed": 1,
+    }
+    assert set(items()) == {f"cos://{bucket}/a.h5#v2", f"cos://{bucket}/b.h5#v1"}
+    # A version still being scored stays (its task will mark it); IBM's delete events count as removals too.
+    delete = json.loads(ibm_event(bucket, "a.h5", "v2"))
+    delete["operation"] = delete["notification"]["event_type"] = "Object:Delete"
+    assert listener.handle(json.dumps(delete)).removed == 1
+    assert items()[f"cos://{bucket}/a.h5#v2"] == "pending"
+    # Removal of a key the filter does not watch is filtered, as a creation would be.
+    other = {"Records": [s3_record(bucket, "notes.txt", event="s3:ObjectRemoved:Delete")]}
+    assert listener.handle(json.dumps(other)).filtered == 1
+    assert set(items()) == {f"cos://{bucket}/a.h5#v2", f"cos://{bucket}/b.h5#v1"}
+
+
 @contextlib.contextmanager
 def consuming(listener: Listener, redis_url: str, key: str) -> Iterator[threading.Thread]:
     """The listener's Redis-list consumer, running on a thread for the block's duration."""
