@@ -10,8 +10,9 @@ list instead of blocking the ones behind it; an outage (broker, state store,
 object store) is retried with backoff.
 
 The listener's job is its memory of what it sent, so it must not grow forever: a
-new version of an object, or a removal event for it, drops the finished items of
-the object's older versions. The job then holds one item per object present.
+new version of an object drops the finished items of its older versions, and a
+removal event drops all of the object's finished items. The job then holds one
+item per object present.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Listener:
             url = ObjectURL(self.scheme, event.bucket, event.key)
             if self.filter.is_removal(event):
                 result.removed += 1
-                dropped = self._drop_other_versions(url, keep=None)
+                dropped = self._drop_finished_versions(url, keep=None)
                 log.info("%s was removed; %d finished item(s) dropped from job %s", url, dropped, self.job)
                 continue
             if not self.filter.accepts(event):
@@ -128,7 +129,7 @@ class Listener:
             if sent:
                 result.enqueued += 1
                 log.info("enqueued %s (etag %s) into job %s", url, etag, self.job)
-                self._drop_other_versions(url, keep=f"{url}#{etag}")
+                self._drop_finished_versions(url, keep=f"{url}#{etag}")
             else:
                 result.duplicates += 1
         for name in ("enqueued", "duplicates", "filtered", "removed"):
@@ -136,7 +137,7 @@ class Listener:
                 self.jobs.incr_counter(f"listener.{name}", getattr(result, name))
         return result
 
-    def _drop_other_versions(self, url: ObjectURL, keep: str | None) -> int:
+    def _drop_finished_versions(self, url: ObjectURL, keep: str | None) -> int:
         """Drop the finished items of ``url``'s versions other than ``keep``; pending ones stay."""
         stale = [item for item in self.jobs.items(self.job, prefix=f"{url}#") if item != keep]
         return self.jobs.drop_finished_items(self.job, stale) if stale else 0
