@@ -6,7 +6,8 @@ Measures, in one run on one machine, and reports each figure as a ratio to forwa
 - the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end;
 - the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores);
 - through the queue: Celery with 1 and 2 worker processes against an HTTP S3 endpoint and Redis;
-- peak RSS of ``audioset score`` for large files.
+- peak RSS of ``audioset score`` for large files;
+- training speed of the shipped recipe (iterations per second), float32 and bfloat16 mixed precision.
 """
 
 from __future__ import annotations
@@ -244,6 +245,39 @@ def fast_precision(
     return result
 
 
+def training_speed(iterations: int, precision: str, tmp: Path) -> float:
+    """Iterations per second of the shipped model's recipe (batches of 500, EMA, weight decay), after warm-up."""
+    from model.artifact import read_manifest
+    from model.training import Progress, TrainConfig, train
+
+    manifest = read_manifest(MODEL)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(4000, 10, 128), dtype=np.uint8)
+    y = rng.random((4000, len(manifest.classes))) < 0.005
+    y[np.arange(4000), rng.integers(0, len(manifest.classes), 4000)] = True
+    warmup = 3
+    config = TrainConfig(
+        architecture=manifest.architecture,
+        hidden_units=manifest.hidden_units,
+        batch_size=500,
+        iterations=warmup + iterations,
+        eval_every=warmup + iterations,
+        checkpoint_every=warmup + iterations,
+        ema_decay=0.998,
+        weight_decay=0.1,
+        precision=precision,
+    )
+    marks: dict[int, float] = {}
+
+    def mark(p: Progress) -> None:
+        if p.iteration in (warmup, warmup + iterations):
+            marks[p.iteration] = time.perf_counter()
+
+    train(config, x, y, manifest.classes, tmp / f"train-{precision}", on_progress=mark)
+    # The last iteration's mark follows its evaluation and checkpoint; with many iterations that cost is small.
+    return iterations / (marks[warmup + iterations] - marks[warmup])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -257,6 +291,9 @@ def main() -> None:
     parser.add_argument("--queue-files", type=int, default=16)
     parser.add_argument("--queue-clips", type=int, default=5000, help="clips per file through the queue")
     parser.add_argument("--skip-queue", action="store_true")
+    parser.add_argument(
+        "--training-iterations", type=int, default=100, help="timed training iterations per precision (0: skip)"
+    )
     parser.add_argument(
         "--precision",
         default="bfloat16,int8",
@@ -310,6 +347,17 @@ def main() -> None:
             path = write_file(tmp / f"rss{size}.h5", size)
             report[f"rss_{size}_clips"] = peak_rss_mb(path, args.rss_precision)
             path.unlink()
+        if args.training_iterations:
+            from model.inference import cpu_supports_bfloat16
+
+            fp32 = training_speed(args.training_iterations, "float32", tmp)
+            report["training"] = {"float32_iterations_per_second": round(fp32, 2)}
+            if cpu_supports_bfloat16():
+                bf16 = training_speed(args.training_iterations, "bfloat16", tmp)
+                report["training"]["bfloat16_iterations_per_second"] = round(bf16, 2)
+                report["training"]["bfloat16_speedup"] = round(bf16 / fp32, 2)
+            else:
+                report["training"]["bfloat16"] = {"skipped": "no avx512_bf16/AMX on this CPU"}
     report["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(report, indent=2))
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_benchmark_command_prints_every_figure_as_json() -> None:
     args = ["--clips", "3000", "--forward-clips", "3000", "--rss-clips", "2000", "--skip-queue"]
-    args += ["--precision", "int8", "--rss-precision", "int8"]
+    args += ["--precision", "int8", "--rss-precision", "int8", "--training-iterations", "3"]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True, timeout=500
     )
@@ -23,6 +23,9 @@ def test_benchmark_command_prints_every_figure_as_json() -> None:
         assert report[name]["clips_per_second"] > 0 and report[name]["ratio"] > 0, name
     int8 = report["int8"]
     assert "skipped" in int8 or all(int8[k]["speedup_vs_float32"] > 0 for k in ("forward_only", "score_top5"))
+    training = report["training"]
+    assert training["float32_iterations_per_second"] > 0
+    assert training.get("bfloat16_speedup", 0) > 0 or "skipped" in training["bfloat16"]
     rss = report["rss_2000_clips"]
     assert rss["precision"] == "int8" and rss["peak_rss_mb"] > 0 and rss["model_loaded_rss_mb"] > 0
 
