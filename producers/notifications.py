@@ -10,7 +10,7 @@ Accepted shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -120,7 +120,8 @@ class EventFilter:
     prefix: str = ""
     suffixes: tuple[str, ...] = HDF5_SUFFIXES
     event_types: tuple[str, ...] = CREATED_TYPES
-    removal_types: tuple[str, ...] = REMOVED_TYPES
+    # Not in the repr: the listener's job id hashes the repr, and must not change when this field was added.
+    removal_types: tuple[str, ...] = field(default=REMOVED_TYPES, repr=False)
 
     def _watched(self, event: ObjectEvent) -> bool:
         return event.key.startswith(self.prefix) and event.key.lower().endswith(tuple(s.lower() for s in self.suffixes))

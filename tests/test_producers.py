@@ -208,6 +208,11 @@ def test_listener_job_keeps_one_item_per_object_present(stack: Stack) -> None:
     delete["operation"] = delete["notification"]["event_type"] = "Object:Delete"
     assert listener.handle(json.dumps(delete)).removed == 1
     assert items()[f"cos://{bucket}/a.h5#v2"] == "pending"
+    # The job id is the one listeners had before removal events were handled, so upgrading keeps the job.
+    assert (
+        repr(EventFilter())
+        == "EventFilter(prefix='', suffixes=('.h5', '.hdf5'), event_types=('ObjectCreated', 'Object:Write'))"
+    )
     # Removal of a key the filter does not watch is filtered, as a creation would be.
     other = {"Records": [s3_record(bucket, "notes.txt", event="s3:ObjectRemoved:Delete")]}
     assert listener.handle(json.dumps(other)).filtered == 1
