@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model import artifact
+from model.labels import ClassLabel
 from model.training import (
     COSINE_FLOOR,
     Progress,
@@ -37,6 +38,19 @@ def small_config(**overrides: object) -> TrainConfig:
     }
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def train_until_interrupted(
+    config: TrainConfig, x: np.ndarray, y: np.ndarray, labels: list[ClassLabel], run: Path, at: int
+) -> None:
+    """Train until iteration ``at`` is reported, then stop as Ctrl-C would."""
+
+    def interrupt(p: Progress) -> None:
+        if p.iteration == at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, labels, run, on_progress=interrupt)
 
 
 def test_training_learns_a_learnable_signal(tmp_path: Path) -> None:
@@ -82,12 +96,7 @@ def test_branched_training_learns_resumes_and_serves_the_mean(tmp_path: Path) ->
     x, y = learnable_dataset(600, 4, seed=5)
     config = small_config(architecture="feature_level_attention", branches=2, iterations=60, hidden_units=32)
 
-    def interrupt(p: Progress) -> None:
-        if p.iteration == 30:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    train_until_interrupted(config, x, y, make_labels(4), tmp_path / "run", at=30)
     result = train(config, x, y, make_labels(4), tmp_path / "run")
     assert result.best_map > 0.7
     assert [h["iteration"] for h in result.history] == [20, 40, 60]
@@ -112,12 +121,7 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path: Path) -> None:
     x, y = learnable_dataset(500, 4, seed=6)
     config = small_config(architecture="feature_level_attention", ema_decay=0.9, iterations=60)
 
-    def interrupt(p: Progress) -> None:
-        if p.iteration == 50:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    train_until_interrupted(config, x, y, make_labels(4), tmp_path / "run", at=50)
     saved = np.load(tmp_path / "run" / "checkpoint" / "ema.npz")
     assert int(saved["step"]) == 40  # written with the iteration-40 checkpoint
     result = train(config, x, y, make_labels(4), tmp_path / "run")
@@ -386,12 +390,7 @@ def test_bfloat16_training_learns_resumes_and_ships_a_float32_artifact(tmp_path:
     x, y = learnable_dataset(800, 6, seed=21)
     config = small_config(iterations=60, precision="bfloat16", ema_decay=0.9)
 
-    def interrupt(p: Progress) -> None:
-        if p.iteration == 30:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, x, y, make_labels(6), tmp_path / "run", on_progress=interrupt)
+    train_until_interrupted(config, x, y, make_labels(6), tmp_path / "run", at=30)
     checkpoint = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
     assert checkpoint.get_layer("block1_dense").compute_dtype == "bfloat16"
     assert checkpoint.get_layer("block1_dense").kernel.dtype == "float32"  # mixed precision: weights stay float32
@@ -439,12 +438,7 @@ def test_mixup_smoothing_and_cosine_decay_train_and_resume_on_the_same_curve(tmp
         architecture="feature_level_attention", iterations=60, mixup=0.3, label_smoothing=0.05, lr_schedule="cosine"
     )
 
-    def interrupt(p: Progress) -> None:
-        if p.iteration == 45:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    train_until_interrupted(config, x, y, make_labels(4), tmp_path / "run", at=45)
     last = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
     assert float(last.optimizer.learning_rate) == pytest.approx(learning_rate_at(1e-3, "cosine", 39, 60), rel=1e-5)
     result = train(config, x, y, make_labels(4), tmp_path / "run")
