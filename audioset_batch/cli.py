@@ -684,6 +684,12 @@ def show_config(as_json: bool) -> None:
     help="Train K fold models first; each clip's out-of-fold prediction becomes its soft target. 0 = off.",
 )
 @click.option(
+    "--fold-hidden-units",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Width of the --cross-fit fold models (default: --hidden-units): a wide model can learn from narrower folds.",
+)
+@click.option(
     "--mixup",
     type=click.FloatRange(min=0),
     default=0.0,
@@ -765,6 +771,7 @@ def train(
     teachers: tuple[str, ...],
     distill_weight: float,
     cross_fit: int,
+    fold_hidden_units: int | None,
     mixup: float,
     frame_mix: float,
     frame_mix_targets: str,
@@ -826,6 +833,7 @@ def train(
         teachers=list(teachers),
         distill_weight=distill_weight,
         cross_fit=cross_fit,
+        fold_hidden_units=fold_hidden_units,
         mixup=mixup,
         frame_mix=frame_mix,
         frame_mix_targets=frame_mix_targets,

@@ -48,6 +48,7 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 0.5
     cross_fit: int = 0
+    fold_hidden_units: int | None = None
     mixup: float = 0.0
     frame_mix: float = 0.0
     frame_mix_targets: str = "share"
@@ -81,6 +82,8 @@ class TrainConfig:
             )
         if self.cross_fit == 1 or self.cross_fit < 0:
             raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
+        if self.fold_hidden_units is not None and self.fold_hidden_units < 1:
+            raise TrainConfigError(f"fold_hidden_units must be >= 1, got {self.fold_hidden_units}")
         if self.cross_fit and self.teachers:
             raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
         if not 0 <= self.label_smoothing < 1:
@@ -606,13 +609,23 @@ def cross_fit_targets(
     The training clips are dealt into ``config.cross_fit`` folds; a model trained on the
     other folds predicts each one. Unlike a teacher's predictions on its own training
     clips (which echo the labels), these carry what a model really believes about a clip,
-    including labels the annotators missed. Each fold is a resumable run of its own
-    under ``folder/fold-K``; a finished fold is not trained again.
+    including labels the annotators missed. Fold models share every setting of the run
+    except their width (``fold_hidden_units``: a wide model can learn from cheaper folds).
+    Each fold is a resumable run of its own under ``folder/fold-K``; a finished fold is
+    not trained again.
     """
     from model.metrics import evaluate
 
     k = config.cross_fit
-    fold_config = TrainConfig(**{**config.to_json(), "cross_fit": 0, "teachers": []})
+    fold_config = TrainConfig(
+        **{
+            **config.to_json(),
+            "cross_fit": 0,
+            "teachers": [],
+            "hidden_units": config.fold_hidden_units or config.hidden_units,
+            "fold_hidden_units": None,
+        }
+    )
     fold_of = stratified_folds(np.asarray(y[train_idx], dtype=bool), k, config.seed)
     soft = np.zeros((len(train_idx), y.shape[1]), dtype=np.float32)
     validation = np.zeros((len(val_idx), y.shape[1]), dtype=np.float32)
