@@ -17,7 +17,8 @@ def test_shipped_artifact_is_valid_and_small() -> None:
     assert manifest.classes[0].name == "Speech" and manifest.classes[0].mid == "/m/09x0r"
     assert 0.2 < manifest.metrics["validation"]["mAP"] < 1
     assert manifest.training["data_fingerprint"] and manifest.training["hyperparameters"]
-    assert (DEFAULT_MODEL_PATH / artifact.WEIGHTS_NAME).stat().st_size < 25 * 1024 * 1024
+    # 1,536 units wide: 42 MB of float32 weights (the model card says why it is not 1,024 any more).
+    assert (DEFAULT_MODEL_PATH / artifact.WEIGHTS_NAME).stat().st_size < 45 * 1024 * 1024
 
 
 def test_shipped_model_scores_in_safe_mode() -> None:
