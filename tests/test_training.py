@@ -549,12 +549,10 @@ def test_fold_models_can_be_narrower_than_the_model(tmp_path: Path) -> None:
         architecture="feature_level_attention", iterations=20, cross_fit=2, hidden_units=48, fold_hidden_units=16
     )
     result = train(config, x, y, make_labels(3), tmp_path / "run")
-    fold_net = build_model("feature_level_attention", 3, 10, 16, 0.2)
-    fold_net.load_weights(tmp_path / "run" / "folds" / "fold-1" / "checkpoint" / "best.weights.h5")
+    fold_weights = tmp_path / "run" / "folds" / "fold-1" / "checkpoint" / "best.weights.h5"
+    build_model("feature_level_attention", 3, 10, 16, 0.2).load_weights(fold_weights)
     net, manifest = artifact.load(result.artifact)
     assert manifest.hidden_units == 48 and net.get_layer("block1_dense").kernel.shape == (128, 48)
     with pytest.raises(ValueError):  # the folds really are 16 wide, not 48
-        build_model("feature_level_attention", 3, 10, 48, 0.2).load_weights(
-            tmp_path / "run" / "folds" / "fold-1" / "checkpoint" / "best.weights.h5"
-        )
+        build_model("feature_level_attention", 3, 10, 48, 0.2).load_weights(fold_weights)
     assert artifact.verify(result.artifact).training["hyperparameters"]["fold_hidden_units"] == 16
