@@ -54,6 +54,9 @@ def friendly_errors(fn: F) -> F:
 @click.version_option(package_name="audioset-batch")
 def main() -> None:
     """Score AudioSet embedding files into per-clip predictions (JSON Lines)."""
+    from audioset_batch.hdf5_reader import pin_external_prefixes
+
+    pin_external_prefixes()
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -94,9 +97,8 @@ def score(
     source: str, output: str, scores: str | None, top_k: int | None, model_path: Path | None, precision: str | None
 ) -> None:
     """Score one FILE or URL in-process, with no queue; writes the worker's JSONL format."""
-    from audioset_batch.hdf5_reader import Limits
     from audioset_batch.object_store import ObjectURL, store_for
-    from audioset_batch.pipeline import score_file
+    from audioset_batch.pipeline import reader_limits, score_file
     from audioset_batch.scoring import OutputOptions
     from model.inference import Predictor
 
@@ -107,7 +109,7 @@ def score(
     options = OutputOptions(
         top_k=top_k or settings.top_k, full_scores=(scores == "full") if scores else settings.full_scores
     )
-    limits = Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+    limits = reader_limits(settings)
 
     def run(path: Path, name: str, out: IO[bytes]) -> None:
         result = score_file(
@@ -121,6 +123,7 @@ def score(
             limits=limits,
             chunk_clips=settings.read_chunk_clips,
             metrics_max_clips=settings.metrics_max_clips,
+            frames=predictor.frames,
         )
         summary: dict[str, Any] = {
             "source": name,

@@ -11,6 +11,7 @@ import numpy as np
 
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
 from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
 
 
@@ -35,7 +36,7 @@ def _read(path: Path, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray
 
 def load_dataset(locations: Sequence[str], settings: Settings) -> Dataset:
     """Concatenate files in order; all must agree on frames and classes."""
-    limits = Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+    limits = reader_limits(settings)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     for location in locations:

@@ -8,7 +8,11 @@ error naming the dataset; reading is chunked, so memory stays flat.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +55,44 @@ class EmptyDatasetError(LayoutError):
 
 
 class NonFiniteError(InputFileError):
-    """Float embeddings contain NaN or infinity."""
+    """Float embeddings contain NaN or infinity, or values too large to score."""
+
+
+class FrameCountError(LayoutError):
+    """``x`` has a different number of frames per clip than the model takes."""
+
+
+class ForeignDataError(InputFileError):
+    """A dataset's bytes do not live in the file itself.
+
+    Reading them would read another file on the worker's disk (another tenant's
+    download, ``/proc/self/environ``), so such files are refused before any byte is read.
+    """
+
+
+class ExternalStorageError(ForeignDataError):
+    """A dataset is declared with HDF5 external raw storage (its bytes are in other files)."""
+
+
+class VirtualDatasetError(ForeignDataError):
+    """A dataset is an HDF5 virtual dataset (it maps data from other files)."""
+
+
+class ExternalLinkError(ForeignDataError):
+    """A dataset name is an HDF5 external link into another file."""
+
+
+class SoftLinkError(ForeignDataError):
+    """A dataset name is a soft link; the layout expects the dataset itself at that name."""
+
+
+class SparseDatasetError(LimitExceededError):
+    """A dataset declares far more data than the file stores (unwritten chunks): scoring it would
+    burn the time limit on fill values."""
+
+
+class OversizeFieldError(LimitExceededError):
+    """A per-clip field (video id, label row) is wider than any real file needs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +108,43 @@ class Chunk:
 class Limits:
     max_clips: int = 10_000_000
     max_chunk_bytes: int = 256 * 1024**2
+    max_read_bytes: int = 64 * 1024**2  # one read across every dataset, so memory follows what is stored
+    max_id_bytes: int = 1024
+    max_classes: int = 100_000
+    max_abs_value: float = 1e4  # float embeddings are about [-2, 2]; beyond this float32 scores overflow
+
+
+# Declared bytes over stored bytes beyond which a dataset is refused. gzip tops out near 1,032:1, so any
+# dataset whose chunks were really written passes; one whose chunks were never written stores ~0 bytes.
+MAX_DECLARED_OVER_STORED = 2048
+SPARSE_FLOOR_BYTES = 1024**2
+# Names the layout reads; links are checked before any of them is opened.
+LAYOUT = ("x", "video_id_list", "start_time_seconds", "y")
+
+
+HDF5_PREFIX_VARIABLES = ("HDF5_EXTFILE_PREFIX", "HDF5_VDS_PREFIX", "HDF5_EXT_PREFIX")
+
+
+def pin_external_prefixes() -> Path:
+    """Point HDF5's search paths for external data, virtual sources and external links at an
+    empty private folder. A second layer behind the reader's refusals: even a path HDF5 resolves
+    on its own then finds nothing. Called once at process start by the worker and the CLI."""
+    pinned = os.environ.get(HDF5_PREFIX_VARIABLES[0], "")
+    if pinned and Path(pinned).name.startswith(_EMPTY_PREFIX) and Path(pinned).is_dir():
+        return Path(pinned)  # already pinned in this process (or inherited from the parent)
+    empty = Path(tempfile.mkdtemp(prefix=_EMPTY_PREFIX))
+    atexit.register(_remove_empty, empty)
+    for name in HDF5_PREFIX_VARIABLES:
+        os.environ[name] = str(empty)
+    return empty
+
+
+_EMPTY_PREFIX = "audioset-hdf5-nothing-"
+
+
+def _remove_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def _classify_open_error(path: Path, exc: OSError) -> InputFileError:
@@ -89,9 +167,10 @@ def _decode_id(value: object) -> str | None:
 class EmbeddingFile:
     """An open, validated embedding file. Use as a context manager."""
 
-    def __init__(self, path: str | Path, limits: Limits | None = None) -> None:
+    def __init__(self, path: str | Path, limits: Limits | None = None, frames: int | None = None) -> None:
         self.path = Path(path)
         self.limits = limits or Limits()
+        self.expected_frames = frames
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -114,25 +193,57 @@ class EmbeddingFile:
         self._file.close()
 
     def _dataset(self, name: str, required: bool) -> h5py.Dataset | None:
-        if name not in self._file:
+        link = self._file.get(name, getlink=True)
+        if link is None:
             if required:
                 raise MissingDatasetError(
                     f"dataset '{name}' is missing (datasets present: {sorted(self._file.keys())})"
                 )
             return None
-        item = self._file[name]
+        if isinstance(link, h5py.ExternalLink):
+            raise ExternalLinkError(
+                f"'{name}' is an external link to '{link.path}' in another file ({link.filename!r}); "
+                "embeddings must be stored in the file itself"
+            )
+        if isinstance(link, h5py.SoftLink):
+            raise SoftLinkError(f"'{name}' is a soft link to '{link.path}'; store the dataset itself under '{name}'")
+        if not isinstance(link, h5py.HardLink):
+            raise LayoutError(f"'{name}' is a {type(link).__name__}, expected a dataset")
+        item = self._file.get(name)
         if not isinstance(item, h5py.Dataset):
             raise LayoutError(f"'{name}' is a {type(item).__name__}, expected a dataset")
+        self._check_local(name, item)
         return item
 
+    def _check_local(self, name: str, ds: h5py.Dataset) -> None:
+        """Refuse data stored outside the file."""
+        if ds.is_virtual:
+            raise VirtualDatasetError(
+                f"dataset '{name}' is an HDF5 virtual dataset (it maps other files); store the data itself"
+            )
+        if ds.external:
+            raise ExternalStorageError(
+                f"dataset '{name}' uses HDF5 external storage ({len(ds.external)} file(s) outside this one); "
+                "store the data itself"
+            )
+
     def _check_chunking(self, name: str, ds: h5py.Dataset) -> None:
-        if ds.chunks is None:
-            return
-        chunk_bytes = math.prod(ds.chunks) * ds.dtype.itemsize
-        if chunk_bytes > self.limits.max_chunk_bytes:
-            raise LimitExceededError(
-                f"dataset '{name}' has HDF5 chunks of {chunk_bytes} bytes, over the limit "
-                f"AUDIOSET_MAX_CHUNK_BYTES={self.limits.max_chunk_bytes} (possible compression bomb)"
+        """Refuse compression bombs, then datasets that store far less than they declare."""
+        if ds.chunks is not None:
+            chunk_bytes = math.prod(ds.chunks) * ds.dtype.itemsize
+            if chunk_bytes > self.limits.max_chunk_bytes:
+                raise LimitExceededError(
+                    f"dataset '{name}' has HDF5 chunks of {chunk_bytes} bytes, over the limit "
+                    f"AUDIOSET_MAX_CHUNK_BYTES={self.limits.max_chunk_bytes} (possible compression bomb)"
+                )
+        if ds.dtype.hasobject:
+            return  # variable-length data lives in the file's heap; its size is the file's
+        declared = math.prod(ds.shape) * ds.dtype.itemsize
+        stored = ds.id.get_storage_size()
+        if declared > SPARSE_FLOOR_BYTES and declared > stored * MAX_DECLARED_OVER_STORED:
+            raise SparseDatasetError(
+                f"dataset '{name}' declares {declared} bytes (shape {ds.shape}) but stores only {stored}: "
+                "its chunks were never written"
             )
 
     def _validate(self) -> None:
@@ -147,6 +258,11 @@ class EmbeddingFile:
             raise LayoutError(f"dataset 'x' has width {width} (shape {x.shape}); expected {EMBEDDING_WIDTH}")
         if clips == 0 or frames == 0:
             raise EmptyDatasetError(f"dataset 'x' holds no clips (shape {x.shape})")
+        if self.expected_frames is not None and frames != self.expected_frames:
+            raise FrameCountError(
+                f"dataset 'x' has {frames} frames per clip (shape {x.shape}); the model takes "
+                f"{self.expected_frames} (10 one-second VGGish embeddings per clip, zero-padded when shorter)"
+            )
         if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
             raise LayoutError(f"dataset 'x' has dtype {x.dtype}; expected uint8 or float")
         if clips > self.limits.max_clips:
@@ -165,9 +281,14 @@ class EmbeddingFile:
 
         self.video_ids = self._dataset("video_id_list", required=False)
         if self.video_ids is not None:
-            self._check_vector("video_id_list", self.video_ids)
             if self.video_ids.dtype.kind not in {"S", "U", "O"}:
                 raise LayoutError(f"dataset 'video_id_list' has dtype {self.video_ids.dtype}; expected strings")
+            if self.video_ids.dtype.itemsize > self.limits.max_id_bytes and self.video_ids.dtype.kind != "O":
+                raise OversizeFieldError(
+                    f"dataset 'video_id_list' holds {self.video_ids.dtype.itemsize}-byte ids, over the "
+                    f"{self.limits.max_id_bytes}-byte limit for a video id"
+                )
+            self._check_vector("video_id_list", self.video_ids)
         self.start_times = self._dataset("start_time_seconds", required=False)
         if self.start_times is not None:
             self._check_vector("start_time_seconds", self.start_times)
@@ -179,6 +300,10 @@ class EmbeddingFile:
                 raise LayoutError(f"dataset 'y' has shape {self.y.shape}; expected ({clips}, classes)")
             if not (self.y.dtype == np.bool_ or np.issubdtype(self.y.dtype, np.number)):
                 raise LayoutError(f"dataset 'y' has dtype {self.y.dtype}; expected bool or numbers")
+            if self.y.shape[1] > self.limits.max_classes:
+                raise OversizeFieldError(
+                    f"dataset 'y' has {self.y.shape[1]} classes, over the limit of {self.limits.max_classes}"
+                )
             self._check_chunking("y", self.y)
 
     def _check_vector(self, name: str, ds: h5py.Dataset) -> None:
@@ -190,8 +315,25 @@ class EmbeddingFile:
     def classes(self) -> int | None:
         return int(self.y.shape[1]) if self.y is not None else None
 
+    def skip_labels(self) -> None:
+        """Do not read ``y`` (no metrics wanted): its bytes then cost nothing."""
+        self.y = None
+
+    def clip_bytes(self) -> int:
+        """Bytes one clip costs in memory across every dataset read."""
+        size = self.frames * EMBEDDING_WIDTH * int(self.x.dtype.itemsize)
+        if self.video_ids is not None:
+            size += int(self.video_ids.dtype.itemsize) + 64
+        if self.start_times is not None:
+            size += 8
+        if self.y is not None:
+            size += int(self.y.shape[1]) * int(self.y.dtype.itemsize)
+        return size
+
     def chunks(self, size: int) -> Iterator[Chunk]:
-        """Yield consecutive clips, ``size`` at a time, in file order."""
+        """Yield consecutive clips in file order, at most ``size`` at a time and at most
+        ``Limits.max_read_bytes`` per read across every dataset."""
+        size = max(1, min(size, self.limits.max_read_bytes // self.clip_bytes()))
         for start in range(0, self.clips, size):
             stop = min(start + size, self.clips)
             try:
@@ -203,7 +345,16 @@ class EmbeddingFile:
                 y = np.asarray(self.y[start:stop]) if self.y is not None else None
             except OSError as exc:
                 raise CorruptFileError(f"cannot read clips {start}..{stop - 1}: {exc}") from None
-            if x.dtype != np.uint8 and not np.isfinite(x).all():
-                bad = start + int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
-                raise NonFiniteError(f"dataset 'x' has NaN or infinite values (first at clip {bad})")
+            if x.dtype != np.uint8:
+                ok = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+                if not ok.all():
+                    bad = start + int(np.flatnonzero(~ok)[0])
+                    raise NonFiniteError(f"dataset 'x' has NaN or infinite values (first at clip {bad})")
+                ok = (np.abs(x) <= self.limits.max_abs_value).reshape(len(x), -1).all(axis=1)
+                if not ok.all():
+                    bad = start + int(np.flatnonzero(~ok)[0])
+                    raise NonFiniteError(
+                        f"dataset 'x' has values beyond ±{self.limits.max_abs_value:g} (first at clip {bad}); "
+                        "float embeddings are expected in about [-2, 2]"
+                    )
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)

@@ -15,7 +15,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
-from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits
+from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
 from audioset_batch.object_store import ObjectStore, ObjectURL, store_for
 from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
 from audioset_batch.scoring import OutputOptions, Predict, encode_records
@@ -87,6 +87,9 @@ def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk
         scores = np.asarray(predict(chunk.x), dtype=np.float32)
         if scores.shape[0] != chunk.x.shape[0]:
             raise ValueError(f"model returned {scores.shape[0]} rows for {chunk.x.shape[0]} clips")
+        if not np.isfinite(scores).all():
+            last = chunk.start + len(scores) - 1
+            raise NonFiniteError(f"the model gave non-finite scores for clips {chunk.start}..{last}")
         return scores
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") as pool:
@@ -102,6 +105,11 @@ def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk
         yield current, pending.result()
 
 
+def reader_limits(settings: Settings) -> Limits:
+    """The reader's limits from settings: the one place they are read."""
+    return Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+
+
 def score_file(
     path: Path,
     out: IO[bytes],
@@ -115,16 +123,18 @@ def score_file(
     chunk_clips: int = 8192,
     metrics_max_clips: int = 200_000,
     deadline: Deadline | None = None,
+    frames: int | None = None,
 ) -> FileScore:
     """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``.
 
-    Shared by the worker and ``audioset score``, so both write identical lines.
+    Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is
+    the model's frames per clip: a file with any other count is refused before the model sees it.
     """
     started = time.monotonic()
     notes: list[str] = []
     truths: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
-    with EmbeddingFile(path, limits or Limits()) as embeddings:
+    with EmbeddingFile(path, limits or Limits(), frames=frames) as embeddings:
         want_metrics = embeddings.y is not None
         if want_metrics and embeddings.classes != len(classes):
             notes.append(f"metrics skipped: y has {embeddings.classes} classes, the model {len(classes)}")
@@ -134,6 +144,8 @@ def score_file(
                 f"metrics skipped: {embeddings.clips} clips exceed AUDIOSET_METRICS_MAX_CLIPS={metrics_max_clips}"
             )
             want_metrics = False
+        if not want_metrics:
+            embeddings.skip_labels()
         for chunk, scores in predicted(prefetched(embeddings.chunks(chunk_clips)), predict):
             if deadline is not None:
                 deadline.check()
@@ -165,13 +177,21 @@ def score_file(
 class ObjectScorer:
     """Scores objects named by URL and writes their results, only ever under the results prefix."""
 
-    def __init__(self, settings: Settings, predict: Predict, classes: list[ClassLabel], model: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        predict: Predict,
+        classes: list[ClassLabel],
+        model: str,
+        frames: int | None = None,
+    ) -> None:
         self.settings = settings
         self.predict = predict
         self.classes = classes
         self.model = model
+        self.frames = frames
         self.options = OutputOptions(top_k=settings.top_k, full_scores=settings.full_scores)
-        self.limits = Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+        self.limits = reader_limits(settings)
 
     def _store(self, url: ObjectURL) -> ObjectStore:
         """Results go to the same kind of store as the input (a COS endpoint, or the local root)."""
@@ -250,6 +270,7 @@ class ObjectScorer:
                     chunk_clips=self.settings.read_chunk_clips,
                     metrics_max_clips=self.settings.metrics_max_clips,
                     deadline=deadline,
+                    frames=self.frames,
                 )
             t2 = time.monotonic()
             # The JSONL lands first, then the summary: a summary always points at a complete JSONL.

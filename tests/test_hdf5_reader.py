@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -8,16 +9,25 @@ import pytest
 
 from audioset_batch.errors import InputFileError, LimitExceededError
 from audioset_batch.hdf5_reader import (
+    HDF5_PREFIX_VARIABLES,
     CorruptFileError,
     EmbeddingFile,
     EmptyDatasetError,
     EmptyFileError,
+    ExternalLinkError,
+    ExternalStorageError,
+    FrameCountError,
     LayoutError,
     Limits,
     MissingDatasetError,
     NonFiniteError,
     NotHDF5Error,
+    OversizeFieldError,
+    SoftLinkError,
+    SparseDatasetError,
     TruncatedFileError,
+    VirtualDatasetError,
+    pin_external_prefixes,
 )
 from tests.helpers import write_h5
 
@@ -144,3 +154,152 @@ def test_declared_shape_larger_than_file(tmp_path: Path) -> None:
         fh.truncate(size - 300_000)
     with pytest.raises((TruncatedFileError, CorruptFileError)), EmbeddingFile(path) as f:
         list(f.chunks(100))
+
+
+# --- files whose bytes do not live in the file itself (hostile uploads) ---------------------------------
+
+
+def _secret_file(tmp_path: Path) -> Path:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"AUDIOSET_COS_SECRET_ACCESS_KEY=hunter2\n" * 100)
+    return secret
+
+
+def test_external_raw_storage_is_refused_before_any_byte_is_read(tmp_path: Path) -> None:
+    secret = _secret_file(tmp_path)
+    path = tmp_path / "ext.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(3, 10, 128), dtype=np.uint8, external=[(str(secret), 0, 3 * 1280)])
+    with pytest.raises(ExternalStorageError, match="dataset 'x' uses HDF5 external storage"):
+        EmbeddingFile(path)
+
+
+def test_external_storage_of_video_ids_is_refused(tmp_path: Path) -> None:
+    """The /proc/self/environ case: ids read from another file would carry its bytes into the results."""
+    secret = _secret_file(tmp_path)
+    path = tmp_path / "ids.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        f.create_dataset("video_id_list", shape=(3,), dtype="S40", external=[(str(secret), 0, 120)])
+    with pytest.raises(ExternalStorageError, match="video_id_list"):
+        EmbeddingFile(path)
+
+
+def test_virtual_dataset_is_refused(tmp_path: Path) -> None:
+    other = write_h5(tmp_path / "other-tenant.h5", clips=4)
+    layout = h5py.VirtualLayout(shape=(4, 10, 128), dtype=np.uint8)
+    layout[:] = h5py.VirtualSource(str(other), "x", shape=(4, 10, 128))
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("x", layout)
+    with pytest.raises(VirtualDatasetError, match="virtual dataset"):
+        EmbeddingFile(path)
+
+
+def test_external_link_is_refused(tmp_path: Path) -> None:
+    other = write_h5(tmp_path / "other-tenant.h5", clips=4)
+    path = tmp_path / "link.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = h5py.ExternalLink(str(other), "/x")
+    with pytest.raises(ExternalLinkError, match="external link"):
+        EmbeddingFile(path)
+
+
+def test_soft_link_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "soft.h5"
+    with h5py.File(path, "w") as f:
+        f["data/embeddings"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        f["x"] = h5py.SoftLink("/data/embeddings")
+    with pytest.raises(SoftLinkError, match="soft link to '/data/embeddings'"):
+        EmbeddingFile(path)
+
+
+@pytest.mark.parametrize(
+    "error", [ExternalStorageError, VirtualDatasetError, ExternalLinkError, SoftLinkError, SparseDatasetError]
+)
+def test_each_refusal_is_an_input_error(error: type[Exception]) -> None:
+    assert issubclass(error, InputFileError)
+
+
+def test_declared_but_never_written_chunks_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(9_000_000, 10, 128), dtype=np.uint8, chunks=(64, 10, 128), compression="gzip")
+    assert path.stat().st_size < 10_000
+    with pytest.raises(SparseDatasetError, match="never written"):
+        EmbeddingFile(path)
+
+
+def test_compressed_real_data_is_not_mistaken_for_sparse(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.h5"
+    with h5py.File(path, "w") as f:  # all zeros: gzip's best case, still stored
+        f.create_dataset("x", data=np.zeros((4000, 10, 128), dtype=np.uint8), chunks=(500, 10, 128), compression="gzip")
+    with EmbeddingFile(path) as data:
+        assert sum(len(c.x) for c in data.chunks(1000)) == 4000
+
+
+# --- memory follows what the file holds ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frames", [5, 1000])
+def test_frames_must_match_the_model(tmp_path: Path, frames: int) -> None:
+    path = write_h5(tmp_path / "f.h5", clips=2, frames=frames)
+    with pytest.raises(FrameCountError, match=f"has {frames} frames per clip .* the model takes 10"):
+        EmbeddingFile(path, frames=10)
+
+
+def test_huge_declared_frame_count_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(1, 50_000_000, 128), dtype=np.uint8, chunks=(1, 1000, 128), compression="gzip")
+    with pytest.raises(FrameCountError):
+        EmbeddingFile(path, frames=10)
+
+
+def test_long_fixed_length_ids_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ids.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        f.create_dataset("video_id_list", data=np.array([b"a" * 1_000_000] * 3), compression="gzip")
+    with pytest.raises(OversizeFieldError, match="1000000-byte ids"):
+        EmbeddingFile(path)
+
+
+def test_wide_labels_are_refused_and_skipped_labels_are_never_read(tmp_path: Path) -> None:
+    path = tmp_path / "y.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        f.create_dataset("y", data=np.ones((3, 5_000_000), dtype=np.uint8), chunks=(1, 100_000), compression="gzip")
+    assert path.stat().st_size < 200_000
+    with pytest.raises(OversizeFieldError, match="5000000 classes"):
+        EmbeddingFile(path)
+    with EmbeddingFile(path, Limits(max_classes=10_000_000)) as data:
+        data.skip_labels()
+        assert [c.y for c in data.chunks(100)] == [None]
+
+
+def test_one_read_stays_within_the_read_budget(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "a.h5", clips=50, classes=527)
+    with EmbeddingFile(path) as data:
+        per_clip = data.clip_bytes()
+    assert per_clip > 1280 + 527
+    with EmbeddingFile(path, Limits(max_read_bytes=10 * per_clip)) as data:
+        sizes = [len(c.x) for c in data.chunks(8192)]
+    assert sizes == [10] * 5
+
+
+def test_float_values_beyond_range_are_refused(tmp_path: Path) -> None:
+    x = np.zeros((3, 10, 128), dtype=np.float64)
+    x[1, 0, 0] = 1e300
+    path = _write(tmp_path / "big.h5", x=x)
+    with EmbeddingFile(path) as f, pytest.raises(NonFiniteError, match=r"beyond ±10000 \(first at clip 1\)"):
+        list(f.chunks(10))
+
+
+def test_pinned_prefixes_point_at_an_empty_private_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in HDF5_PREFIX_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    folder = pin_external_prefixes()
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert {os.environ[name] for name in HDF5_PREFIX_VARIABLES} == {str(folder)}
+    assert pin_external_prefixes() == folder

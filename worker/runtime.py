@@ -38,11 +38,15 @@ def load_scorer(settings: Settings | None = None) -> ObjectScorer:
             configure_tensorflow(settings.effective_tf_threads)
             from model.inference import Predictor
 
-            predictor = Predictor.from_artifact(settings.model_path, batch_size=settings.batch_size)
-            _scorer = ObjectScorer(settings, predictor.predict, predictor.manifest.classes, predictor.manifest.tag)
+            predictor = Predictor.from_artifact(
+                settings.model_path, batch_size=settings.batch_size, precision=settings.precision
+            )
+            _scorer = ObjectScorer(
+                settings, predictor.predict, predictor.manifest.classes, predictor.tag, frames=predictor.frames
+            )
             log.info(
                 "model %s loaded from %s (%d classes, %d TF threads)",
-                predictor.manifest.tag,
+                predictor.tag,
                 settings.model_path,
                 len(predictor.manifest.classes),
                 settings.effective_tf_threads,

@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
+from audioset_batch.hdf5_reader import pin_external_prefixes
 from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL
 from audioset_batch.pipeline import ObjectScorer
@@ -27,6 +28,7 @@ log = logging.getLogger("audioset.worker")
 
 @worker_process_init.connect
 def _load_model_in_child(**_: Any) -> None:
+    pin_external_prefixes()
     scorer = load_scorer()
     if metrics.enabled():
         metrics.metrics().model.labels(scorer.model).set(1)
