@@ -428,6 +428,7 @@ def listen(
     import threading
 
     from audioset_batch.jobs import open_job_store
+    from producers.http_endpoint import EndpointLimits
     from producers.listener import Listener
     from producers.notifications import CREATED_TYPES, HDF5_SUFFIXES, EventFilter
     from worker.app import make_app
@@ -451,7 +452,10 @@ def listen(
     server = None
     if http_address:
         host, _, port = http_address.rpartition(":")
-        server = listener.http_server(host or "0.0.0.0", int(port))
+        limits = EndpointLimits(
+            max_connections=settings.listen_max_connections, request_timeout=settings.listen_timeout
+        )
+        server = listener.http_server(host or "0.0.0.0", int(port), limits)
         threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
         click.echo(f"listening for HTTP notifications on {host or '0.0.0.0'}:{server.server_port}", err=True)
     if redis_list:

@@ -39,6 +39,10 @@ class InvalidObjectKeyError(StorageError):
     """A key tries to escape its bucket or results prefix."""
 
 
+class SourceNotAllowedError(InvalidObjectKeyError):
+    """The object's bucket (or prefix) is not in ``AUDIOSET_ALLOWED_SOURCES``."""
+
+
 class LimitExceededError(InputFileError):
     """An object exceeds a configured limit (size, clips, time); the message names the limit."""
 

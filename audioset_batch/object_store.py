@@ -21,6 +21,7 @@ from audioset_batch.errors import (
     AccessDeniedError,
     InvalidObjectKeyError,
     ObjectNotFoundError,
+    SourceNotAllowedError,
     StorageError,
     TransientStorageError,
 )
@@ -102,6 +103,36 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_bucket(bucket: str) -> str:
+    """Refuse bucket names no store accepts and that could name a folder outside the local root."""
+    if (
+        not bucket
+        or len(bucket) > 255
+        or bucket in {".", ".."}
+        or bucket.startswith(".")
+        or any(c in bucket for c in "/\\\x00")
+        or not bucket.isprintable()
+    ):
+        raise InvalidObjectKeyError(f"invalid bucket name {bucket!r}")
+    return bucket
+
+
+def check_source(url: ObjectURL, allowed: tuple[str, ...]) -> ObjectURL:
+    """A URL producers may enqueue and workers may read: a valid bucket and key, inside the allow-list.
+
+    ``allowed`` holds ``bucket`` or ``bucket/prefix`` entries; empty allows any bucket.
+    """
+    check_bucket(url.bucket)
+    check_key(url.key)
+    if allowed and not any(
+        url.bucket == entry.partition("/")[0] and url.key.startswith(entry.partition("/")[2]) for entry in allowed
+    ):
+        raise SourceNotAllowedError(
+            f"{url.bucket}/{url.key} is outside AUDIOSET_ALLOWED_SOURCES ({', '.join(allowed)})"
+        )
+    return url
+
+
 class LocalStore:
     """Buckets as folders under ``root``; writes are atomic (temp file + rename)."""
 
@@ -109,9 +140,7 @@ class LocalStore:
         self.root = Path(root).resolve()
 
     def _bucket_dir(self, bucket: str) -> Path:
-        if not bucket or "/" in bucket or bucket in {".", ".."} or bucket.startswith("."):
-            raise InvalidObjectKeyError(f"invalid bucket name {bucket!r}")
-        return self.root / bucket
+        return self.root / check_bucket(bucket)
 
     def _path(self, bucket: str, key: str) -> Path:
         base = self._bucket_dir(bucket)

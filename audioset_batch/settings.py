@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from audioset_batch.errors import ConfigError
 from model.artifact import DEFAULT_ARTIFACT
@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     input_bucket: str | None = Field(None, description="Bucket that bare keys (no scheme) refer to.")
     results_bucket: str = Field("results", description="Bucket that results are written to.")
     results_prefix: str = Field("predictions/", description="Key prefix for every result object.")
+    allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated buckets (or bucket/prefix) that producers may enqueue and workers may read; "
+        "empty = any bucket the credentials reach.",
+    )
 
     # Model and scoring
     model_path: Path = Field(DEFAULT_MODEL_PATH, description="Model artifact directory (model.keras + manifest.json).")
@@ -90,6 +95,30 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Serve Prometheus metrics from each worker on this port; 0 = off."
     )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics port binds to (0.0.0.0 to expose it).")
+    listen_token: SecretStr | None = Field(
+        None,
+        description="Bearer token `audioset listen --http` requires (Authorization: Bearer …); "
+        "without one it only listens on loopback.",
+    )
+    listen_max_connections: int = Field(
+        256, ge=1, le=10_000, description="Open HTTP connections the listener holds; past it the slowest is dropped."
+    )
+    listen_timeout: float = Field(10.0, gt=0, description="Seconds an HTTP client has to send its whole request.")
+
+    @field_validator("allowed_sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            entries = tuple(str(v).strip().strip("/") for v in value if str(v).strip())
+            for entry in entries:
+                bucket = entry.partition("/")[0]
+                if not bucket or bucket.startswith(".") or ".." in entry.split("/"):
+                    raise ValueError(f"invalid entry {entry!r}; use bucket or bucket/prefix")
+            return entries
+        return value
 
     @field_validator("results_prefix")
     @classmethod

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from audioset_batch.errors import ObjectNotFoundError
+from audioset_batch.errors import ObjectNotFoundError, SourceNotAllowedError
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectInfo, ObjectURL, store_for
+from audioset_batch.object_store import ObjectInfo, ObjectURL, check_source, store_for
 from audioset_batch.results import is_hdf5_key, is_result_key
 from audioset_batch.settings import Settings
 from worker.config import SCORE_TASK
@@ -32,6 +32,11 @@ def expand(url: str, settings: Settings) -> Iterator[ObjectURL]:
     Result objects are never picked up, even when input and results share a bucket.
     """
     parsed = ObjectURL.parse(url, settings.input_bucket)
+    allowed = settings.allowed_sources
+    if allowed and parsed.bucket not in {entry.partition("/")[0] for entry in allowed}:
+        raise SourceNotAllowedError(
+            f"bucket {parsed.bucket!r} is outside AUDIOSET_ALLOWED_SOURCES ({', '.join(allowed)})"
+        )
     store = store_for(parsed.scheme, settings)
     if parsed.key and is_hdf5_key(parsed.key):
         try:
@@ -91,6 +96,7 @@ def send(
 
     for entry in urls:
         url, item = (entry, str(entry)) if isinstance(entry, ObjectURL) else (entry[0], entry[1])
+        check_source(url, settings.allowed_sources)
         batch[item] = str(url)
         if len(batch) >= BATCH:
             sent += flush()

@@ -18,26 +18,24 @@ item per object present.
 from __future__ import annotations
 
 import hashlib
-import json
+import ipaddress
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from celery import Celery
 
-from audioset_batch.errors import AudiosetError, InvalidObjectKeyError, ObjectNotFoundError
+from audioset_batch.errors import AudiosetError, ConfigError, InvalidObjectKeyError, ObjectNotFoundError
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.object_store import ObjectURL, check_source, store_for
 from audioset_batch.results import is_result_key
 from audioset_batch.settings import Settings
 from producers.enqueue import send
+from producers.http_endpoint import EndpointLimits, NotificationEndpoint, Reply
 from producers.notifications import EventFilter, MalformedEventError, parse_events
 
 log = logging.getLogger("audioset.listener")
-MAX_BODY = 1024 * 1024
 RETRY_MAX_SECONDS = 30.0
 
 
@@ -102,6 +100,11 @@ class Listener:
             self.jobs.incr_counter("listener.rejected")
             log.warning("rejected notification: %s", exc)
             raise
+        for event in events:  # all or nothing: a payload naming any key the worker would refuse is refused whole
+            if self.filter.accepts(event) and not is_result_key(
+                event.bucket, event.key, self.settings.results_bucket, self.settings.results_prefix
+            ):
+                check_source(ObjectURL(self.scheme, event.bucket, event.key), self.settings.allowed_sources)
         result = Handled(events=len(events))
         for event in events:
             if is_result_key(event.bucket, event.key, self.settings.results_bucket, self.settings.results_prefix):
@@ -204,58 +207,38 @@ class Listener:
             moved += 1
         return moved
 
-    def http_server(self, host: str, port: int) -> ThreadingHTTPServer:
-        """An HTTP server: POST a notification to any path; GET /healthz; GET /stats."""
-        return ThreadingHTTPServer((host, port), _handler_for(self.handle, self.jobs))
+    def http_reply(self, body: bytes) -> Reply:
+        """One HTTP notification: 202 with what happened, 400 malformed, 422 never enqueueable, 503 retry later."""
+        try:
+            result = self.handle(body)
+        except MalformedEventError as exc:
+            return Reply(400, {"error": str(exc)})
+        except InvalidObjectKeyError as exc:  # can never succeed: say so, so the sender stops retrying
+            self.jobs.incr_counter("listener.failed")
+            log.error("notification refused: %s: %s", type(exc).__name__, exc)
+            return Reply(422, {"error": f"{type(exc).__name__}: {exc}"})
+        except Exception as exc:  # our own errors and outages: the sender should retry later
+            if not (isinstance(exc, AudiosetError) or is_transient(exc)):
+                log.exception("notification failed unexpectedly")
+            return Reply(503, {"error": f"could not enqueue, retry later: {type(exc).__name__}"})
+        return Reply(202, result.to_json())
+
+    def http_server(self, host: str, port: int, limits: EndpointLimits | None = None) -> NotificationEndpoint:
+        """The bounded HTTP endpoint (see :mod:`producers.http_endpoint`); refuses to expose itself unauthenticated."""
+        token = self.settings.listen_token.get_secret_value() if self.settings.listen_token else None
+        if token is None and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to accept unauthenticated notifications on {host}:{port}; set AUDIOSET_LISTEN_TOKEN "
+                "(senders then send 'Authorization: Bearer <token>') or listen on 127.0.0.1"
+            )
+        if not self.settings.allowed_sources:
+            log.warning("AUDIOSET_ALLOWED_SOURCES is empty: notifications may name any bucket the credentials can read")
+        counters = lambda: {k: v for k, v in self.jobs.counters().items() if k.startswith("listener.")}  # noqa: E731
+        return NotificationEndpoint(host, port, self.http_reply, counters, token=token, limits=limits)
 
 
-def _handler_for(handle: Callable[[bytes], Handled], jobs: JobStore) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "audioset-listen"
-
-        def _reply(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._reply(200, {"status": "ok"})
-            elif self.path == "/stats":
-                self._reply(200, {k: v for k, v in jobs.counters().items() if k.startswith("listener.")})
-            else:
-                self._reply(404, {"error": "not found; POST notifications, GET /healthz or /stats"})
-
-        def do_POST(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = -1
-            if length <= 0 or length > MAX_BODY:
-                self._reply(400 if length <= 0 else 413, {"error": f"body must be 1..{MAX_BODY} bytes"})
-                return
-            body = self.rfile.read(length)
-            try:
-                result = handle(body)
-            except MalformedEventError as exc:
-                self._reply(400, {"error": str(exc)})
-                return
-            except InvalidObjectKeyError as exc:  # can never succeed: say so, so the sender stops retrying
-                jobs.incr_counter("listener.failed")
-                log.error("notification refused: %s: %s", type(exc).__name__, exc)
-                self._reply(422, {"error": f"{type(exc).__name__}: {exc}"})
-                return
-            except Exception as exc:  # our own errors and outages: the sender should retry later
-                if not (isinstance(exc, AudiosetError) or is_transient(exc)):
-                    raise
-                self._reply(503, {"error": f"could not enqueue, retry later: {exc}"})
-                return
-            self._reply(202, result.to_json())
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http %s", format % args)
-
-    return Handler
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -91,8 +91,10 @@ def parse_events(payload: bytes | str | Any) -> list[ObjectEvent]:
                 if not isinstance(records, list):
                     raise MalformedEventError(f"[{i}].Event must be a list")
                 events += [_s3_record(r, f"[{i}].Event[{j}]") for j, r in enumerate(records)]
-            else:
+            elif isinstance(item, dict):
                 events += parse_events(item)
+            else:  # one level of array only: deep nesting is no notification shape (and would exhaust the stack)
+                raise MalformedEventError(f"[{i}] must be an object, got {type(item).__name__}")
         return events
     if not isinstance(payload, dict):
         raise MalformedEventError(f"expected a JSON object or array, got {type(payload).__name__}")

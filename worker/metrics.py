@@ -106,8 +106,8 @@ def serve(settings: Settings) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueDepthCollector(settings))  # type: ignore[arg-type]
-    start_http_server(settings.metrics_port, registry=registry)
-    log.info("metrics on :%d/metrics", settings.metrics_port)
+    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+    log.info("metrics on %s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
 
 def process_died(pid: int) -> None:

@@ -15,7 +15,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
 from audioset_batch.hdf5_reader import pin_external_prefixes
 from audioset_batch.logs import log_context
-from audioset_batch.object_store import ObjectURL
+from audioset_batch.object_store import ObjectURL, check_source
 from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
 from worker import metrics
@@ -110,7 +110,9 @@ def _score(
     self: Task, settings: Settings, url: str, job: str | None, force: bool, item: str, attempt: int
 ) -> dict[str, Any]:
     try:
-        parsed = ObjectURL.parse(url, settings.input_bucket)
+        # Refused here, not only by producers: a task pushed straight into the queue must stay inside the allow-list.
+        # No error record: its key could be a real file's result key in another bucket.
+        parsed = check_source(ObjectURL.parse(url, settings.input_bucket), settings.allowed_sources)
     except AudiosetError as exc:
         log.error("rejected task for %r: %s", url, exc)
         _finish(job, item, "failed")

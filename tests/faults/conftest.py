@@ -14,6 +14,27 @@ from audioset_batch.object_store import CosStore
 from tests.conftest import Stack
 
 REPORT: list[Tally] = []
+SECURITY: list[Check] = []
+
+
+@dataclass
+class Check:
+    """One attack and how the service answered it."""
+
+    case: str
+    expected: str
+    observed: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.observed
+
+
+def check(case: str, expected: str, observed: object) -> Check:
+    """Record one attack's outcome in the security report (the caller asserts ``.ok``)."""
+    row = Check(case, expected, str(observed))
+    SECURITY.append(row)
+    return row
 
 
 @dataclass
@@ -70,7 +91,18 @@ def render(rows: list[Tally]) -> str:
     return "\n".join(lines)
 
 
+def render_security(rows: list[Check]) -> str:
+    header = f"{'attack':58} {'expected':28} {'result':6}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r.case:58} {r.expected:28} {'ok' if r.ok else 'FAIL: ' + r.observed}")
+    return "\n".join(lines)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SECURITY:
+        terminalreporter.write_sep("=", "security report")
+        terminalreporter.write_line(render_security(SECURITY))
     if not REPORT:
         return
     terminalreporter.write_sep("=", "reliability report")
