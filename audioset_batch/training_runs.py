@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import time
 import traceback
@@ -20,12 +21,14 @@ import yaml
 
 from audioset_batch.errors import AudiosetError, ConfigError
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.object_store import ObjectURL, check_key, check_source, store_for
 from audioset_batch.settings import Settings
 from model.training import Progress, TrainConfig
 
 log = logging.getLogger("audioset.training")
 SPEC_KEYS = {"data", "labels", "output"}
+RUN_ID = re.compile(r"^train-\d{8}-\d{6}-[0-9a-f]{6}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(slots=True)
@@ -56,6 +59,10 @@ class TrainingSpec:
             config = TrainConfig(**{k: v for k, v in raw.items() if k in config_keys})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
+        if not MODEL_NAME.match(str(config.name)):
+            raise ConfigError(
+                f"{source}: name {config.name!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
+            )
         return cls(data=list(data), output=str(raw.get("output") or ""), labels=raw.get("labels"), config=config)
 
 
@@ -69,6 +76,36 @@ def load_spec(path: Path) -> TrainingSpec:
 
 def new_run_id() -> str:
     return "train-" + time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids are generated (``train-<date>-<time>-<hex>``), never paths: they name folders and keys."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise ConfigError(
+            f"training run id {run_id!r} is not one this service generates (train-YYYYMMDD-HHMMSS-xxxxxx)"
+        )
+    return run_id
+
+
+def check_queued_locations(spec: TrainingSpec, settings: Settings) -> None:
+    """What a queued run may touch on the worker: bucket URLs inside AUDIOSET_ALLOWED_SOURCES (data) and
+    local paths under AUDIOSET_LOCAL_ROOT only; a spec must not make a worker read or write anywhere else."""
+    root = settings.local_root.resolve()
+    for what, location in [*(("data", d) for d in spec.data), ("labels", spec.labels), ("output", spec.output)]:
+        if not location:
+            continue
+        if "://" in location:
+            url = ObjectURL.parse(location)
+            if what == "data":
+                check_source(url, settings.allowed_sources)
+            elif url.key:
+                check_key(url.key)
+            continue
+        if not (root / location).resolve().is_relative_to(root):
+            raise ConfigError(
+                f"{what} {location!r}: a queued run reads and writes local files only under "
+                f"AUDIOSET_LOCAL_ROOT ({root}); use a path inside it or a bucket URL"
+            )
 
 
 def submit(spec: TrainingSpec, app: Any, store: JobStore, queue: str) -> str:
@@ -113,6 +150,7 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
     from model.labels import load_labels
     from model.training import train
 
+    check_run_id(run_id)
     record: dict[str, Any] = {"id": run_id, "created": time.time(), "iteration": 0}
     with contextlib.suppress(KeyError):
         record = store.get_run(run_id)
@@ -121,9 +159,12 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
     last_write = 0.0
     try:
         spec = TrainingSpec.from_json(raw_spec, source=run_id)
+        check_queued_locations(spec, settings)
+        root = settings.local_root.resolve()
         record["iterations"] = spec.config.iterations
-        labels = load_labels(spec.labels) if spec.labels else read_manifest(settings.model_path).classes
-        dataset = load_dataset(spec.data, settings)
+        labels = load_labels(root / spec.labels) if spec.labels else read_manifest(settings.model_path).classes
+        data = [d if "://" in d else str(root / d) for d in spec.data]
+        dataset = load_dataset(data, settings)
         workdir = (settings.local_root / ".training" / run_id).resolve()
 
         def progress(p: Progress) -> None:
@@ -144,7 +185,8 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             on_progress=progress,
             data_description=", ".join(spec.data),
         )
-        record["artifact"] = _publish(result.artifact, spec.output, run_id, spec.config.name, settings)
+        output = spec.output if not spec.output or "://" in spec.output else str(root / spec.output)
+        record["artifact"] = _publish(result.artifact, output, run_id, spec.config.name, settings)
         record.update(
             status="completed", finished=time.time(), best_map=result.best_map, best_iteration=result.best_iteration
         )

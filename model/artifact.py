@@ -39,6 +39,15 @@ class ArtifactIntegrityError(ArtifactError):
     """The weights file's sha256 differs from the manifest: refuse to load."""
 
 
+class UnsafeArtifactError(ArtifactError):
+    """The artifact reaches outside itself: a symlinked file, an archive member with a path, or
+    weights stored in (or linked to) other files."""
+
+
+# What Keras writes into a .keras archive; anything else (a path, an extra file) is refused.
+ARCHIVE_MEMBERS = {"metadata.json", "config.json", "model.weights.h5"}
+
+
 @dataclass(slots=True)
 class Manifest:
     name: str
@@ -120,10 +129,62 @@ def read_manifest(artifact: str | Path) -> Manifest:
     return Manifest.from_json(data, source=str(path))
 
 
+def _check_weights_h5(data: bytes, where: str) -> None:
+    """Every dataset's bytes in the weights file itself: no external storage, virtual datasets or links.
+
+    The visitors return a finding instead of raising: h5py turns an exception raised inside a visit
+    into a SystemError.
+    """
+    import io
+
+    import h5py
+
+    def link_finding(name: str, link: object) -> str | None:
+        if isinstance(link, h5py.ExternalLink | h5py.SoftLink):
+            return f"'{name}' is a {type(link).__name__}"
+        return None
+
+    def data_finding(name: str, item: object) -> str | None:
+        if isinstance(item, h5py.Dataset) and (item.is_virtual or item.external):
+            return f"dataset '{name}' stores its data in other files"
+        return None
+
+    with h5py.File(io.BytesIO(data), "r") as f:
+        finding = f.visititems_links(link_finding) or f.visititems(data_finding)
+    if finding:
+        raise UnsafeArtifactError(f"{where}: {finding}; refusing to load")
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a ``.keras`` archive whose members are paths or unexpected files, or whose weights reach other files."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            unexpected = sorted(set(names) - ARCHIVE_MEMBERS)
+            if unexpected or len(names) != len(set(names)):
+                raise UnsafeArtifactError(
+                    f"{path}: unexpected archive members {unexpected or names}; a .keras archive holds "
+                    f"only {sorted(ARCHIVE_MEMBERS)}"
+                )
+            if "model.weights.h5" in names:
+                _check_weights_h5(archive.read("model.weights.h5"), f"{path}:model.weights.h5")
+    except zipfile.BadZipFile as exc:
+        raise ArtifactError(f"{path}: not a .keras archive ({exc})") from None
+
+
+def _regular_file(path: Path, artifact: str | Path) -> None:
+    if path.is_symlink():
+        raise UnsafeArtifactError(f"{path} is a symlink; an artifact's files must live in its folder ({artifact})")
+
+
 def verify(artifact: str | Path) -> Manifest:
-    """Check that the weights file matches the manifest's sha256."""
+    """Check that the weights file matches the manifest's sha256 and keeps to its own folder."""
+    _regular_file(Path(artifact) / MANIFEST_NAME, artifact)
     manifest = read_manifest(artifact)
     weights = Path(artifact) / WEIGHTS_NAME
+    _regular_file(weights, artifact)
     if not weights.is_file():
         raise ArtifactError(f"{artifact}: missing {WEIGHTS_NAME}")
     actual = sha256_file(weights)
@@ -138,6 +199,7 @@ def verify(artifact: str | Path) -> Manifest:
 def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     """Verify, then load with Keras safe mode. Imports TensorFlow: call in worker children only."""
     manifest = verify(artifact)
+    check_archive(Path(artifact) / WEIGHTS_NAME)
     import keras
 
     import model.attention_pooling  # noqa: F401  (registers the custom layers)

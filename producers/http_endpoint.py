@@ -23,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from producers.notifications import MAX_PAYLOAD_BYTES
+
 log = logging.getLogger("audioset.listener")
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = MAX_PAYLOAD_BYTES
 MAX_HEADER_BYTES = 16 * 1024
 REASONS = {
     200: "OK",

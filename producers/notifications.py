@@ -17,6 +17,8 @@ import orjson
 
 from audioset_batch.object_store import decode_key
 
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
 
 class MalformedEventError(ValueError):
     """The payload is not JSON, or not a notification shape we know; the message says why."""
@@ -79,6 +81,8 @@ def _ibm_event(payload: dict[str, Any]) -> ObjectEvent:
 def parse_events(payload: bytes | str | Any) -> list[ObjectEvent]:
     """All object events in one payload (a payload may carry several records)."""
     if isinstance(payload, bytes | str):
+        if len(payload) > MAX_PAYLOAD_BYTES:  # the HTTP endpoint caps bodies; a Redis list has no cap of its own
+            raise MalformedEventError(f"payload of {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
         try:
             payload = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:

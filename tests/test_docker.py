@@ -49,8 +49,35 @@ def test_published_ports_do_not_clash() -> None:
     published: list[str] = []
     for service in compose()["services"].values():
         for mapping in service.get("ports", []):
-            published.append(str(mapping).split(":")[0])
+            published.append(str(mapping).rsplit(":", 2)[-2])
     assert len(published) == len(set(published)), published
+
+
+def test_every_published_port_binds_to_loopback_unless_the_operator_opts_out() -> None:
+    mappings = [str(m) for service in compose()["services"].values() for m in service.get("ports", [])]
+    assert mappings
+    for mapping in mappings:
+        assert mapping.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), mapping
+
+
+def test_control_plane_needs_credentials() -> None:
+    services = compose()["services"]
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    assert "redis://:${REDIS_PASSWORD:?" in text  # clients authenticate
+    assert "MINIO_NOTIFY_REDIS_PASSWORD_AUDIOSET" in services["minio"]["environment"]
+    assert "--basic-auth" in " ".join(services["flower"]["command"])
+    assert services["listener"]["environment"]["AUDIOSET_LISTEN_TOKEN"].startswith("${AUDIOSET_LISTEN_TOKEN:?")
+    assert services["worker"]["environment"]["AUDIOSET_ALLOWED_SOURCES"] == "incoming"
+    assert "change-me" not in text  # no default secret anywhere
+
+
+def test_every_required_secret_is_in_the_env_example() -> None:
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text(encoding="utf-8")))
+    example = (ROOT / "docker" / "env.example").read_text(encoding="utf-8")
+    named = set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))
+    assert required and required <= named, required - named
+    assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
 
 
 def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:

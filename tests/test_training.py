@@ -245,7 +245,8 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
     with h5py.File(tmp_path / "train.h5", "w") as f:
         f["x"], f["y"] = x, y
     store.upload_file(tmp_path / "train.h5", stack.input_bucket, "training/train.h5")
-    labels = tmp_path / "labels.csv"
+    (tmp_path / "local").mkdir()
+    labels = tmp_path / "local" / "labels.csv"  # a queued run reads local files only under AUDIOSET_LOCAL_ROOT
     labels.write_text("index,mid,display_name\n0,/x/a,Alpha\n1,/x/b,Beta\n2,/x/c,Gamma\n")
     spec = tmp_path / "run.yml"
     spec.write_text(

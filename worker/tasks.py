@@ -20,7 +20,7 @@ from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
 from worker import metrics
 from worker.app import app
-from worker.config import SCORE_TASK, TRAIN_TASK
+from worker.config import SCORE_TASK, TRAIN_TASK, TRAINING_QUEUE
 from worker.runtime import job_store, load_scorer
 
 log = logging.getLogger("audioset.worker")
@@ -167,5 +167,12 @@ TRAINING_TIME_LIMIT = 14 * 24 * 3600
 def train_model(self: Task, run_id: str, spec: dict[str, Any]) -> dict[str, Any]:
     from audioset_batch.training_runs import execute
 
+    lane = (self.request.delivery_info or {}).get("routing_key")
+    if lane is not None and lane != TRAINING_QUEUE:
+        # A scoring worker is sized, limited and secured for scoring; hours of training there would starve it.
+        log.error(
+            "refused training run %r delivered on queue %r; training runs only on %r", run_id, lane, TRAINING_QUEUE
+        )
+        return {"id": run_id, "status": "refused", "error": f"training tasks run only on the {TRAINING_QUEUE!r} queue"}
     record = execute(run_id, spec, get_settings(), job_store())
     return {"id": run_id, "status": record["status"], "artifact": record.get("artifact")}

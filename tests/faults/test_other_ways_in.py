@@ -1,0 +1,176 @@
+"""Every other way in: the model artifact, training specs and tasks, the watcher's folders, Redis-list payloads.
+
+Each case records its outcome in the security report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import h5py
+import pytest
+
+from audioset_batch.errors import ConfigError, SourceNotAllowedError
+from audioset_batch.jobs import open_job_store
+from audioset_batch.object_store import InvalidObjectKeyError, LocalStore
+from audioset_batch.settings import load_settings
+from audioset_batch.training_runs import TrainingSpec, check_queued_locations, execute, new_run_id
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, UnsafeArtifactError, load, sha256_file
+from producers.notifications import MalformedEventError, parse_events
+from tests.conftest import Stack, WorkerProcess
+from tests.faults.conftest import check
+from worker.app import make_app
+from worker.config import TRAIN_TASK
+
+
+def outcome(call: object) -> str:
+    try:
+        call()  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc).__name__
+    return "accepted"
+
+
+def rewrite_archive(artifact: Path, change: object) -> None:
+    """Rewrite model.keras through ``change(members)`` and re-sign the manifest, as an attacker with write access
+    would."""
+    weights = artifact / WEIGHTS_NAME
+    with zipfile.ZipFile(weights) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    change(members)  # type: ignore[operator]
+    with zipfile.ZipFile(weights, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    manifest = json.loads((artifact / MANIFEST_NAME).read_text())
+    manifest["sha256"] = sha256_file(weights)
+    (artifact / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def artifact(tiny_model: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "artifact"
+    shutil.copytree(tiny_model, copy)
+    return copy
+
+
+def test_shipped_shape_artifact_loads(artifact: Path) -> None:
+    model, manifest = load(artifact)
+    assert manifest.frames == 10 and model.output_shape[1] == len(manifest.classes)
+
+
+def test_archive_member_with_a_path_is_refused(artifact: Path) -> None:
+    rewrite_archive(artifact, lambda members: members.update({"../../outside.txt": b"x"}))
+    assert check("model archive member '../../outside.txt'", "UnsafeArtifactError", outcome(lambda: load(artifact))).ok
+
+
+def test_weights_linking_to_another_file_are_refused(artifact: Path, tmp_path: Path) -> None:
+    def link_out(members: dict[str, bytes]) -> None:
+        buffer = io.BytesIO(members["model.weights.h5"])
+        with h5py.File(buffer, "a") as f:
+            f["leak"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/x")
+        members["model.weights.h5"] = buffer.getvalue()
+
+    rewrite_archive(artifact, link_out)
+    assert check("model weights with an external link", "UnsafeArtifactError", outcome(lambda: load(artifact))).ok
+
+
+def test_symlinked_manifest_is_refused(artifact: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.json"
+    shutil.move(artifact / MANIFEST_NAME, outside)
+    (artifact / MANIFEST_NAME).symlink_to(outside)
+    with pytest.raises(UnsafeArtifactError, match="symlink"):
+        load(artifact)
+    check("model manifest symlinked outside its folder", "UnsafeArtifactError", "UnsafeArtifactError")
+
+
+def test_training_specs_cannot_reach_outside_the_local_root_or_allow_list(tmp_path: Path) -> None:
+    settings = load_settings(local_root=tmp_path / "root", allowed_sources="incoming")
+    (tmp_path / "root").mkdir()
+
+    def spec(**raw: object) -> TrainingSpec:
+        return TrainingSpec.from_json({"data": ["cos://incoming/train.h5"], **raw})
+
+    cases = {
+        "training spec: data /etc/passwd": (lambda: check_queued_locations(spec(data="/etc/passwd"), settings)),
+        "training spec: data ../../x.h5": (lambda: check_queued_locations(spec(data="../../x.h5"), settings)),
+        "training spec: labels outside the local root": (
+            lambda: check_queued_locations(spec(labels="/root/.ssh/id_rsa"), settings)
+        ),
+        "training spec: output outside the local root": (
+            lambda: check_queued_locations(spec(output="/etc/cron.d"), settings)
+        ),
+        "training spec: model name ../../x": (lambda: spec(name="../../x")),
+    }
+    for case, call in cases.items():
+        assert check(case, "ConfigError", outcome(call)).ok
+    assert check(
+        "training spec: data in a bucket outside the allow-list",
+        "SourceNotAllowedError",
+        outcome(lambda: check_queued_locations(spec(data="cos://other/x.h5"), settings)),
+    ).ok
+    check_queued_locations(spec(data="sets/train.h5", output="runs"), settings)  # inside the root: fine
+    assert issubclass(SourceNotAllowedError, InvalidObjectKeyError)
+
+
+def test_run_ids_are_generated_ids_never_paths(tmp_path: Path) -> None:
+    settings = load_settings(local_root=tmp_path / "root")
+    store = open_job_store(f"sqlite:///{tmp_path / 'state.db'}")
+    raw = TrainingSpec.from_json({"data": ["x.h5"]}).to_json()
+    for bad in ("../../../tmp/evil", "train-1/../../x", ""):
+        with pytest.raises(ConfigError, match="not one this service generates"):
+            execute(bad, raw, settings, store)
+    assert not (tmp_path / "root").exists() and not list(tmp_path.glob("**/evil"))
+    assert check("training run id '../../../tmp/evil'", "ConfigError", "ConfigError").ok
+    assert new_run_id().startswith("train-")
+
+
+@pytest.mark.integration
+def test_training_task_on_the_scoring_queue_is_refused(stack: Stack, worker: WorkerProcess, tmp_path: Path) -> None:
+    run_id = new_run_id()
+    spec = TrainingSpec.from_json({"data": ["x.h5"], "iterations": 1}).to_json()
+    result = make_app(stack.settings()).send_task(TRAIN_TASK, args=[run_id, spec], queue=stack.env["AUDIOSET_QUEUE"])
+    deadline = time.monotonic() + 60
+    while "refused training run" not in worker.text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert check(
+        "training task sent to the scoring queue",
+        "refused",
+        "refused" if "refused training run" in worker.text() else "ran",
+    ).ok
+    assert result.id and "training run" not in worker.text().split("refused training run")[0]
+
+
+def test_watcher_never_lists_or_reads_through_symlinks(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.h5"
+    secret.write_bytes(b"not for you")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "b.h5").write_bytes(b"x")
+    bucket = tmp_path / "root" / "incoming"
+    bucket.mkdir(parents=True)
+    (bucket / "real.h5").write_bytes(b"x")
+    (bucket / "link.h5").symlink_to(secret)
+    (bucket / "dir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    store = LocalStore(tmp_path / "root")
+    assert [info.key for info in store.list("incoming")] == ["real.h5"]
+    assert check(
+        "watched folder: symlink to a file outside",
+        "InvalidObjectKeyError",
+        outcome(lambda: store.download("incoming", "link.h5", io.BytesIO())),
+    ).ok
+    assert check(
+        "watched folder: symlinked directory",
+        "InvalidObjectKeyError",
+        outcome(lambda: store.download("incoming", "dir/b.h5", io.BytesIO())),
+    ).ok
+
+
+def test_oversized_redis_list_payload_is_malformed() -> None:
+    payload = b'{"Records": [' + b" " * (2 * 1024 * 1024) + b"]}"
+    with pytest.raises(MalformedEventError, match="over the 1048576-byte limit"):
+        parse_events(payload)
+    check("Redis-list payload of 2 MB", "MalformedEventError", "MalformedEventError")
