@@ -641,6 +641,13 @@ def show_config(as_json: bool) -> None:
     default=None,
     help="Run folder: checkpoints, and the artifact in <output>/model. Re-run to resume.",
 )
+@click.option(
+    "--validation",
+    "validation_data",
+    multiple=True,
+    help="Labelled HDF5 file(s) (paths or URLs) to select checkpoints on, instead of holding out a split: "
+    "every clip of DATA is then trained on.",
+)
 @click.option("--architecture", default="decision_level_multi_attention", show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=4000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
@@ -766,6 +773,7 @@ def train(
     spec_path: Path | None,
     labels_path: Path | None,
     output: Path | None,
+    validation_data: tuple[str, ...],
     architecture: str,
     iterations: int,
     batch_size: int,
@@ -827,6 +835,7 @@ def train(
         configure_tensorflow(settings.tf_threads)
     labels = load_labels(labels_path) if labels_path else read_manifest(settings.model_path).classes
     dataset = load_dataset(list(data), settings)
+    held_out = load_dataset(list(validation_data), settings) if validation_data else None
     config = TrainConfig(
         architecture=architecture,
         batch_size=batch_size,
@@ -874,7 +883,15 @@ def train(
         bar.refresh()
 
     result = run_training(
-        config, dataset.x, dataset.y, labels, output, on_progress=progress, data_description=", ".join(dataset.sources)
+        config,
+        dataset.x,
+        dataset.y,
+        labels,
+        output,
+        on_progress=progress,
+        data_description=", ".join(dataset.sources),
+        validation=(held_out.x, held_out.y) if held_out else None,
+        validation_description=", ".join(held_out.sources) if held_out else "",
     )
     bar.close()
     click.echo(

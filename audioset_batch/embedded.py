@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -52,11 +53,45 @@ class EmbeddedService:
         self.worker: subprocess.Popen[bytes] | None = None
         self.thread: threading.Thread | None = None
 
+    @property
+    def temp_folder(self) -> Path:
+        return self.root / ".tmp"
+
+    def recover(self) -> int:
+        """Undo what a crash (kill -9, power loss) of an earlier run left behind; returns files re-sent.
+
+        The filesystem broker drops a message when a worker takes it, so a file in hand at the crash is
+        neither queued nor finished: its job item stays pending and the watcher would never send it again.
+        This service owns its queue folder, so at start it empties the queue, forgets every pending item
+        of its watch job (the watcher's first poll sends each one exactly once more; a file already scored
+        is then skipped) and deletes the worker's leftover temp files.
+        """
+        from audioset_batch.jobs import UnknownJobError
+        from audioset_batch.object_store import ObjectURL
+        from producers.watcher import watch_job_id
+
+        shutil.rmtree(self.temp_folder, ignore_errors=True)
+        self.temp_folder.mkdir(parents=True, exist_ok=True)
+        for message in (self.root / ".broker" / "queue").glob("*.msg"):
+            message.unlink(missing_ok=True)
+        jobs = open_job_store(self.settings.effective_state_url)
+        job = watch_job_id(ObjectURL.parse(f"file://{INCOMING}/"))
+        try:
+            pending = list(jobs.items(job, status="pending"))
+        except UnknownJobError:
+            return 0
+        if pending:
+            jobs.forget_items(job, pending)
+            log.warning("%d file(s) left pending by an earlier run are sent again: %s", len(pending), pending[:5])
+        return len(pending)
+
     def start(self, log_file: Path | None = None) -> None:
         """Start the worker process (its output to ``log_file`` if given) and the watcher thread."""
         from producers.watcher import Watcher
         from worker.app import make_app
         from worker.config import worker_command
+
+        self.recover()
 
         command = worker_command(
             self.concurrency, self.settings.queue, self.settings.log_level, "-n", f"embedded-{os.getpid()}@%h"
@@ -65,9 +100,8 @@ class EmbeddedService:
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             output = log_file.open("ab")
-        self.worker = subprocess.Popen(
-            command, env={**os.environ, **self.env}, stdout=output, stderr=subprocess.STDOUT if output else None
-        )
+        env = {**os.environ, **self.env, "TMPDIR": str(self.temp_folder)}  # downloads land where recover() cleans
+        self.worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
         watcher = Watcher(
             f"file://{INCOMING}/",
             self.settings,

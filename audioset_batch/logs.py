@@ -29,7 +29,12 @@ def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, including passwords inside Redis URLs."""
     values = [
         s.get_secret_value()
-        for s in (settings.cos_access_key_id, settings.cos_secret_access_key, settings.cos_api_key)
+        for s in (
+            settings.cos_access_key_id,
+            settings.cos_secret_access_key,
+            settings.cos_api_key,
+            settings.listen_token,
+        )
         if s is not None
     ]
     for url in (settings.broker_url, settings.state_url):
@@ -60,6 +65,18 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Control characters (a newline in an object key) would split one record into several text lines.
+_ESCAPES = {i: f"\\x{i:02x}" for i in range(32) if i != 9} | {10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in the message are escaped (tracebacks follow as they are)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
+
+
 class JsonFormatter(logging.Formatter):
     FIELDS = ("job", "source", "attempt", "task_id")
 
@@ -86,7 +103,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"))
     handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter(secrets_of(settings)))
     root = logging.getLogger()

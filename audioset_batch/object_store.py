@@ -7,14 +7,16 @@ Downloads stream to a file; uploads of large files go in parts.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote
 
 from audioset_batch.errors import (
@@ -133,6 +135,37 @@ def check_source(url: ObjectURL, allowed: tuple[str, ...]) -> ObjectURL:
     return url
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+# A full disk or quota clears when space is freed: retry. Anything else the OS refuses will not change.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EIO}
+
+
+def translate_os_error(exc: OSError, what: str) -> StorageError:
+    """Map an OS error of the local store onto the storage errors the worker knows how to finish."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidObjectKeyError(f"{what}: name too long for the local file system")
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return TransientStorageError(f"{what}: {exc.strerror or exc}")
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(f"{what}: permission denied")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc.strerror or exc}")
+
+
+def _os_errors(method: F) -> F:
+    """Local-store methods raise storage errors, never a bare OSError (FileNotFoundError aside: callers map it)."""
+
+    @functools.wraps(method)
+    def wrapper(self: LocalStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise translate_os_error(exc, f"file://{'/'.join(str(a) for a in args if isinstance(a, str))}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 class LocalStore:
     """Buckets as folders under ``root``; writes are atomic (temp file + rename)."""
 
@@ -157,6 +190,7 @@ class LocalStore:
         tag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode(), usedforsecurity=False).hexdigest()
         return ObjectInfo(key=key, size=st.st_size, etag=tag)
 
+    @_os_errors
     def stat(self, bucket: str, key: str) -> ObjectInfo:
         path = self._path(bucket, key)
         if not path.is_file():
@@ -193,6 +227,7 @@ class LocalStore:
                 except FileNotFoundError:
                     continue
 
+    @_os_errors
     def download(self, bucket: str, key: str, fileobj: IO[bytes]) -> ObjectInfo:
         path = self._path(bucket, key)
         try:
@@ -203,6 +238,7 @@ class LocalStore:
             raise ObjectNotFoundError(f"file://{bucket}/{key}: no such object") from exc
         return info
 
+    @_os_errors
     def _write(self, bucket: str, key: str, writer: Any) -> None:
         path = self._path(bucket, key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +261,7 @@ class LocalStore:
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/octet-stream") -> None:
         self._write(bucket, key, lambda fh: fh.write(data))
 
+    @_os_errors
     def get_bytes(self, bucket: str, key: str) -> bytes | None:
         path = self._path(bucket, key)
         try:
@@ -232,6 +269,7 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
+    @_os_errors
     def delete(self, bucket: str, key: str) -> None:
         self._path(bucket, key).unlink(missing_ok=True)
 
@@ -277,6 +315,13 @@ def translate_error(exc: BaseException, what: str) -> StorageError:
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return TransientStorageError(message)
         return StorageError(message)
+    from ibm_botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return AccessDeniedError(
+            f"{what}: no COS credentials; set AUDIOSET_COS_ACCESS_KEY_ID and AUDIOSET_COS_SECRET_ACCESS_KEY "
+            "(or AUDIOSET_COS_API_KEY with AUDIOSET_COS_INSTANCE_ID)"
+        )
     if isinstance(exc, BotoCoreError | OSError):
         return TransientStorageError(f"{what}: {type(exc).__name__}: {exc}")
     return StorageError(f"{what}: {type(exc).__name__}: {exc}")

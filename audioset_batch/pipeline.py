@@ -16,7 +16,7 @@ import numpy as np
 
 from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
 from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
-from audioset_batch.object_store import ObjectStore, ObjectURL, store_for
+from audioset_batch.object_store import ObjectStore, ObjectURL, store_for, translate_os_error
 from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
 from audioset_batch.scoring import OutputOptions, Predict, encode_records
 from audioset_batch.settings import Settings
@@ -230,7 +230,10 @@ class ObjectScorer:
             if not force and self.already_scored(url, info.etag):
                 log.info("skip %s: already scored (etag %s, %s)", source, info.etag, self.model)
                 return Outcome(source, "skipped", result=keys.jsonl)
-            return self._score(url, keys, store, attempt=attempt, job=job, deadline=deadline)
+            try:
+                return self._score(url, keys, store, attempt=attempt, job=job, deadline=deadline)
+            except OSError as exc:  # the worker's own temp disk: full is worth a retry, the rest is final
+                raise translate_os_error(exc, f"{source} (worker temp folder)") from exc
         except (InputFileError, StorageError) as exc:
             if getattr(exc, "transient", False):
                 raise
@@ -309,17 +312,34 @@ class ObjectScorer:
         self, url: ObjectURL, error: BaseException, *, attempts: int, etag: str | None, job: str | None
     ) -> None:
         """Write ``<key>.error.json`` in place of results; never raises for a storage failure."""
-        source = f"{url.bucket}/{url.key}"
-        log.error("failed %s: %s: %s (attempt %d)", source, type(error).__name__, error, attempts)
-        try:
-            keys = self.keys(url)
-        except AudiosetError:
-            return  # an invalid key has no safe place for an error record; the job store still counts it
-        results = self._store(url)
-        record = error_record(source=source, error=error, attempts=attempts, etag=etag, model=self.model, job=job)
-        try:
-            results.put_bytes(dumps(record), self.settings.results_bucket, keys.error, content_type="application/json")
-            for stale in (keys.summary, keys.jsonl):
-                results.delete(self.settings.results_bucket, stale)
-        except AudiosetError as exc:
-            log.error("could not write error record for %s: %s", source, exc)
+        record_failure(self.settings, url, error, attempts=attempts, etag=etag, model=self.model, job=job)
+
+
+def record_failure(
+    settings: Settings,
+    url: ObjectURL,
+    error: BaseException,
+    *,
+    attempts: int,
+    etag: str | None,
+    model: str,
+    job: str | None,
+) -> None:
+    """Write ``<key>.error.json`` in place of results and remove stale results; never raises.
+
+    A module function, so the worker's main process can end a file whose child it killed.
+    """
+    source = f"{url.bucket}/{url.key}"
+    log.error("failed %s: %s: %s (attempt %d)", source, type(error).__name__, error, attempts)
+    try:
+        keys = result_keys(url.key, settings.results_prefix)
+    except AudiosetError:
+        return  # an invalid key has no safe place for an error record; the job store still counts it
+    record = error_record(source=source, error=error, attempts=attempts, etag=etag, model=model, job=job)
+    try:
+        results = store_for(url.scheme, settings)
+        results.put_bytes(dumps(record), settings.results_bucket, keys.error, content_type="application/json")
+        for stale in (keys.summary, keys.jsonl):
+            results.delete(settings.results_bucket, stale)
+    except Exception as exc:  # the caller still marks the item failed: never let this path raise
+        log.error("could not write error record for %s: %s: %s", source, type(exc).__name__, exc)

@@ -13,7 +13,7 @@ import shutil
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from audioset_batch.settings import Settings
 from model.training import Progress, TrainConfig
 
 log = logging.getLogger("audioset.training")
-SPEC_KEYS = {"data", "labels", "output"}
+SPEC_KEYS = {"data", "labels", "output", "validation"}
 RUN_ID = re.compile(r"^train-\d{8}-\d{6}-[0-9a-f]{6}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -37,9 +37,16 @@ class TrainingSpec:
     output: str
     labels: str | None
     config: TrainConfig
+    validation: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"data": self.data, "output": self.output, "labels": self.labels, **asdict(self.config)}
+        return {
+            "data": self.data,
+            "validation": self.validation,
+            "output": self.output,
+            "labels": self.labels,
+            **asdict(self.config),
+        }
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], source: str = "<spec>") -> TrainingSpec:
@@ -63,7 +70,18 @@ class TrainingSpec:
             raise ConfigError(
                 f"{source}: name {config.name!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
             )
-        return cls(data=list(data), output=str(raw.get("output") or ""), labels=raw.get("labels"), config=config)
+        validation = raw.get("validation") or []
+        if isinstance(validation, str):
+            validation = [validation]
+        if not all(isinstance(v, str) for v in validation):
+            raise ConfigError(f"{source}: 'validation' must list HDF5 paths or URLs")
+        return cls(
+            data=list(data),
+            output=str(raw.get("output") or ""),
+            labels=raw.get("labels"),
+            config=config,
+            validation=list(validation),
+        )
 
 
 def load_spec(path: Path) -> TrainingSpec:
@@ -91,7 +109,8 @@ def check_queued_locations(spec: TrainingSpec, settings: Settings) -> None:
     """What a queued run may touch on the worker: bucket URLs inside AUDIOSET_ALLOWED_SOURCES (data) and
     local paths under AUDIOSET_LOCAL_ROOT only; a spec must not make a worker read or write anywhere else."""
     root = settings.local_root.resolve()
-    for what, location in [*(("data", d) for d in spec.data), ("labels", spec.labels), ("output", spec.output)]:
+    reads = [*spec.data, *spec.validation]
+    for what, location in [*(("data", d) for d in reads), ("labels", spec.labels), ("output", spec.output)]:
         if not location:
             continue
         if "://" in location:
@@ -165,6 +184,8 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
         labels = load_labels(root / spec.labels) if spec.labels else read_manifest(settings.model_path).classes
         data = [d if "://" in d else str(root / d) for d in spec.data]
         dataset = load_dataset(data, settings)
+        checking = [v if "://" in v else str(root / v) for v in spec.validation]
+        held_out = load_dataset(checking, settings) if checking else None
         workdir = (settings.local_root / ".training" / run_id).resolve()
 
         def progress(p: Progress) -> None:
@@ -184,6 +205,8 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             workdir,
             on_progress=progress,
             data_description=", ".join(spec.data),
+            validation=(held_out.x, held_out.y) if held_out else None,
+            validation_description=", ".join(spec.validation),
         )
         output = spec.output if not spec.output or "://" in spec.output else str(root / spec.output)
         record["artifact"] = _publish(result.artifact, output, run_id, spec.config.name, settings)

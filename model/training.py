@@ -678,6 +678,8 @@ def train(
     output_dir: str | Path,
     on_progress: Callable[[Progress], None] | None = None,
     data_description: str = "",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    validation_description: str = "",
 ) -> TrainResult:
     """Train, evaluate every ``eval_every`` iterations, keep the best by validation mAP.
 
@@ -685,6 +687,9 @@ def train(
     ``cross_fit``); calling again with the same ``output_dir`` resumes from the last
     checkpoint instead of starting over. The best model is written as an artifact
     to ``output_dir/model``.
+
+    ``validation`` (x, y) is a separate labelled set to select checkpoints on; then every
+    clip of ``x`` is trained on and no split is held out.
     """
     from model import artifact
     from model.metrics import evaluate
@@ -697,7 +702,22 @@ def train(
         raise TrainingDataError(f"y has {y.shape[1]} classes but the label list has {len(labels)}")
     output = Path(output_dir)
     fingerprint = data_fingerprint(x, y)
-    train_idx, val_idx = stratified_split(y, *config.validation_split)
+    if validation is not None:
+        x_val, y_val = validation
+        if x_val.shape[1:] != x.shape[1:] or y_val.ndim != 2 or y_val.shape[1] != y.shape[1]:
+            raise TrainingDataError(
+                f"validation data x{x_val.shape[1:]} y{y_val.shape[1:]} differs from the training data "
+                f"x{x.shape[1:]} y{y.shape[1:]}"
+            )
+        if data_fingerprint(x_val, y_val) == fingerprint:
+            raise TrainingDataError("the validation data is the training data; give a separate labelled file")
+        # Validation clips sit after the training clips: indices keep every downstream step unchanged.
+        fingerprint = data_fingerprint(x, y) + "+" + data_fingerprint(x_val, y_val)
+        train_idx = np.arange(len(x))
+        val_idx = np.arange(len(x), len(x) + len(x_val))
+        x, y = np.concatenate([x, x_val]), np.concatenate([np.asarray(y, dtype=bool), np.asarray(y_val, dtype=bool)])
+    else:
+        train_idx, val_idx = stratified_split(y, *config.validation_split)
     manifest = artifact.Manifest(
         name=config.name,
         version=config.version,
@@ -733,8 +753,9 @@ def train(
     manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
     manifest.training = {
         "data": data_description,
+        "validation_data": validation_description or f"a {config.validation_fraction:g} split of the data",
         "data_fingerprint": fingerprint,
-        "clips": int(x.shape[0]),
+        "clips": len(train_idx) if validation is not None else int(x.shape[0]),
         "train_clips": len(train_idx),
         "validation_clips": len(val_idx),
         "best_iteration": int(state["best_iteration"]),

@@ -74,3 +74,55 @@ def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> N
     clip_lines = [line for line in done.stdout.splitlines() if line.startswith("clip ")]
     assert len(clip_lines) == 5 and "Class" in clip_lines[0]
     assert (tmp_path / "b" / "results" / "predictions" / "demo" / "sample.h5.jsonl").exists()
+
+
+def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_files(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """The state kill -9 leaves: the filesystem broker already dropped the message, the watch job holds the
+    item as pending, a download sits in the temp folder. A restart must score the file and clean up."""
+    from audioset_batch.jobs import open_job_store
+    from audioset_batch.object_store import LocalStore, ObjectURL
+    from producers.watcher import watch_job_id
+
+    root = (tmp_path / "buckets").resolve()
+    write_h5(root / "incoming" / "lost.h5", clips=4, seed=9)
+    (root / "results").mkdir(parents=True)
+    etag = LocalStore(root).stat("incoming", "lost.h5").etag
+    jobs = open_job_store(f"sqlite:///{root / '.state.db'}")
+    job = jobs.create_job(name="watch file://incoming/", job_id=watch_job_id(ObjectURL.parse("file://incoming/")))
+    assert jobs.add_items(job, [f"file://incoming/lost.h5#{etag}"])
+    leftover = root / ".tmp" / "audioset-crashed" / "input.h5"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"\0" * 1_000_000)
+    stale = root / ".broker" / "queue"
+    stale.mkdir(parents=True)
+    (stale / "0_stale.audioset.score.msg").write_text("{}")
+
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
+        env=embedded_env(tiny_model),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        result = root / "results" / "predictions" / "lost.h5.jsonl"
+        deadline = time.monotonic() + 120
+        while not result.exists() and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        assert result.exists(), (tmp_path / "run.log").read_text()[-3000:]
+        assert len(result.read_bytes().splitlines()) == 4
+        deadline = time.monotonic() + 30
+        while jobs.status(job).pending and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert jobs.status(job).pending == 0 and jobs.status(job).scored == 1
+        assert not leftover.exists() and not (stale / "0_stale.audioset.score.msg").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(90)
+        log.close()
+    assert code == 0
+    assert "sent again" in (tmp_path / "run.log").read_text()

@@ -557,3 +557,73 @@ def test_fold_models_can_be_narrower_than_the_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError):  # the folds really are 16 wide, not 48
         build_model("feature_level_attention", 3, 10, 48, 0.2).load_weights(fold_weights)
     assert artifact.verify(result.artifact).training["hyperparameters"]["fold_hidden_units"] == 16
+
+
+def test_a_separate_validation_file_selects_checkpoints_and_every_training_clip_is_trained_on(tmp_path: Path) -> None:
+    from model.metrics import evaluate
+
+    x, y = learnable_dataset(1000, 6, seed=0)
+    x_train, y_train, x_val, y_val = x[:800], y[:800], x[800:], y[800:]
+    result = train(
+        small_config(),
+        x_train,
+        y_train,
+        make_labels(6),
+        tmp_path / "run",
+        validation=(x_val, y_val),
+        validation_description="heldout.h5",
+    )
+    manifest = artifact.verify(result.artifact)
+    assert (manifest.training["train_clips"], manifest.training["validation_clips"]) == (800, 200)
+    assert manifest.training["clips"] == 800 and manifest.training["validation_data"] == "heldout.h5"
+    model, _ = artifact.load(result.artifact)
+    from model.inference import Predictor
+
+    recomputed = evaluate(y_val.astype(bool), Predictor(model, manifest).predict(x_val)).mean_average_precision
+    assert recomputed == pytest.approx(result.best_map, abs=1e-5) and result.best_map > 0.7
+    with pytest.raises(TrainingDataError, match="is the training data"):
+        train(small_config(), x_train, y_train, make_labels(6), tmp_path / "same", validation=(x_train, y_train))
+    with pytest.raises(TrainingDataError, match="differs from the training data"):
+        train(small_config(), x_train, y_train, make_labels(6), tmp_path / "odd", validation=(x_val, y_val[:, :3]))
+
+
+def test_train_command_takes_a_validation_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import h5py
+
+    from tests.conftest import ROOT
+
+    x, y = learnable_dataset(500, 3, seed=2)
+    for name, part in (("train.h5", slice(0, 400)), ("val.h5", slice(400, 500))):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["x"], f["y"] = x[part], y[part]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/x/a,Alpha\n1,/x/b,Beta\n2,/x/c,Gamma\n")
+    command = [
+        sys.executable,
+        "-m",
+        "audioset_batch.cli",
+        "train",
+        str(tmp_path / "train.h5"),
+        "--validation",
+        str(tmp_path / "val.h5"),
+        "--labels",
+        str(labels),
+        "--output",
+        str(tmp_path / "run"),
+        "--iterations",
+        "20",
+        "--eval-every",
+        "10",
+        "--hidden-units",
+        "16",
+        "--batch-size",
+        "32",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = artifact.read_manifest(tmp_path / "run" / "model")
+    assert manifest.training["train_clips"] == 400 and manifest.training["validation_clips"] == 100
+    assert manifest.training["validation_data"].endswith("val.h5")

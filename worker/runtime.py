@@ -54,6 +54,14 @@ def load_scorer(settings: Settings | None = None) -> ObjectScorer:
         return _scorer
 
 
+def reset_scorer() -> None:
+    """Forget the loaded model after an unexpected error, so the next file gets a freshly loaded one:
+    whatever state a failure left in the predictor never reaches another file."""
+    global _scorer
+    with _lock:
+        _scorer = None
+
+
 def job_store() -> JobStore:
     global _jobs
     if _jobs is None:

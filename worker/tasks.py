@@ -3,33 +3,62 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
 from audioset_batch.hdf5_reader import pin_external_prefixes
 from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL, check_source
-from audioset_batch.pipeline import ObjectScorer
+from audioset_batch.pipeline import ObjectScorer, record_failure
 from audioset_batch.settings import Settings, get_settings
+from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
 from worker import metrics
 from worker.app import app
 from worker.config import SCORE_TASK, TRAIN_TASK, TRAINING_QUEUE
-from worker.runtime import job_store, load_scorer
+from worker.runtime import job_store, load_scorer, reset_scorer
 
 log = logging.getLogger("audioset.worker")
+
+
+@worker_init.connect
+def _check_model_before_forking(**_: Any) -> None:
+    """A worker whose model cannot load must not say ready and take tasks it will never finish.
+
+    The parent cannot load TensorFlow (not fork-safe), but it can verify the artifact — manifest,
+    sha256, archive — without it, which covers a wrong path, a modified or hostile file.
+    """
+    settings = get_settings()
+    try:
+        verify(settings.model_path)
+        check_archive(settings.model_path / WEIGHTS_NAME)
+    except ArtifactError as exc:
+        log.critical("cannot start: the model at AUDIOSET_MODEL_PATH=%s is unusable: %s", settings.model_path, exc)
+        raise SystemExit(1) from None
 
 
 @worker_process_init.connect
 def _load_model_in_child(**_: Any) -> None:
     pin_external_prefixes()
-    scorer = load_scorer()
+    try:
+        scorer = load_scorer()
+    except Exception as exc:
+        # Stop the whole worker: a child without a model would take tasks and never finish them.
+        log.critical(
+            "cannot start: the model failed to load in a worker process (%s: %s); stopping the worker",
+            type(exc).__name__,
+            exc,
+        )
+        os.kill(os.getppid(), signal.SIGTERM)
+        os._exit(1)
     if metrics.enabled():
         metrics.metrics().model.labels(scorer.model).set(1)
 
@@ -92,7 +121,38 @@ def _failed(
     return {"source": str(parsed), "status": "failed", "error": type(error).__name__}
 
 
-@app.task(bind=True, name=SCORE_TASK)
+class ScoringTask(Task):  # type: ignore[misc]
+    """Ends a file killed at the hard time limit like any other failure: an error record and a failed item.
+
+    Celery calls ``on_failure`` in the worker's main process when it kills a child at the hard limit; the
+    child never got to write anything, so this is the only place that can.
+    """
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            hard_time_limit_reached(list(args or []), dict(kwargs or {}))
+
+
+def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
+    settings = get_settings()
+    url = str(args[0]) if args else str(kwargs.get("url", ""))
+    job = kwargs.get("job")
+    item = kwargs.get("item") or url
+    error = LimitExceededError(
+        f"the worker process was killed at AUDIOSET_TIME_LIMIT={settings.time_limit}s (the hard limit); "
+        f"the file did not finish within AUDIOSET_SOFT_TIME_LIMIT={settings.soft_time_limit}s either"
+    )
+    try:
+        parsed = check_source(ObjectURL.parse(url, settings.input_bucket), settings.allowed_sources)
+        record_failure(
+            settings, parsed, error, attempts=1, etag=None, model=read_manifest(settings.model_path).tag, job=job
+        )
+    except Exception as exc:
+        log.error("could not write the error record for %s after the hard time limit: %s", url, exc)
+    _finish(job, item, "failed")
+
+
+@app.task(bind=True, name=SCORE_TASK, base=ScoringTask)
 def score_object(
     self: Task, url: str, job: str | None = None, force: bool = False, item: str | None = None
 ) -> dict[str, Any]:
@@ -145,6 +205,7 @@ def _score(
         return _failed(scorer, parsed, limit, attempt, job, item)
     except Exception as exc:
         log.exception("unexpected error scoring %s", url)
+        reset_scorer()  # the next file starts from a freshly loaded model
         return _failed(scorer, parsed, exc, attempt, job, item)
     _finish(job, item, outcome.status)
     if metrics.enabled():

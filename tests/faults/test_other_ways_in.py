@@ -174,3 +174,16 @@ def test_oversized_redis_list_payload_is_malformed() -> None:
     with pytest.raises(MalformedEventError, match="over the 1048576-byte limit"):
         parse_events(payload)
     check("Redis-list payload of 2 MB", "MalformedEventError", "MalformedEventError")
+
+
+def test_a_newline_in_a_key_cannot_split_a_text_log_line() -> None:
+    import logging
+
+    from audioset_batch.logs import TextFormatter
+
+    record = logging.LogRecord(
+        "audioset.worker", logging.ERROR, __file__, 1, "failed %s: %s", ("a\nFAKE b.h5", "x"), None
+    )
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "ERROR failed a\\nFAKE b.h5: x"
+    check("newline in an object key, text logs", "one line", "one line" if "\n" not in line else "split")

@@ -1,0 +1,158 @@
+"""Nothing stays pending forever: each way a file used to be left `pending`, end to end or at its branch."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from audioset_batch.errors import AccessDeniedError, InvalidObjectKeyError, TransientStorageError
+from audioset_batch.jobs import open_job_store
+from audioset_batch.object_store import CosStore, LocalStore, ObjectURL, translate_os_error
+from audioset_batch.pipeline import ObjectScorer
+from audioset_batch.settings import load_settings
+from model.artifact import MANIFEST_NAME
+from tests.conftest import ROOT, Stack, WorkerProcess, cos_env
+from tests.faults.conftest import check
+from tests.helpers import make_labels, wait_job, write_h5
+from worker.app import make_app
+from worker.config import worker_command
+
+
+def start_worker_expecting_exit(env: dict[str, str], log: Path, timeout: float = 120) -> tuple[int, str]:
+    import os
+
+    process = subprocess.Popen(
+        worker_command(1, env["AUDIOSET_QUEUE"], "INFO", "--without-gossip", "--without-mingle"),
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        code = -999
+    return code, log.read_text(errors="replace")
+
+
+@pytest.mark.integration
+def test_a_worker_whose_model_fails_its_check_never_starts(stack: Stack, tiny_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    with (broken / "model.keras").open("ab") as fh:
+        fh.write(b"tampered")
+    code, text = start_worker_expecting_exit({**stack.env, "AUDIOSET_MODEL_PATH": str(broken)}, tmp_path / "w.log")
+    assert code != 0 and " ready." not in text
+    assert "cannot start: the model at AUDIOSET_MODEL_PATH" in text and "sha256" in text
+    check("worker start with a tampered model", "exits, never ready", "exits, never ready")
+
+
+@pytest.mark.integration
+def test_a_worker_whose_model_fails_to_load_in_its_child_stops(stack: Stack, tiny_model: Path, tmp_path: Path) -> None:
+    """The artifact passes every check without TensorFlow, then fails to load in the child (wrong class count)."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    manifest = json.loads((broken / MANIFEST_NAME).read_text())
+    manifest["classes"] = manifest["classes"][:3]
+    (broken / MANIFEST_NAME).write_text(json.dumps(manifest))
+    code, text = start_worker_expecting_exit({**stack.env, "AUDIOSET_MODEL_PATH": str(broken)}, tmp_path / "w.log")
+    assert code != -999, "the worker kept running without a model"
+    assert "cannot start: the model failed to load in a worker process" in text
+    assert "model outputs" in text
+    check("model that fails to load in the worker child", "worker stops", "worker stops")
+
+
+@pytest.mark.integration
+def test_a_task_killed_at_the_hard_time_limit_ends_with_a_record_and_a_failed_item(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery calls the task's on_failure in the worker's main process when it kills a child at the hard limit."""
+    from celery.exceptions import TimeLimitExceeded
+
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    from audioset_batch.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        from worker.tasks import score_object
+
+        store = CosStore(stack.settings())
+        store.upload_file(write_h5(tmp_path / "a.h5", clips=2), stack.input_bucket, "hard/a.h5")
+        jobs = open_job_store(stack.settings().effective_state_url)
+        job = jobs.create_job(name="hard")
+        url = f"cos://{stack.input_bucket}/hard/a.h5"
+        jobs.add_items(job, [url])
+        score_object.on_failure(TimeLimitExceeded(3660), "task-1", [url], {"job": job, "item": url}, None)
+    finally:
+        get_settings.cache_clear()
+    record = orjson.loads(store.get_bytes(stack.results_bucket, "predictions/hard/a.h5.error.json") or b"{}")
+    assert record["error"] == "LimitExceededError" and "AUDIOSET_TIME_LIMIT" in record["message"]
+    assert jobs.status(job).failed == 1 and jobs.status(job).pending == 0
+    check("task killed at the hard time limit", "error record, failed", "error record, failed")
+
+
+def test_a_key_too_long_for_the_local_disk_fails_instead_of_staying_pending(tmp_path: Path) -> None:
+    root = tmp_path / "buckets"
+    key = "a" * 246 + ".h5"  # fine as an input name; its result names (+ .summary.json) are not
+    write_h5(root / "incoming" / key, clips=2)
+    settings = load_settings(local_root=root, results_bucket="results")
+    scorer = ObjectScorer(settings, lambda x: np.full((len(x), 3), 0.5, np.float32), make_labels(3), "m@1", 10)
+    outcome = scorer.score(ObjectURL("file", "incoming", key))
+    assert outcome.status == "failed" and outcome.error == "InvalidObjectKeyError"
+    assert check("246-character file name, folder buckets", "failed", outcome.status).ok
+    with pytest.raises(InvalidObjectKeyError, match="too long"):
+        LocalStore(root).get_bytes("results", "predictions/" + key + ".summary.json")
+
+
+def test_a_full_disk_is_transient_and_other_os_errors_are_final() -> None:
+    with pytest.raises(OSError) as info, open("/dev/full", "wb") as full:
+        full.write(b"x")
+        full.flush()
+    assert info.value.errno == errno.ENOSPC
+    assert isinstance(translate_os_error(info.value, "file://results/x"), TransientStorageError)
+    assert check(
+        "disk full while writing", "TransientStorageError", type(translate_os_error(info.value, "x")).__name__
+    ).ok
+    assert isinstance(translate_os_error(PermissionError(errno.EACCES, "denied"), "x"), AccessDeniedError)
+
+
+@pytest.mark.integration
+def test_a_worker_without_credentials_fails_each_file_with_a_hint(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CosStore(stack.settings())
+    store.upload_file(write_h5(tmp_path / "a.h5", clips=2), stack.input_bucket, "nocred/a.h5")
+    env = {k: v for k, v in stack.env.items() if k not in cos_env("x")} | {
+        "AUDIOSET_COS_ENDPOINT": stack.env["AUDIOSET_COS_ENDPOINT"],
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+    }
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        settings = stack.settings()
+        app, jobs = make_app(settings), open_job_store(settings.effective_state_url)
+        job = jobs.create_job("nocred")
+        url = f"cos://{stack.input_bucket}/nocred/a.h5"
+        jobs.add_items(job, [url])
+        started = time.monotonic()
+        app.send_task("audioset.score_object", args=[url], kwargs={"job": job}, queue=settings.queue)
+        status = wait_job(jobs, job, 120)
+    finally:
+        worker.stop()
+    assert status.failed == 1 and status.pending == 0
+    assert time.monotonic() - started < 60  # no retry storm: a missing credential is not transient
+    assert "AUDIOSET_COS_ACCESS_KEY_ID" in worker.text() and "retrying in" not in worker.text()
+    check("worker with no COS credentials", "failed, not pending", "failed, not pending")
