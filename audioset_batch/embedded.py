@@ -114,7 +114,7 @@ class EmbeddedService:
     def wait_for_result(self, key: str, etag: str, timeout: float) -> dict[str, Any]:
         """Poll the results folder until ``key``'s summary (or error) for this ETag appears."""
         store = LocalStore(self.root)
-        keys = result_keys(key, self.settings.results_prefix)
+        keys = result_keys(INCOMING, key, self.settings.results_prefix)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name in (keys.summary, keys.error):

@@ -198,7 +198,7 @@ class ObjectScorer:
         return store_for(url.scheme, self.settings)
 
     def keys(self, url: ObjectURL) -> ResultKeys:
-        return result_keys(url.key, self.settings.results_prefix)
+        return result_keys(url.bucket, url.key, self.settings.results_prefix)
 
     def already_scored(self, url: ObjectURL, etag: str) -> bool:
         results = self._store(url)
@@ -332,7 +332,7 @@ def record_failure(
     source = f"{url.bucket}/{url.key}"
     log.error("failed %s: %s: %s (attempt %d)", source, type(error).__name__, error, attempts)
     try:
-        keys = result_keys(url.key, settings.results_prefix)
+        keys = result_keys(url.bucket, url.key, settings.results_prefix)
     except AudiosetError:
         return  # an invalid key has no safe place for an error record; the job store still counts it
     record = error_record(source=source, error=error, attempts=attempts, etag=etag, model=model, job=job)

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from audioset_batch.object_store import check_key
+from audioset_batch.object_store import check_bucket, check_key
 
 JSONL_SUFFIX = ".jsonl"
 SUMMARY_SUFFIX = ".summary.json"
@@ -23,10 +23,15 @@ class ResultKeys:
     error: str
 
 
-def result_keys(input_key: str, prefix: str) -> ResultKeys:
-    """``<prefix><key>.jsonl`` and friends. Keys that could escape the prefix are refused."""
+def result_keys(bucket: str, input_key: str, prefix: str) -> ResultKeys:
+    """``<prefix><bucket>/<key>.jsonl`` and friends. Keys that could escape the prefix are refused.
+
+    The source bucket is part of the key, so two buckets holding the same key never share (and
+    never replace) each other's results.
+    """
+    check_bucket(bucket)
     check_key(input_key)
-    base = f"{prefix}{input_key}"
+    base = f"{prefix}{bucket}/{input_key}"
     return ResultKeys(jsonl=base + JSONL_SUFFIX, summary=base + SUMMARY_SUFFIX, error=base + ERROR_SUFFIX)
 
 

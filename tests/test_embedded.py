@@ -43,8 +43,8 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
         staged.rename(root / "incoming" / "day1" / "drop.h5")
         (root / "incoming" / "bad.h5").write_bytes(b"\x00garbage")
 
-        result = root / "results" / "predictions" / "day1" / "drop.h5.jsonl"
-        error = root / "results" / "predictions" / "bad.h5.error.json"
+        result = root / "results" / "predictions" / "incoming" / "day1" / "drop.h5.jsonl"
+        error = root / "results" / "predictions" / "incoming" / "bad.h5.error.json"
         deadline = time.monotonic() + 120
         while not (result.exists() and error.exists()) and time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "run.log").read_text()
@@ -52,7 +52,7 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
         assert result.exists(), (tmp_path / "run.log").read_text()[-3000:]
         lines = [orjson.loads(line) for line in result.read_bytes().splitlines()]
         assert len(lines) == 7 and lines[0]["source"] == "incoming/day1/drop.h5"
-        assert (root / "results" / "predictions" / "day1" / "drop.h5.summary.json").exists()
+        assert (root / "results" / "predictions" / "incoming" / "day1" / "drop.h5.summary.json").exists()
         assert orjson.loads(error.read_bytes())["error"] == "NotHDF5Error"
     finally:
         process.send_signal(signal.SIGTERM)
@@ -73,7 +73,7 @@ def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> N
     assert done.returncode == 0, done.stderr[-3000:]
     clip_lines = [line for line in done.stdout.splitlines() if line.startswith("clip ")]
     assert len(clip_lines) == 5 and "Class" in clip_lines[0]
-    assert (tmp_path / "b" / "results" / "predictions" / "demo" / "sample.h5.jsonl").exists()
+    assert (tmp_path / "b" / "results" / "predictions" / "incoming" / "demo" / "sample.h5.jsonl").exists()
 
 
 def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_files(
@@ -108,7 +108,7 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
         stderr=subprocess.STDOUT,
     )
     try:
-        result = root / "results" / "predictions" / "lost.h5.jsonl"
+        result = root / "results" / "predictions" / "incoming" / "lost.h5.jsonl"
         deadline = time.monotonic() + 120
         while not result.exists() and time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "run.log").read_text()

@@ -60,22 +60,26 @@ def test_prefix_is_scored_corrupt_file_is_isolated_reenqueue_is_noop_force_repla
 
     modified = {}
     for key, n in clips.items():
-        body = store.get_bytes(results, f"predictions/{key}.jsonl")
+        body = store.get_bytes(results, f"predictions/{stack.input_bucket}/{key}.jsonl")
         assert body is not None
         lines = [orjson.loads(line) for line in body.splitlines()]
         assert [line["index"] for line in lines] == list(range(n))
         assert lines[0]["source"] == f"{stack.input_bucket}/{key}"
         assert lines[0]["model"] == "tiny@0" and len(lines[0]["labels"]) == 5
         assert lines[1]["video_id"].startswith("vid") and lines[1]["start_time_seconds"] == 10.0
-        summary = orjson.loads(store.get_bytes(results, f"predictions/{key}.summary.json") or b"")
+        summary = orjson.loads(store.get_bytes(results, f"predictions/{stack.input_bucket}/{key}.summary.json") or b"")
         assert summary["clips"] == n and summary["etag"] == store.stat(stack.input_bucket, key).etag
         assert 0 <= summary["metrics"]["mAP"] <= 1 and "d_prime" in summary["metrics"]
-        modified[key] = store.client.head_object(Bucket=results, Key=f"predictions/{key}.jsonl")["LastModified"]
-    error = orjson.loads(store.get_bytes(results, "predictions/batch/corrupt.h5.error.json") or b"")
+        modified[key] = store.client.head_object(Bucket=results, Key=f"predictions/{stack.input_bucket}/{key}.jsonl")[
+            "LastModified"
+        ]
+    error = orjson.loads(
+        store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/corrupt.h5.error.json") or b""
+    )
     assert error["error"] == "NotHDF5Error" and "not an HDF5 file" in error["message"]
-    assert store.get_bytes(results, "predictions/batch/corrupt.h5.jsonl") is None
+    assert store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/corrupt.h5.jsonl") is None
     assert "batch/corrupt.h5" in worker.text() and "NotHDF5Error" in worker.text()
-    assert store.get_bytes(results, "predictions/batch/readme.txt.jsonl") is None
+    assert store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/readme.txt.jsonl") is None
 
     jobs = open_job_store(settings.effective_state_url)
     app = make_app(settings)
@@ -84,15 +88,15 @@ def test_prefix_is_scored_corrupt_file_is_isolated_reenqueue_is_noop_force_repla
     status2 = wait_job(jobs, again.job)
     assert (status2.skipped, status2.scored, status2.failed) == (3, 0, 1)
     for key in clips:
-        head = store.client.head_object(Bucket=results, Key=f"predictions/{key}.jsonl")
+        head = store.client.head_object(Bucket=results, Key=f"predictions/{stack.input_bucket}/{key}.jsonl")
         assert head["LastModified"] == modified[key]
 
     forced = enqueue(app, jobs, [f"cos://{stack.input_bucket}/batch/f0.h5"], settings, force=True)
     status3 = wait_job(jobs, forced.job)
     assert (status3.total, status3.scored) == (1, 1)
-    body = store.get_bytes(results, "predictions/batch/f0.h5.jsonl") or b""
+    body = store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/f0.h5.jsonl") or b""
     assert len(body.splitlines()) == clips["batch/f0.h5"]  # replaced, never appended
-    head = store.client.head_object(Bucket=results, Key="predictions/batch/f0.h5.jsonl")
+    head = store.client.head_object(Bucket=results, Key=f"predictions/{stack.input_bucket}/batch/f0.h5.jsonl")
     assert head["LastModified"] > modified["batch/f0.h5"]
 
     listing = cli(stack, "jobs", "list", "--json")
@@ -119,7 +123,7 @@ def test_duplicate_delivery_never_duplicates_lines(stack: Stack, worker: WorkerP
     while worker.text().count("skip ") < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert worker.text().count("already scored") == 2
-    body = store.get_bytes(stack.results_bucket, "predictions/dup/d.h5.jsonl") or b""
+    body = store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/dup/d.h5.jsonl") or b""
     assert len(body.splitlines()) == 4
 
 
@@ -136,7 +140,10 @@ def test_missing_object_gets_error_record_without_retries(stack: Stack, worker: 
     app.send_task("audioset.score_object", args=[url], kwargs={"job": job}, queue=settings.queue)
     status = wait_job(jobs, job, 60)
     assert status.failed == 1
-    record = orjson.loads(CosStore(settings).get_bytes(stack.results_bucket, "predictions/gone.h5.error.json") or b"")
+    record = orjson.loads(
+        CosStore(settings).get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/gone.h5.error.json")
+        or b""
+    )
     assert record["error"] == "ObjectNotFoundError" and record["attempts"] == 1
     assert "retrying" not in worker.text()
 

@@ -92,7 +92,9 @@ def results_exist(stack: Stack, keys: list[str], timeout: float = 90) -> bool:
     store = CosStore(stack.settings())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(store.get_bytes(stack.results_bucket, f"predictions/{k}.summary.json") for k in keys):
+        if all(
+            store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/{k}.summary.json") for k in keys
+        ):
             return True
         time.sleep(0.3)
     return False
@@ -119,7 +121,7 @@ def test_watcher_new_objects_restart_and_overwrite(stack: Stack, worker: WorkerP
     assert restarted.poll_once() == 1
     status = wait_job(jobs, watcher.job)
     assert (status.total, status.scored) == (3, 3)
-    body = store.get_bytes(stack.results_bucket, "predictions/watched/a.h5.jsonl") or b""
+    body = store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/watched/a.h5.jsonl") or b""
     assert len(body.splitlines()) == 6
 
     # The sweep drops finished versions that are no longer listed: the overwritten a.h5, then the deleted b.hdf5.

@@ -90,13 +90,14 @@ def test_score_chunk_calls_predict_once_per_chunk() -> None:
 
 
 def test_result_keys_map_input_key_under_prefix() -> None:
-    keys = result_keys("2024/day 1/file.h5", "predictions/")
-    assert keys.jsonl == "predictions/2024/day 1/file.h5.jsonl"
-    assert keys.summary == "predictions/2024/day 1/file.h5.summary.json"
-    assert keys.error == "predictions/2024/day 1/file.h5.error.json"
+    keys = result_keys("incoming", "2024/day 1/file.h5", "predictions/")
+    assert keys.jsonl == "predictions/incoming/2024/day 1/file.h5.jsonl"
+    assert keys.summary == "predictions/incoming/2024/day 1/file.h5.summary.json"
+    assert keys.error == "predictions/incoming/2024/day 1/file.h5.error.json"
+    assert result_keys("other", "2024/day 1/file.h5", "predictions/").jsonl != keys.jsonl
 
 
 @pytest.mark.parametrize("key", ["../escape.h5", "a/../../b.h5", "/abs.h5", "a//b.h5", ""])
 def test_result_keys_refuse_escaping_keys(key: str) -> None:
     with pytest.raises(InvalidObjectKeyError):
-        result_keys(key, "predictions/")
+        result_keys("incoming", key, "predictions/")

@@ -48,10 +48,14 @@ class Tally:
 
 
 def tally(stack: Stack, scenario: str, inputs: dict[str, int], prefix: str = "predictions/") -> Tally:
-    """Classify every input by what the results bucket holds for it, and record the row in the report."""
+    """Classify every input by what the results bucket holds for it, and record the row in the report.
+
+    Keys are in the input bucket; ``../<bucket>/<key>`` names an object of another bucket.
+    """
     store = CosStore(stack.settings())
     scored = errored = lost = duplicated = 0
-    for key, clips in inputs.items():
+    for name, clips in inputs.items():
+        key = name[3:] if name.startswith("../") else f"{stack.input_bucket}/{name}"
         body = store.get_bytes(stack.results_bucket, f"{prefix}{key}.jsonl")
         if body is not None:
             indices = [orjson.loads(line)["index"] for line in body.splitlines()]

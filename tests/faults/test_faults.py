@@ -91,7 +91,10 @@ def test_sigkill_of_worker_child_mid_file_redelivers_and_scores_once(
     assert (status.scored, status.failed) == (1, 0)
     assert "WorkerLostError" in worker.text() or "exited" in worker.text()
     summary = orjson.loads(
-        CosStore(stack.settings()).get_bytes(stack.results_bucket, "predictions/kill/f0000.h5.summary.json") or b""
+        CosStore(stack.settings()).get_bytes(
+            stack.results_bucket, f"predictions/{stack.input_bucket}/kill/f0000.h5.summary.json"
+        )
+        or b""
     )
     assert summary["attempt"] == 2  # the second delivery scored it
 
@@ -179,15 +182,19 @@ def test_permanent_faults_fail_at_once_without_retry_storm(stack: Stack, proxy: 
     assert (status.scored, status.failed) == (1, 3)
     store = CosStore(settings)
     for key, expected in [
-        ("perm/f0000.h5", "AccessDeniedError"),
-        ("perm/missing.h5", "ObjectNotFoundError"),
-        ("x.h5", "ObjectNotFoundError"),
+        (f"{stack.input_bucket}/perm/f0000.h5", "AccessDeniedError"),
+        (f"{stack.input_bucket}/perm/missing.h5", "ObjectNotFoundError"),
+        (f"no-such-bucket-{stack.input_bucket}/x.h5", "ObjectNotFoundError"),
     ]:
         record = orjson.loads(store.get_bytes(stack.results_bucket, f"predictions/{key}.error.json") or b"")
         assert record["error"] == expected and record["attempts"] == 1
     assert "retrying in" not in worker.text()
     assert proxy.injected <= 2  # one HEAD, no retry storm
-    tally(stack, "permanent faults (403, NoSuchKey, NoSuchBucket)", {**inputs, "perm/missing.h5": 3, "x.h5": 3})
+    tally(
+        stack,
+        "permanent faults (403, NoSuchKey, NoSuchBucket)",
+        {**inputs, "perm/missing.h5": 3, f"../no-such-bucket-{stack.input_bucket}/x.h5": 3},
+    )
 
 
 @pytest.fixture
@@ -269,7 +276,9 @@ def test_poison_files_get_clear_error_records(stack: Stack, worker: WorkerProces
     status = wait_finished(open_job_store(stack.settings().effective_state_url), run_job(stack, "poison"), 120)
     assert (status.failed, status.scored) == (len(expected), 1)
     for name, error in expected.items():
-        record = orjson.loads(store.get_bytes(stack.results_bucket, f"predictions/poison/{name}.error.json") or b"")
+        record = orjson.loads(
+            store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/poison/{name}.error.json") or b""
+        )
         assert record["error"] in error.split("|"), (name, record)
         assert record["message"]
         assert f"poison/{name}" in worker.text()
@@ -425,8 +434,12 @@ def test_size_and_time_limits_give_error_records_naming_the_limit(
     finally:
         worker.stop()
     assert status.failed == 2
-    big = orjson.loads(store.get_bytes(stack.results_bucket, "predictions/limits/big.h5.error.json") or b"")
-    slow = orjson.loads(store.get_bytes(stack.results_bucket, "predictions/limits/slow.h5.error.json") or b"")
+    big = orjson.loads(
+        store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/limits/big.h5.error.json") or b""
+    )
+    slow = orjson.loads(
+        store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/limits/slow.h5.error.json") or b""
+    )
     assert big["error"] == "LimitExceededError" and "AUDIOSET_MAX_OBJECT_BYTES=20000" in big["message"]
     assert slow["error"] == "LimitExceededError" and "AUDIOSET_SOFT_TIME_LIMIT=3" in slow["message"]
     tally(stack, "limits: object size and per-file time", {"limits/big.h5": 50, "limits/slow.h5": 2})

@@ -188,7 +188,7 @@ def test_tasks_outside_the_allow_list_are_refused_by_the_worker(stack: Stack, tm
     finally:
         worker.stop()
     assert (status.failed, status.scored) == (1, 1)
-    assert store.get_bytes(stack.results_bucket, "predictions/victim.h5.jsonl") is not None
-    assert store.get_bytes(stack.results_bucket, "predictions/victim.h5.error.json") is None
+    assert store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/victim.h5.jsonl") is not None
+    assert not list(store.list(stack.results_bucket, f"predictions/{stack.input_bucket}-other/"))
     assert check("task for a bucket outside the allow-list", "failed, no record", "failed, no record").ok
     assert "AUDIOSET_ALLOWED_SOURCES" in worker.text()

@@ -96,7 +96,9 @@ def test_a_task_killed_at_the_hard_time_limit_ends_with_a_record_and_a_failed_it
         score_object.on_failure(TimeLimitExceeded(3660), "task-1", [url], {"job": job, "item": url}, None)
     finally:
         get_settings.cache_clear()
-    record = orjson.loads(store.get_bytes(stack.results_bucket, "predictions/hard/a.h5.error.json") or b"{}")
+    record = orjson.loads(
+        store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/hard/a.h5.error.json") or b"{}"
+    )
     assert record["error"] == "LimitExceededError" and "AUDIOSET_TIME_LIMIT" in record["message"]
     assert jobs.status(job).failed == 1 and jobs.status(job).pending == 0
     check("task killed at the hard time limit", "error record, failed", "error record, failed")
@@ -156,3 +158,29 @@ def test_a_worker_without_credentials_fails_each_file_with_a_hint(
     assert time.monotonic() - started < 60  # no retry storm: a missing credential is not transient
     assert "AUDIOSET_COS_ACCESS_KEY_ID" in worker.text() and "retrying in" not in worker.text()
     check("worker with no COS credentials", "failed, not pending", "failed, not pending")
+
+
+@pytest.mark.integration
+def test_results_of_different_buckets_never_replace_each_other(
+    stack: Stack, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    store = CosStore(stack.settings())
+    store.upload_file(write_h5(tmp_path / "v.h5", clips=3), stack.input_bucket, "victim.h5")
+    settings = stack.settings()
+    app, jobs = make_app(settings), open_job_store(settings.effective_state_url)
+    job = jobs.create_job("collide")
+    urls = [f"cos://{stack.input_bucket}/victim.h5", f"cos://no-such-bucket-{stack.input_bucket}/victim.h5"]
+    for url in urls:  # in order: the real file first, then the notification that used to replace its results
+        jobs.add_items(job, [url])
+        app.send_task("audioset.score_object", args=[url], kwargs={"job": job}, queue=settings.queue)
+        wait_job(jobs, job, 60)
+    own = f"predictions/{stack.input_bucket}/victim.h5"
+    assert len((store.get_bytes(stack.results_bucket, own + ".jsonl") or b"").splitlines()) == 3
+    assert store.get_bytes(stack.results_bucket, own + ".summary.json") is not None
+    assert store.get_bytes(stack.results_bucket, own + ".error.json") is None
+    other = orjson.loads(
+        store.get_bytes(stack.results_bucket, f"predictions/no-such-bucket-{stack.input_bucket}/victim.h5.error.json")
+        or b"{}"
+    )
+    assert other["error"] == "ObjectNotFoundError"
+    check("same key in another (missing) bucket", "both kept apart", "both kept apart")

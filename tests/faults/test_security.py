@@ -92,11 +92,16 @@ def test_hostile_files_are_refused_and_never_take_a_good_file_down(
     status = wait_job(open_job_store(stack.settings().effective_state_url), run_job(stack, "hostile"), 240)
     assert (status.failed, status.scored) == (len(expected), len(expected))
     for name, error in expected.items():
-        record = orjson.loads(store.get_bytes(stack.results_bucket, f"predictions/hostile/{name}.error.json") or b"")
+        record = orjson.loads(
+            store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/hostile/{name}.error.json") or b""
+        )
         assert record["error"] == error, (name, record)
         assert f"hostile/{name}" in worker.text()
     results = (
-        b"".join(store.get_bytes(stack.results_bucket, f"predictions/{key}.jsonl") or b"" for key in inputs)
+        b"".join(
+            store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/{key}.jsonl") or b""
+            for key in inputs
+        )
         + worker.text().encode()
     )
     for forbidden in (b"SECRET-OF-ANOTHER-TENANT", stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"].encode()):
