@@ -68,11 +68,14 @@ def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     HDF5 reads and TensorFlow both release the GIL, so disk and model overlap; at most
     two chunks are in memory at once.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-read") as pool:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-read")
+    try:
         pending = pool.submit(next, chunks, None)
         while (chunk := pending.result()) is not None:
             pending = pool.submit(next, chunks, None)
             yield chunk
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # never wait on a stuck helper: the file is failing anyway
 
 
 def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk, np.ndarray]]:
@@ -92,7 +95,8 @@ def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk
             raise NonFiniteError(f"the model gave non-finite scores for clips {chunk.start}..{last}")
         return scores
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict") as pool:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+    try:
         current = next(chunks, None)
         if current is None:
             return
@@ -103,6 +107,10 @@ def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk
             yield current, scores
             current = following
         yield current, pending.result()
+    finally:
+        # On an error the file fails at once; a prediction still running is abandoned, not awaited
+        # (the worker reloads its model after an unexpected error, so nothing reuses its state).
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def reader_limits(settings: Settings) -> Limits:

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     cos_instance_id: str | None = Field(None, description="COS service-instance id (CRN), with the IAM API key.")
     cos_auth_endpoint: str | None = Field(None, description="IAM token endpoint; the SDK's default when unset.")
     cos_region: str = Field("us-east-1", description="Signing region for HMAC requests.")
+    secrets_dir: Path | None = Field(
+        None,
+        description="Folder of secret files named like the variables (audioset_cos_secret_access_key, …), "
+        "e.g. /run/secrets: keeps keys out of the process environment.",
+    )
     local_root: Path = Field(Path("buckets"), description="Directory holding one folder per bucket for file:// URLs.")
     input_bucket: str | None = Field(None, description="Bucket that bare keys (no scheme) refer to.")
     results_bucket: str = Field("results", description="Bucket that results are written to.")
@@ -179,9 +184,17 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, raising :class:`ConfigError` naming each bad variable."""
+    """Build settings from the environment, raising :class:`ConfigError` naming each bad variable.
+
+    With ``AUDIOSET_SECRETS_DIR``, a setting may also come from a file of that folder named like its
+    variable (the environment wins): secrets then never sit in the process environment, where
+    ``/proc/self/environ`` or a child process could read them.
+    """
+    secrets_dir = overrides.get("secrets_dir") or os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    if secrets_dir and not Path(str(secrets_dir)).is_dir():
+        raise ConfigError(f"invalid configuration:\n  {ENV_PREFIX}SECRETS_DIR: {secrets_dir} is not a folder")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets_dir or None, **overrides)  # type: ignore[arg-type,call-arg]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 

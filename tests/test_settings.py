@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from audioset_batch.errors import ConfigError
@@ -103,3 +105,17 @@ def test_embedded_broker_keeps_all_its_files_under_the_local_root(tmp_path) -> N
     options = transport_options(load_settings(broker_url="filesystem://", local_root=tmp_path))
     for key in ("control_folder", "data_folder_in", "data_folder_out", "processed_folder"):
         assert str(options[key]).startswith(str(tmp_path.resolve())), key
+
+
+def test_secrets_come_from_files_in_the_secrets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "audioset_cos_access_key_id").write_text("key-id")
+    (tmp_path / "audioset_cos_secret_access_key").write_text("from-a-file")
+    for name in ("AUDIOSET_COS_ACCESS_KEY_ID", "AUDIOSET_COS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AUDIOSET_SECRETS_DIR", str(tmp_path))
+    settings = load_settings()
+    assert settings.cos_secret_access_key is not None
+    assert settings.cos_secret_access_key.get_secret_value() == "from-a-file"
+    monkeypatch.setenv("AUDIOSET_SECRETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"AUDIOSET_SECRETS_DIR: .* is not a folder"):
+        load_settings()

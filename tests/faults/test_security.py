@@ -17,7 +17,7 @@ import pytest
 from audioset_batch.jobs import open_job_store
 from audioset_batch.object_store import CosStore
 from tests.conftest import Stack, WorkerProcess
-from tests.faults.conftest import tally
+from tests.faults.conftest import check, child_pids, tally
 from tests.faults.test_faults import run_job
 from tests.helpers import wait_job, write_h5
 
@@ -106,5 +106,11 @@ def test_hostile_files_are_refused_and_never_take_a_good_file_down(
     )
     for forbidden in (b"SECRET-OF-ANOTHER-TENANT", stack.env["AUDIOSET_COS_SECRET_ACCESS_KEY"].encode()):
         assert forbidden not in results
+    # memory follows what a file stores: the worker child's peak over the whole job (the bombs took it to 2.6-6.5 GB)
+    children = child_pids(worker.process.pid)
+    peak_mb = max(int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) for pid in children) / 1024
+    assert check(
+        "peak RSS of the worker child over every bomb", "< 1500 MB", "< 1500 MB" if peak_mb < 1500 else peak_mb
+    ).ok
     row = tally(stack, "hostile HDF5 (external, virtual, links, bombs)", inputs)
     assert (row.errored, row.scored, row.lost, row.duplicated) == (len(expected), len(expected), 0, 0)
