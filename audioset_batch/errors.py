@@ -47,5 +47,10 @@ class LimitExceededError(InputFileError):
     """An object exceeds a configured limit (size, clips, time); the message names the limit."""
 
 
+class FileFailedError(AudiosetError):
+    """A file ended ``failed`` (its error record is written and its job item marked): the task raises it
+    last, so Celery and Flower show the task as failed rather than successful."""
+
+
 class AttemptsExhaustedError(AudiosetError):
     """The task was delivered more times than ``AUDIOSET_MAX_ATTEMPTS`` allows."""

@@ -79,6 +79,8 @@ def test_prefix_is_scored_corrupt_file_is_isolated_reenqueue_is_noop_force_repla
     assert error["error"] == "NotHDF5Error" and "not an HDF5 file" in error["message"]
     assert store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/corrupt.h5.jsonl") is None
     assert "batch/corrupt.h5" in worker.text() and "NotHDF5Error" in worker.text()
+    # Celery (and Flower) count the corrupt file's task as failed, the others as succeeded
+    assert worker.text().count("raised expected: FileFailedError") == 1 and worker.text().count("succeeded in") == 3
     assert store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/readme.txt.jsonl") is None
 
     jobs = open_job_store(settings.effective_state_url)

@@ -14,7 +14,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
-from audioset_batch.errors import AttemptsExhaustedError, AudiosetError, LimitExceededError, TransientStorageError
+from audioset_batch.errors import (
+    AttemptsExhaustedError,
+    AudiosetError,
+    FileFailedError,
+    LimitExceededError,
+    TransientStorageError,
+)
 from audioset_batch.hdf5_reader import pin_external_prefixes
 from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL, check_source
@@ -152,7 +158,8 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
     _finish(job, item, "failed")
 
 
-@app.task(bind=True, name=SCORE_TASK, base=ScoringTask)
+# ``throws``: a failed file is an expected outcome: Celery logs it in one line, without a traceback.
+@app.task(bind=True, name=SCORE_TASK, base=ScoringTask, throws=(FileFailedError,))
 def score_object(
     self: Task, url: str, job: str | None = None, force: bool = False, item: str | None = None
 ) -> dict[str, Any]:
@@ -161,9 +168,12 @@ def score_object(
     attempt = with_state_retry("counting deliveries", lambda: job_store().count_delivery(self.request.id or url))
     token = log_context.set({"job": job, "source": url, "attempt": attempt, "task_id": self.request.id})
     try:
-        return _score(self, settings, url, job, force, item, attempt)
+        result = _score(self, settings, url, job, force, item, attempt)
     finally:
         log_context.reset(token)
+    if result["status"] == "failed":  # everything is recorded; now let Celery and Flower count it as failed
+        raise FileFailedError(f"{result['source']}: {result.get('error')} (see its .error.json)")
+    return result
 
 
 def _score(
