@@ -188,8 +188,15 @@ def test_prometheus_metrics_from_two_worker_processes(stack: Stack, tmp_path: Pa
         wait_job(jobs, job, 90)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
+        listening = [
+            line.split()[1]
+            for table in ("/proc/net/tcp", "/proc/net/tcp6")
+            for line in Path(table).read_text().splitlines()[1:]
+            if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
+        ]
     finally:
         worker.stop()
+    assert listening == [f"0100007F:{port:04X}"]  # loopback only unless AUDIOSET_METRICS_HOST says otherwise
 
     def value(pattern: str) -> float:
         match = re.search(rf"^{pattern} ([0-9.e+]+)$", text, re.MULTILINE)
