@@ -98,37 +98,23 @@ def score(
 ) -> None:
     """Score one FILE or URL in-process, with no queue; writes the worker's JSONL format."""
     from audioset_batch.object_store import ObjectURL, store_for
-    from audioset_batch.pipeline import reader_limits, score_file
-    from audioset_batch.scoring import OutputOptions
-    from model.inference import Predictor
+    from audioset_batch.pipeline import ObjectScorer
 
     settings = _settings()
-    predictor = Predictor.from_artifact(
-        model_path or settings.model_path, batch_size=settings.batch_size, precision=precision or settings.precision
+    scorer = ObjectScorer.from_settings(
+        settings,
+        model_path=model_path,
+        precision=precision,
+        top_k=top_k,
+        full_scores=(scores == "full") if scores else None,
     )
-    options = OutputOptions(
-        top_k=top_k or settings.top_k, full_scores=(scores == "full") if scores else settings.full_scores
-    )
-    limits = reader_limits(settings)
 
     def run(path: Path, name: str, out: IO[bytes]) -> None:
-        result = score_file(
-            path,
-            out,
-            predict=predictor.predict,
-            classes=predictor.manifest.classes,
-            model=predictor.tag,
-            source=name,
-            options=options,
-            limits=limits,
-            chunk_clips=settings.read_chunk_clips,
-            metrics_max_clips=settings.metrics_max_clips,
-            frames=predictor.frames,
-        )
+        result = scorer.score_local(path, out, name)
         summary: dict[str, Any] = {
             "source": name,
             "clips": result.clips,
-            "model": predictor.tag,
+            "model": scorer.model,
             "seconds": round(result.seconds, 3),
             "metrics": result.metrics,
         }
@@ -1003,21 +989,25 @@ def training_monitor(run_id: str, interval: float) -> None:
 @click.option(
     "--precision",
     type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
-    default="float32",
-    show_default=True,
-    help="Inference precision to evaluate.",
+    default=None,
+    help="Inference precision to evaluate (default: AUDIOSET_PRECISION).",
 )
 @friendly_errors
 def evaluate(
-    model_path: Path, data: tuple[str, ...], as_json: bool, per_class: Path | None, plot: Path | None, precision: str
+    model_path: Path,
+    data: tuple[str, ...],
+    as_json: bool,
+    per_class: Path | None,
+    plot: Path | None,
+    precision: str | None,
 ) -> None:
     """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
     from audioset_batch.datasets import load_dataset
-    from model.inference import Predictor
+    from audioset_batch.pipeline import load_predictor
     from model.metrics import evaluate as compute
 
     settings = _settings()
-    predictor = Predictor.from_artifact(model_path, batch_size=settings.batch_size, precision=precision)
+    predictor = load_predictor(settings, model_path, precision)
     dataset = load_dataset(list(data), settings)
     if dataset.y.shape[1] != predictor.classes:
         raise click.BadParameter(f"data has {dataset.y.shape[1]} classes, the model {predictor.classes}")

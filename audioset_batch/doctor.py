@@ -91,11 +91,11 @@ def check_storage(settings: Settings, scheme: str) -> list[Check]:
 
 def check_model(settings: Settings) -> Check:
     def probe() -> str:
-        from model.inference import Predictor
+        from audioset_batch.pipeline import load_predictor
 
-        predictor = Predictor.from_artifact(settings.model_path)
+        predictor = load_predictor(settings)
         return (
-            f"{predictor.manifest.tag} ({predictor.manifest.architecture}, {predictor.classes} classes) "
+            f"{predictor.tag} ({predictor.manifest.architecture}, {predictor.classes} classes) "
             "loads in safe mode; sha256 matches"
         )
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from audioset_batch.scoring import OutputOptions, Predict, encode_records
 from audioset_batch.settings import Settings
 from model.labels import ClassLabel
 from model.metrics import evaluate
+
+if TYPE_CHECKING:
+    from model.inference import Predictor
 
 log = logging.getLogger("audioset.pipeline")
 Status = Literal["scored", "skipped", "failed"]
@@ -118,6 +121,16 @@ def reader_limits(settings: Settings) -> Limits:
     return Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
 
 
+def load_predictor(settings: Settings, model_path: Path | None = None, precision: str | None = None) -> Predictor:
+    """The model as settings (or explicit overrides) ask for it: the one place that reads
+    ``AUDIOSET_MODEL_PATH``, ``AUDIOSET_BATCH_SIZE`` and ``AUDIOSET_PRECISION``. Imports TensorFlow."""
+    from model.inference import Predictor
+
+    return Predictor.from_artifact(
+        model_path or settings.model_path, batch_size=settings.batch_size, precision=precision or settings.precision
+    )
+
+
 def score_file(
     path: Path,
     out: IO[bytes],
@@ -183,7 +196,11 @@ def score_file(
 
 
 class ObjectScorer:
-    """Scores objects named by URL and writes their results, only ever under the results prefix."""
+    """Scores objects named by URL (or local files) and writes their results, only ever under the results prefix.
+
+    Build it with :meth:`from_settings`: the worker, ``audioset score``, ``audioset run`` and the
+    benchmarks all do, so a setting that changes scoring changes it everywhere.
+    """
 
     def __init__(
         self,
@@ -192,14 +209,49 @@ class ObjectScorer:
         classes: list[ClassLabel],
         model: str,
         frames: int | None = None,
+        options: OutputOptions | None = None,
     ) -> None:
         self.settings = settings
         self.predict = predict
         self.classes = classes
         self.model = model
         self.frames = frames
-        self.options = OutputOptions(top_k=settings.top_k, full_scores=settings.full_scores)
+        self.options = options or OutputOptions(top_k=settings.top_k, full_scores=settings.full_scores)
         self.limits = reader_limits(settings)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        model_path: Path | None = None,
+        precision: str | None = None,
+        top_k: int | None = None,
+        full_scores: bool | None = None,
+    ) -> ObjectScorer:
+        """Load the model and build the scorer from settings; each keyword overrides its setting."""
+        predictor = load_predictor(settings, model_path, precision)
+        options = OutputOptions(
+            top_k=top_k or settings.top_k, full_scores=settings.full_scores if full_scores is None else full_scores
+        )
+        return cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
+
+    def score_local(self, path: Path, out: IO[bytes], source: str, deadline: Deadline | None = None) -> FileScore:
+        """Score one local file into ``out`` with this scorer's model, options and limits."""
+        return score_file(
+            path,
+            out,
+            predict=self.predict,
+            classes=self.classes,
+            model=self.model,
+            source=source,
+            options=self.options,
+            limits=self.limits,
+            chunk_clips=self.settings.read_chunk_clips,
+            metrics_max_clips=self.settings.metrics_max_clips,
+            deadline=deadline,
+            frames=self.frames,
+        )
 
     def _store(self, url: ObjectURL) -> ObjectStore:
         """Results go to the same kind of store as the input (a COS endpoint, or the local root)."""
@@ -269,20 +321,7 @@ class ObjectScorer:
             t1 = time.monotonic()
             out_path = Path(tmp) / "result.jsonl"
             with out_path.open("wb") as out:
-                scored = score_file(
-                    local,
-                    out,
-                    predict=self.predict,
-                    classes=self.classes,
-                    model=self.model,
-                    source=source,
-                    options=self.options,
-                    limits=self.limits,
-                    chunk_clips=self.settings.read_chunk_clips,
-                    metrics_max_clips=self.settings.metrics_max_clips,
-                    deadline=deadline,
-                    frames=self.frames,
-                )
+                scored = self.score_local(local, out, source, deadline)
             t2 = time.monotonic()
             # The JSONL lands first, then the summary: a summary always points at a complete JSONL.
             store.upload_file(out_path, bucket, keys.jsonl, content_type="application/x-ndjson")

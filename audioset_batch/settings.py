@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     read_chunk_clips: int = Field(8192, ge=1, description="Clips read from the HDF5 file at a time.")
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
     precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
-        "float32",
+        "auto",
         description="Inference precision; auto = int8 (with TFLite), else bfloat16 where supported, else float32.",
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")

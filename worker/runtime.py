@@ -36,19 +36,12 @@ def load_scorer(settings: Settings | None = None) -> ObjectScorer:
         if _scorer is None:
             settings = settings or get_settings()
             configure_tensorflow(settings.effective_tf_threads)
-            from model.inference import Predictor
-
-            predictor = Predictor.from_artifact(
-                settings.model_path, batch_size=settings.batch_size, precision=settings.precision
-            )
-            _scorer = ObjectScorer(
-                settings, predictor.predict, predictor.manifest.classes, predictor.tag, frames=predictor.frames
-            )
+            _scorer = ObjectScorer.from_settings(settings)
             log.info(
                 "model %s loaded from %s (%d classes, %d TF threads)",
-                predictor.tag,
+                _scorer.model,
                 settings.model_path,
-                len(predictor.manifest.classes),
+                len(_scorer.classes),
                 settings.effective_tf_threads,
             )
         return _scorer

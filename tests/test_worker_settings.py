@@ -1,0 +1,105 @@
+"""Every setting the README says affects scoring, through a real queued worker (not only the CLI).
+
+A queued worker once ignored AUDIOSET_PRECISION that ``audioset score`` honoured: these tests start
+`audioset`'s Celery worker with each setting and read the result lines it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import orjson
+import pytest
+
+from audioset_batch.jobs import open_job_store
+from audioset_batch.object_store import CosStore
+from producers.enqueue import enqueue
+from tests.conftest import Stack, WorkerProcess
+from tests.helpers import wait_job, write_h5
+from worker.app import make_app
+
+pytestmark = pytest.mark.integration
+
+
+def score_with(stack: Stack, tmp_path: Path, env: dict[str, str], files: dict[str, Path]) -> dict[str, bytes | None]:
+    """Upload ``files``, score them with a worker started with ``env``; returns each result object by suffix."""
+    store = CosStore(stack.settings())
+    prefix = f"settings-{len(list(tmp_path.iterdir()))}"
+    for name, path in files.items():
+        store.upload_file(path, stack.input_bucket, f"{prefix}/{name}")
+    worker = WorkerProcess({**stack.env, **env}, tmp_path / "w.log")
+    try:
+        settings = stack.settings()
+        jobs = open_job_store(settings.effective_state_url)
+        job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/{prefix}/"], settings).job
+        wait_job(jobs, job, 120)
+    finally:
+        worker.stop()
+    results: dict[str, bytes | None] = {}
+    for name in files:
+        base = f"predictions/{stack.input_bucket}/{prefix}/{name}"
+        for suffix in (".jsonl", ".summary.json", ".error.json"):
+            results[name + suffix] = store.get_bytes(stack.results_bucket, base + suffix)
+    return results
+
+
+def test_output_and_precision_settings_reach_the_queued_worker(stack: Stack, tmp_path: Path) -> None:
+    from model.int8_runtime import runtime_available
+
+    if not runtime_available():
+        pytest.fail("this TensorFlow build has no TFLite interpreter; int8 (the default's first choice) cannot run")
+    env = {
+        "AUDIOSET_PRECISION": "int8",
+        "AUDIOSET_TOP_K": "2",
+        "AUDIOSET_FULL_SCORES": "true",
+        "AUDIOSET_METRICS_MAX_CLIPS": "3",
+        "AUDIOSET_BATCH_SIZE": "2",
+        "AUDIOSET_READ_CHUNK_CLIPS": "3",
+    }
+    results = score_with(stack, tmp_path, env, {"a.h5": write_h5(tmp_path / "a.h5", clips=7, classes=12)})
+    lines = [orjson.loads(line) for line in (results["a.h5.jsonl"] or b"").splitlines()]
+    assert [line["index"] for line in lines] == list(range(7))  # three reads of 3 clips, batches of 2
+    assert all(line["model"] == "tiny@0+int8" for line in lines)  # AUDIOSET_PRECISION
+    assert all(len(line["labels"]) == 2 for line in lines)  # AUDIOSET_TOP_K
+    assert all(len(line["scores"]) == 12 for line in lines)  # AUDIOSET_FULL_SCORES
+    summary = orjson.loads(results["a.h5.summary.json"] or b"{}")
+    assert summary["model"] == "tiny@0+int8" and summary["top_k"] == 2 and summary["full_scores"] is True
+    assert summary["metrics"] is None and "AUDIOSET_METRICS_MAX_CLIPS=3" in summary["notes"][0]
+
+
+def test_the_default_precision_is_auto_and_picks_int8(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audioset_batch.settings import Settings
+    from model.int8_runtime import runtime_available
+
+    monkeypatch.delenv("AUDIOSET_PRECISION", raising=False)  # the suite pins float32; this test wants the default
+    assert Settings.model_fields["precision"].default == "auto"
+    results = score_with(stack, tmp_path, {}, {"a.h5": write_h5(tmp_path / "a.h5", clips=2)})
+    line = orjson.loads((results["a.h5.jsonl"] or b"").splitlines()[0])
+    assert line["model"] == ("tiny@0+int8" if runtime_available() else "tiny@0")
+
+
+def test_limit_settings_reach_the_queued_worker(stack: Stack, tmp_path: Path) -> None:
+    chunked = tmp_path / "chunked.h5"
+    with h5py.File(chunked, "w") as f:
+        f.create_dataset("x", data=np.zeros((2, 10, 128), np.uint8), chunks=(2, 10, 128))
+    big = write_h5(tmp_path / "big.h5", clips=40)
+    env = {
+        "AUDIOSET_MAX_CLIPS": "5",
+        "AUDIOSET_MAX_CHUNK_BYTES": "1000",
+        "AUDIOSET_MAX_OBJECT_BYTES": str(big.stat().st_size - 1),
+    }
+    files = {"many.h5": write_h5(tmp_path / "many.h5", clips=6), "chunked.h5": chunked, "big.h5": big}
+    files["ok.h5"] = write_h5(tmp_path / "ok.h5", clips=3)
+    results = score_with(stack, tmp_path, env, files)
+    for name, limit in (
+        ("many.h5", "AUDIOSET_MAX_CLIPS=5"),
+        ("chunked.h5", "AUDIOSET_MAX_CHUNK_BYTES=1000"),
+        ("big.h5", "AUDIOSET_MAX_OBJECT_BYTES="),
+    ):
+        record = orjson.loads(results[name + ".error.json"] or b"{}")
+        assert record.get("error") == "LimitExceededError" and limit in record["message"], (name, record)
+    assert len((results["ok.h5.jsonl"] or b"").splitlines()) == 3
