@@ -20,6 +20,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install lint  ## lint, type-check and run every test (starts its own redis-server, S3 server and workers)
 	@command -v redis-server >/dev/null || { echo "tests need redis-server on PATH (apt-get install redis-server)"; exit 1; }

@@ -333,14 +333,14 @@ def jobs_delete(job_ids: tuple[str, ...]) -> None:
 @friendly_errors
 def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
-    from worker.app import app
+    from worker.app import get_app
     from worker.config import worker_argv
 
     settings = _settings()
     argv = worker_argv(
         concurrency or settings.effective_concurrency, queues or settings.queue, settings.log_level, *celery_args
     )
-    app.worker_main(argv)
+    get_app().worker_main(argv)
 
 
 @main.command()

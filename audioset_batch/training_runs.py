@@ -23,6 +23,7 @@ from audioset_batch.errors import AudiosetError, ConfigError
 from audioset_batch.jobs import JobStore
 from audioset_batch.object_store import ObjectURL, check_key, check_source, store_for
 from audioset_batch.settings import Settings
+from audioset_batch.task_names import TRAIN_TASK
 from model.training import Progress, TrainConfig
 
 log = logging.getLogger("audioset.training")
@@ -128,8 +129,6 @@ def check_queued_locations(spec: TrainingSpec, settings: Settings) -> None:
 
 
 def submit(spec: TrainingSpec, app: Any, store: JobStore, queue: str) -> str:
-    from worker.config import TRAIN_TASK
-
     run_id = new_run_id()
     store.put_run(
         run_id,

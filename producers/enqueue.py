@@ -13,7 +13,7 @@ from audioset_batch.jobs import JobStore
 from audioset_batch.object_store import ObjectInfo, ObjectURL, check_source, store_for
 from audioset_batch.results import is_hdf5_key, is_result_key
 from audioset_batch.settings import Settings
-from worker.config import SCORE_TASK
+from audioset_batch.task_names import SCORE_TASK
 
 log = logging.getLogger("audioset.producer")
 BATCH = 500

@@ -1,4 +1,7 @@
-"""The Celery application. ``celery -A worker worker`` finds it as ``worker.app``."""
+"""The Celery application, built when first asked for (``celery -A worker`` asks ``worker.celery``).
+
+Importing this module reads no settings and connects to nothing.
+"""
 
 from __future__ import annotations
 
@@ -29,11 +32,15 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-def _prepare_metrics() -> None:
-    from worker.metrics import prepare_multiprocess_dir
-
-    prepare_multiprocess_dir(get_settings())
+_app: Celery | None = None
 
 
-_prepare_metrics()  # before anything imports prometheus_client
-app = make_app()
+def get_app() -> Celery:
+    """The worker's app, from the environment's settings; built once, on first use."""
+    global _app
+    if _app is None:
+        from worker.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(get_settings())  # before anything imports prometheus_client
+        _app = make_app()
+    return _app

@@ -8,10 +8,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from audioset_batch.settings import Settings
+from audioset_batch.task_names import SCORE_TASK, TRAIN_TASK, TRAINING_QUEUE
 
-SCORE_TASK = "audioset.score_object"
-TRAIN_TASK = "audioset.train_model"
-TRAINING_QUEUE = "training"
+__all__ = ["SCORE_TASK", "TRAINING_QUEUE", "TRAIN_TASK", "celery_config", "worker_argv", "worker_command"]
 
 
 def worker_argv(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str) -> list[str]:

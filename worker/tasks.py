@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
@@ -28,7 +28,6 @@ from audioset_batch.pipeline import ObjectScorer, record_failure
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
 from worker import metrics
-from worker.app import app
 from worker.config import SCORE_TASK, TRAIN_TASK, TRAINING_QUEUE
 from worker.runtime import job_store, load_scorer, reset_scorer
 
@@ -159,7 +158,7 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
 
 
 # ``throws``: a failed file is an expected outcome: Celery logs it in one line, without a traceback.
-@app.task(bind=True, name=SCORE_TASK, base=ScoringTask, throws=(FileFailedError,))
+@shared_task(bind=True, name=SCORE_TASK, base=ScoringTask, throws=(FileFailedError,))
 def score_object(
     self: Task, url: str, job: str | None = None, force: bool = False, item: str | None = None
 ) -> dict[str, Any]:
@@ -228,7 +227,7 @@ TRAINING_TIME_LIMIT = 14 * 24 * 3600
 
 # Acked on receipt, unlike scoring: a multi-hour run must not be redelivered to a second worker when
 # the Redis visibility timeout passes. A lost run is resumed from its checkpoint by resubmitting.
-@app.task(
+@shared_task(
     bind=True,
     name=TRAIN_TASK,
     acks_late=False,
