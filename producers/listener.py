@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +237,45 @@ class Listener:
             log.warning("AUDIOSET_ALLOWED_SOURCES is empty: notifications may name any bucket the credentials can read")
         counters = lambda: {k: v for k, v in self.jobs.counters().items() if k.startswith("listener.")}  # noqa: E731
         return NotificationEndpoint(host, port, self.http_reply, counters, token=token, limits=limits)
+
+
+def serve_until_stopped(
+    listener: Listener,
+    *,
+    http: tuple[str, int] | None,
+    redis_list: str | None,
+    redis_url: str | None,
+    announce: Callable[[str], None] = log.info,
+) -> None:
+    """Run the HTTP endpoint and/or the Redis-list consumer until SIGTERM or SIGINT, then stop both cleanly."""
+    settings = listener.settings
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    server = None
+    if http is not None:
+        limits = EndpointLimits(
+            max_connections=settings.listen_max_connections, request_timeout=settings.listen_timeout
+        )
+        server = listener.http_server(http[0], http[1], limits)
+        threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
+        announce(f"listening for HTTP notifications on {http[0]}:{server.server_port}")
+    if redis_list:
+        source = redis_url or settings.broker_url
+        threads.append(
+            threading.Thread(
+                target=listener.run_redis_list, name="redis-list", daemon=True, args=(source, redis_list, stop)
+            )
+        )
+        announce(f"listening on Redis list {redis_list}")
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    if server is not None:
+        server.shutdown()
+    for thread in threads:
+        thread.join(timeout=5)
 
 
 def is_loopback(host: str) -> bool:

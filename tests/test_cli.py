@@ -21,6 +21,7 @@ def isolated_settings(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None
         if name.startswith("AUDIOSET_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
+    monkeypatch.setenv("AUDIOSET_PRECISION", "float32")  # exact model tags; the default has its own tests
     get_settings.cache_clear()
 
 

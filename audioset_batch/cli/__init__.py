@@ -1,0 +1,11 @@
+"""The ``audioset`` command line: one module per command group, each command a thin shell over the library.
+
+``main`` is the click group; importing this package registers every command on it.
+"""
+
+from __future__ import annotations
+
+from audioset_batch.cli import ops, queue, scoring, service, training
+from audioset_batch.cli.common import main
+
+__all__ = ["main", "ops", "queue", "scoring", "service", "training"]

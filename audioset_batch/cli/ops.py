@@ -1,0 +1,54 @@
+"""Operations: ``doctor`` (checks every dependency) and ``config`` (the effective settings)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from audioset_batch.cli.common import cli_settings, friendly_errors, main
+from audioset_batch.settings import get_settings
+
+
+@main.command()
+@click.option(
+    "--store",
+    "scheme",
+    type=click.Choice(["auto", "cos", "file"]),
+    default="auto",
+    show_default=True,
+    help="Which object store to check; auto = COS when AUDIOSET_COS_ENDPOINT is set, else the local folders.",
+)
+@friendly_errors
+def doctor(scheme: str) -> None:
+    """Check broker, state store, object store, buckets, results write access and the model."""
+    from audioset_batch.doctor import run_checks
+
+    settings = cli_settings()
+    if scheme == "auto":
+        scheme = "cos" if settings.cos_endpoint else "file"
+    checks = run_checks(settings, scheme)
+    for check in checks:
+        click.echo(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        if not check.ok and check.hint:
+            click.echo(f"      fix: {check.hint}")
+    failed = sum(not c.ok for c in checks)
+    click.echo(f"{len(checks) - failed} of {len(checks)} checks passed")
+    sys.exit(1 if failed else 0)
+
+
+@main.command("config")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def show_config(as_json: bool) -> None:
+    """Print the effective settings (secrets masked) and exit non-zero if they are invalid."""
+    settings = get_settings()
+    values = {
+        f"AUDIOSET_{name.upper()}": ("***" if "Secret" in type(value).__name__ else value) for name, value in settings
+    }
+    if as_json:
+        click.echo(json.dumps(values, default=str, indent=2))
+    else:
+        for name, value in values.items():
+            click.echo(f"{name}={'' if value is None else value}")

@@ -1,0 +1,229 @@
+"""Scoring commands: ``score`` (one file or URL in-process), ``search`` (results), ``evaluate`` (metrics)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from audioset_batch.cli.common import cli_settings, friendly_errors, main
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Where the JSON Lines go ('-' for stdout).",
+)
+@click.option(
+    "--scores",
+    type=click.Choice(["top", "full"]),
+    default=None,
+    help="'full' adds every class score per clip (default: AUDIOSET_FULL_SCORES).",
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Labels per clip (default: AUDIOSET_TOP_K).")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Model artifact directory (default: the shipped model).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
+    default=None,
+    help="Inference precision (default: AUDIOSET_PRECISION).",
+)
+@friendly_errors
+def score(
+    source: str, output: str, scores: str | None, top_k: int | None, model_path: Path | None, precision: str | None
+) -> None:
+    """Score one FILE or URL in-process, with no queue; writes the worker's JSONL format."""
+    from audioset_batch.object_store import ObjectURL, store_for
+    from audioset_batch.pipeline import ObjectScorer
+
+    settings = cli_settings()
+    scorer = ObjectScorer.from_settings(
+        settings,
+        model_path=model_path,
+        precision=precision,
+        top_k=top_k,
+        full_scores=(scores == "full") if scores else None,
+    )
+
+    def run(path: Path, name: str, out: IO[bytes]) -> None:
+        result = scorer.score_local(path, out, name)
+        summary: dict[str, Any] = {
+            "source": name,
+            "clips": result.clips,
+            "model": scorer.model,
+            "seconds": round(result.seconds, 3),
+            "metrics": result.metrics,
+        }
+        if result.notes:
+            summary["notes"] = result.notes
+        click.echo(json.dumps(summary), err=True)
+
+    def with_output(path: Path, name: str) -> None:
+        if output == "-":
+            run(path, name, sys.stdout.buffer)
+            sys.stdout.flush()
+        else:
+            target = Path(output)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with tmp.open("wb") as fh:
+                run(path, name, fh)
+            tmp.replace(target)
+
+    if "://" in source:
+        url = ObjectURL.parse(source)
+        with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
+            store_for(url.scheme, settings).download(url.bucket, url.key, tmp)
+            tmp.flush()
+            with_output(Path(tmp.name), f"{url.bucket}/{url.key}")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise click.BadParameter(f"{source}: no such file", param_hint="SOURCE")
+        with_output(path, str(path))
+
+
+@main.command()
+@click.argument("label")
+@click.option(
+    "--results",
+    "results_url",
+    required=True,
+    help="Results prefix to search, e.g. cos://results/predictions/ or file://results/predictions/.",
+)
+@click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Artifact whose classes the results use (default: AUDIOSET_MODEL_PATH).",
+)
+@friendly_errors
+def search(label: str, results_url: str, min_score: float, limit: int, as_json: bool, model_path: Path | None) -> None:
+    """Find the clips where LABEL (display name or mid) scored at least --min-score, best first."""
+    from audioset_batch.object_store import ObjectURL, store_for
+    from audioset_batch.search import resolve_label, result_records, search_records
+    from model.artifact import read_manifest
+
+    settings = cli_settings()
+    classes = read_manifest(model_path or settings.model_path).classes
+    target = resolve_label(label, classes)
+    url = ObjectURL.parse(results_url, settings.results_bucket)
+    hits = search_records(result_records(store_for(url.scheme, settings), url), target, min_score, limit)
+    for hit in hits:
+        if as_json:
+            click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
+        else:
+            where = f"  {hit.youtube_url}" if hit.youtube_url else ""
+            click.echo(f"{hit.score:.3f}  {hit.source} #{hit.index}{where}")
+    if not hits and not as_json:
+        click.echo(f"no clip with {target.name} >= {min_score}", err=True)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("data", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout.")
+@click.option(
+    "--per-class",
+    "per_class",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write class, positives, AP, AUC per class to this CSV.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG of per-class AP against class frequency.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
+    default=None,
+    help="Inference precision to evaluate (default: AUDIOSET_PRECISION).",
+)
+@friendly_errors
+def evaluate(
+    model_path: Path,
+    data: tuple[str, ...],
+    as_json: bool,
+    per_class: Path | None,
+    plot: Path | None,
+    precision: str | None,
+) -> None:
+    """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
+    from audioset_batch.datasets import load_dataset
+    from audioset_batch.pipeline import load_predictor
+    from model.metrics import evaluate as compute
+
+    settings = cli_settings()
+    predictor = load_predictor(settings, model_path, precision)
+    dataset = load_dataset(list(data), settings)
+    if dataset.y.shape[1] != predictor.classes:
+        raise click.BadParameter(f"data has {dataset.y.shape[1]} classes, the model {predictor.classes}")
+    result = compute(dataset.y, predictor.predict(dataset.x))
+    classes = predictor.manifest.classes
+    if per_class:
+        with per_class.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["index", "mid", "name", "positives", "average_precision", "auc"])
+            for m in result.per_class:
+                writer.writerow(
+                    [
+                        m.index,
+                        classes[m.index].mid,
+                        classes[m.index].name,
+                        m.positives,
+                        "" if m.average_precision is None else f"{m.average_precision:.6f}",
+                        "" if m.auc is None else f"{m.auc:.6f}",
+                    ]
+                )
+    if plot:
+        _plot_ap(result, plot)
+    summary = {"model": predictor.tag, **result.summary()}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"model {summary['model']} on {result.clips} clips: mAP {result.mean_average_precision:.4f}  "
+            f"mean AUC {result.mean_auc:.4f}  d-prime {result.d_prime:.3f}"
+        )
+
+
+def _plot_ap(result: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(m.positives, m.average_precision) for m in result.per_class if m.average_precision is not None]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([p for p, _ in points], [ap for _, ap in points], s=8, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("positive clips in the evaluation data (log)")
+    ax.set_ylabel("average precision")
+    ax.set_title(f"per-class AP (mAP {result.mean_average_precision:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
