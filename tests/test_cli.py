@@ -224,3 +224,19 @@ def test_unknown_job_or_run_is_one_clear_line(tmp_path: Path, monkeypatch: pytes
     assert job.exit_code == 2 and job.output == "error: no job 'nope' (see `audioset jobs list`)\n"
     run = CliRunner().invoke(main, ["training", "show", "nope"])
     assert run.exit_code == 2 and run.output == "error: no training run 'nope' (see `audioset training list`)\n"
+
+
+def test_every_training_setting_is_a_train_option_with_its_help() -> None:
+    """A new TrainConfig field is one edit: the option, its type, range and help come from the field."""
+    from dataclasses import fields
+
+    from audioset_batch.cli.training import config_from_options, train
+    from model.training import TrainConfig
+
+    options = {param.name: param for param in train.params}
+    for spec in fields(TrainConfig):
+        if not spec.metadata.get("hidden"):
+            assert spec.name in options and options[spec.name].help, spec.name  # type: ignore[attr-defined]
+    parsed = train.make_context("train", ["x.h5", "--sampling", "shuffle", "--teacher", "a", "--eval-every", "7"])
+    config = config_from_options(parsed.params)
+    assert (config.balanced, config.teachers, config.checkpoint_every) == (False, ["a"], 7)

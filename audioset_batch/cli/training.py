@@ -5,14 +5,67 @@ from __future__ import annotations
 import json
 import sys
 import time
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from audioset_batch.cli.common import cli_settings, friendly_errors, main
+from audioset_batch.cli.common import F, cli_settings, friendly_errors, main
+from model.training import TrainConfig, TrainConfigError
 
-# --- training and evaluation -----------------------------------------------------------------
+
+def train_options(command: F) -> F:
+    """One option per :class:`TrainConfig` field, named, typed, checked and explained by the field itself."""
+    hints = typing.get_type_hints(TrainConfig)
+    for spec in reversed(fields(TrainConfig)):
+        meta = spec.metadata
+        if meta.get("hidden"):
+            continue
+        flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
+        default = spec.default if spec.default is not MISSING else spec.default_factory()  # type: ignore[misc]
+        kind = hints[spec.name]
+        kwargs: dict[str, Any] = {"help": meta.get("help") or None, "show_default": default not in (None, [])}
+        if "values" in meta:
+            kwargs["type"] = click.Choice(list(meta["values"]))
+            kwargs["default"] = next(k for k, v in meta["values"].items() if v == default)
+        elif "choices" in meta:
+            kwargs["type"], kwargs["default"] = click.Choice(list(meta["choices"])), default
+        elif meta.get("multiple"):
+            kwargs["multiple"] = True
+        else:
+            types = typing.get_args(kind) or (kind,)  # int | None -> (int, NoneType)
+            base = int if int in types else float if float in types else str
+            limits = {k: meta[k] for k in ("min", "max", "min_open", "max_open") if k in meta}
+            if base is int and limits:
+                kwargs["type"] = click.IntRange(**limits)
+            elif base is float and limits:
+                kwargs["type"] = click.FloatRange(**limits)
+            else:
+                kwargs["type"] = base
+            kwargs["default"] = default
+        command = click.option(flag, spec.name, **kwargs)(command)
+    return command
+
+
+def config_from_options(options: dict[str, Any]) -> TrainConfig:
+    """The run's :class:`TrainConfig` from the parsed options (a bad combination is a usage error)."""
+    values: dict[str, Any] = {}
+    for spec in fields(TrainConfig):
+        if spec.name not in options:
+            continue
+        value = options[spec.name]
+        if "values" in spec.metadata:
+            value = spec.metadata["values"][value]
+        elif spec.metadata.get("multiple"):
+            value = list(value)
+        values[spec.name] = value
+    values["checkpoint_every"] = values.get("eval_every", TrainConfig().eval_every)
+    try:
+        return TrainConfig(**values)
+    except TrainConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
@@ -44,125 +97,7 @@ from audioset_batch.cli.common import cli_settings, friendly_errors, main
     help="Labelled HDF5 file(s) (paths or URLs) to select checkpoints on, instead of holding out a split: "
     "every clip of DATA is then trained on.",
 )
-@click.option("--architecture", default="decision_level_multi_attention", show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=4000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
-@click.option(
-    "--weight-decay",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Decoupled weight decay (AdamW): each step shrinks every weight by learning-rate x this; 0 = off.",
-)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
-@click.option(
-    "--hidden-units", type=click.IntRange(min=1), default=1024, show_default=True, help="Width of each branch."
-)
-@click.option(
-    "--branches",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Independent copies trained side by side and served as their mean (an ensemble in one model).",
-)
-@click.option(
-    "--ema-decay",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Evaluate and keep an exponential moving average of the weights (e.g. 0.999); 0 = off.",
-)
-@click.option(
-    "--teacher",
-    "teachers",
-    multiple=True,
-    help="Distil from this model artifact (repeat for an ensemble): their mean prediction is a soft target.",
-)
-@click.option(
-    "--distill-weight",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Weight of the soft targets (--teacher or --cross-fit) against the labels.",
-)
-@click.option(
-    "--cross-fit",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Train K fold models first; each clip's out-of-fold prediction becomes its soft target. 0 = off.",
-)
-@click.option(
-    "--fold-hidden-units",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Width of the --cross-fit fold models (default: --hidden-units): a wide model can learn from narrower folds.",
-)
-@click.option(
-    "--mixup",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Mixup on embeddings with Beta(ALPHA, ALPHA) weights (e.g. 0.3); 0 = off.",
-)
-@click.option(
-    "--frame-mix",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Splice clips: up to this share of each clip's frames come from another clip in the batch; 0 = off.",
-)
-@click.option(
-    "--frame-mix-targets",
-    type=click.Choice(["share", "union"]),
-    default="share",
-    show_default=True,
-    help="Targets of a spliced clip: blended by frame share, or the union of both label sets.",
-)
-@click.option(
-    "--label-smoothing",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Pull the 0/1 targets towards 0.5 by this amount (e.g. 0.1); 0 = off.",
-)
-@click.option(
-    "--lr-schedule",
-    type=click.Choice(["constant", "cosine"]),
-    default="constant",
-    show_default=True,
-    help="cosine: decay the learning rate to 1% of --learning-rate over --iterations.",
-)
-@click.option("--sampling", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(["float32", "bfloat16"]),
-    default="float32",
-    show_default=True,
-    help="Training arithmetic. bfloat16: mixed precision (float32 weights), about 1.5x faster on CPUs with "
-    "avx512_bf16/AMX; validation and the artifact stay float32.",
-)
-@click.option(
-    "--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True
-)
-@click.option("--eval-every", type=click.IntRange(min=1), default=250, show_default=True)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Stop after this many evaluations in a row without a better validation mAP; 0 = run all iterations.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--split-seed",
-    type=int,
-    default=None,
-    help="Seed of the validation hold-out (default: --seed). Keep it fixed to compare runs or distil between them.",
-)
-@click.option("--name", default="audioset-model", show_default=True)
-@click.option("--version", "model_version", default="1", show_default=True)
+@train_options
 @friendly_errors
 def train(
     data: tuple[str, ...],
@@ -170,33 +105,7 @@ def train(
     labels_path: Path | None,
     output: Path | None,
     validation_data: tuple[str, ...],
-    architecture: str,
-    iterations: int,
-    batch_size: int,
-    learning_rate: float,
-    weight_decay: float,
-    dropout: float,
-    hidden_units: int,
-    branches: int,
-    ema_decay: float,
-    teachers: tuple[str, ...],
-    distill_weight: float,
-    cross_fit: int,
-    fold_hidden_units: int | None,
-    mixup: float,
-    frame_mix: float,
-    frame_mix_targets: str,
-    label_smoothing: float,
-    lr_schedule: str,
-    sampling: str,
-    precision: str,
-    validation_fraction: float,
-    eval_every: int,
-    patience: int,
-    seed: int,
-    split_seed: int | None,
-    name: str,
-    model_version: str,
+    **options: Any,
 ) -> None:
     """Train a model on labelled HDF5 files (paths or bucket URLs), or queue a run with --submit."""
     settings = cli_settings()
@@ -220,10 +129,12 @@ def train(
     from model.architectures import ARCHITECTURES
     from model.artifact import read_manifest
     from model.labels import load_labels
-    from model.training import Progress, TrainConfig
+    from model.training import Progress
     from model.training import train as run_training
 
-    if architecture not in ARCHITECTURES:
+    config = config_from_options(options)  # checked before any data loads
+
+    if config.architecture not in ARCHITECTURES:
         raise click.BadParameter(f"choose one of {', '.join(ARCHITECTURES)}", param_hint="--architecture")
     if settings.tf_threads:
         from worker.runtime import configure_tensorflow
@@ -232,36 +143,7 @@ def train(
     labels = load_labels(labels_path) if labels_path else read_manifest(settings.model_path).classes
     dataset = load_dataset(list(data), settings)
     held_out = load_dataset(list(validation_data), settings) if validation_data else None
-    config = TrainConfig(
-        architecture=architecture,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        iterations=iterations,
-        dropout=dropout,
-        hidden_units=hidden_units,
-        branches=branches,
-        ema_decay=ema_decay,
-        teachers=list(teachers),
-        distill_weight=distill_weight,
-        cross_fit=cross_fit,
-        fold_hidden_units=fold_hidden_units,
-        mixup=mixup,
-        frame_mix=frame_mix,
-        frame_mix_targets=frame_mix_targets,
-        label_smoothing=label_smoothing,
-        lr_schedule=lr_schedule,
-        balanced=sampling == "balanced",
-        precision=precision,
-        validation_fraction=validation_fraction,
-        eval_every=eval_every,
-        checkpoint_every=eval_every,
-        patience=patience,
-        seed=seed,
-        split_seed=split_seed,
-        name=name,
-        version=model_version,
-    )
+    iterations = config.iterations
     bar = tqdm(total=iterations, desc="train", unit="it", file=sys.stderr)
     last_map: list[float] = []
     stage = [""]
