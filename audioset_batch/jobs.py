@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,17 +62,7 @@ class JobStatus:
         return self.pending == 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "created": self.created,
-            "total": self.total,
-            "scored": self.scored,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "pending": self.pending,
-            "finished": self.finished,
-        }
+        return {**asdict(self), "pending": self.pending, "finished": self.finished}
 
 
 class JobStore(Protocol):

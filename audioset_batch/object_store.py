@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from audioset_batch.errors import (
     AccessDeniedError,
@@ -450,4 +450,4 @@ def store_for(scheme: str, settings: Settings) -> ObjectStore:
 
 def decode_key(raw: str) -> str:
     """Decode a key as S3 notifications send it: ``+`` is a space, then ``%xx`` escapes."""
-    return unquote(raw.replace("+", " "))
+    return unquote_plus(raw)

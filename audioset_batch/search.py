@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import heapq
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -40,14 +40,7 @@ class Hit:
         return f"https://www.youtube.com/watch?v={self.video_id}&t={start}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "score": self.score,
-            "source": self.source,
-            "index": self.index,
-            "video_id": self.video_id,
-            "start_time_seconds": self.start_time_seconds,
-            "youtube_url": self.youtube_url,
-        }
+        return {**asdict(self), "youtube_url": self.youtube_url}
 
 
 def resolve_label(query: str, classes: list[ClassLabel]) -> ClassLabel:

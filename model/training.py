@@ -184,9 +184,10 @@ def learning_rate_at(base: float, schedule: str, iteration: int, iterations: int
         return base
     if schedule != "cosine":
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-    progress = min(max(iteration, 0), iterations) / max(iterations, 1)
-    floor = COSINE_FLOOR * base
-    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    import keras
+
+    decay = keras.optimizers.schedules.CosineDecay(base, max(iterations, 1), alpha=COSINE_FLOOR)
+    return float(decay(min(max(iteration, 0), iterations)))
 
 
 def smooth_labels(targets: np.ndarray, amount: float) -> np.ndarray:

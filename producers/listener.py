@@ -23,11 +23,12 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery
 
+from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import AudiosetError, ConfigError, InvalidObjectKeyError, ObjectNotFoundError
 from audioset_batch.jobs import JobStore
 from audioset_batch.object_store import ObjectURL, check_source, store_for
@@ -65,14 +66,7 @@ class Handled:
     removed: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {
-            "events": self.events,
-            "enqueued": self.enqueued,
-            "duplicates": self.duplicates,
-            "filtered": self.filtered,
-            "missing": self.missing,
-            "removed": self.removed,
-        }
+        return asdict(self)
 
 
 class Listener:
@@ -169,8 +163,8 @@ class Listener:
                     pass  # logged and counted in handle(); drop it and carry on
                 except Exception as exc:
                     if is_transient(exc):
-                        delay = min(RETRY_MAX_SECONDS, 2.0**retries)
                         retries += 1
+                        delay = backoff_delay(retries, 1.0, RETRY_MAX_SECONDS, jitter=False)
                         log.warning("could not enqueue a notification (%s); retrying in %.0f s", exc, delay)
                         stop.wait(delay)
                         continue

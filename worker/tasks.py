@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
+from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import (
     AttemptsExhaustedError,
     AudiosetError,
@@ -81,12 +81,6 @@ def _forget_child(pid: int | None = None, **_: Any) -> None:
         metrics.process_died(pid)
 
 
-def backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: uniform in [base/2, min(cap, base * 2^(attempt-1))]."""
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return random.uniform(min(base / 2, ceiling), ceiling)
-
-
 T = TypeVar("T")
 STATE_RETRY_SECONDS = 120.0
 
@@ -97,18 +91,19 @@ def with_state_retry(what: str, call: Callable[[], T]) -> T:
     Giving up would fail the task after its result was written, and the job would never count it.
     """
     deadline = time.monotonic() + STATE_RETRY_SECONDS
-    delay = 0.2
+    attempt = 0
     while True:
         try:
             return call()
         except Exception as exc:
+            attempt += 1
+            delay = backoff_delay(attempt, 0.2, 5.0, jitter=False)
             if time.monotonic() + delay > deadline:
                 raise
             log.warning(
                 "state store unavailable for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
             )
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _finish(job: str | None, item: str, status: str) -> None:
@@ -199,7 +194,7 @@ def _score(
     except TransientStorageError as exc:
         if attempt >= settings.max_attempts:
             return _failed(scorer, parsed, exc, attempt, job, item)
-        delay = backoff_seconds(attempt, settings.retry_backoff, settings.retry_backoff_max)
+        delay = backoff_delay(attempt, settings.retry_backoff, settings.retry_backoff_max)
         log.warning(
             "transient error on %s (attempt %d/%d), retrying in %.1fs: %s",
             url,
