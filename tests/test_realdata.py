@@ -79,3 +79,19 @@ def test_fast_precision_map_within_0_002_of_float32(
     assert abs(full.mean_average_precision - fast.mean_average_precision) < 0.002
     card = (Path(__file__).resolve().parent.parent / "docs" / "model-card.md").read_text(encoding="utf-8")
     assert f"+{precision}" in card, "the model card must quote each fast precision's validation mAP"
+
+
+@pytest.fixture(scope="module")
+def eval_half() -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(data_dir() / "eval_half.h5", "r") as f:
+        return f["x"][:], f["y"][:].astype(bool)
+
+
+def test_shipped_model_on_real_eval_clips_at_the_default_precision(eval_half: tuple[np.ndarray, np.ndarray]) -> None:
+    """The model card's eval_half figures, recomputed: float32 and int8 (what `auto` picks), within 0.002."""
+    x, y = eval_half
+    full = evaluate(y, Predictor.from_artifact(DEFAULT_MODEL_PATH).predict(x)).mean_average_precision
+    fast = evaluate(y, Predictor.from_artifact(DEFAULT_MODEL_PATH, precision="int8").predict(x)).mean_average_precision
+    assert abs(full - fast) < 0.002
+    card = (Path(__file__).resolve().parent.parent / "docs" / "model-card.md").read_text(encoding="utf-8")
+    assert f"**{full:.4f}**" in card, "the model card must quote the shipped model's eval_half mAP"
