@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from audioset_batch.jobs import open_job_store
-from audioset_batch.object_store import LocalStore
+from audioset_batch.local_store import LocalStore
 from audioset_batch.results import loads, result_keys
 from audioset_batch.settings import Settings, load_settings
 

@@ -21,78 +21,50 @@ from types import TracebackType
 import h5py
 import numpy as np
 
-from audioset_batch.errors import InputFileError, LimitExceededError
+from audioset_batch.errors import (
+    CorruptFileError,
+    EmptyDatasetError,
+    EmptyFileError,
+    ExternalLinkError,
+    ExternalStorageError,
+    ForeignDataError,
+    FrameCountError,
+    InputFileError,
+    LayoutError,
+    LimitExceededError,
+    MissingDatasetError,
+    NonFiniteError,
+    NotHDF5Error,
+    OversizeFieldError,
+    SoftLinkError,
+    SparseDatasetError,
+    TruncatedFileError,
+    VirtualDatasetError,
+)
 
 EMBEDDING_WIDTH = 128
-
-
-class NotHDF5Error(InputFileError):
-    """The bytes are not an HDF5 file."""
-
-
-class EmptyFileError(InputFileError):
-    """The object has zero bytes."""
-
-
-class TruncatedFileError(InputFileError):
-    """The file ends before the data it declares."""
-
-
-class CorruptFileError(InputFileError):
-    """HDF5 could not read the file's structure or data."""
-
-
-class LayoutError(InputFileError):
-    """A dataset is missing, or has the wrong rank, width, length or type."""
-
-
-class MissingDatasetError(LayoutError):
-    """A required dataset (``x``) is absent."""
-
-
-class EmptyDatasetError(LayoutError):
-    """``x`` holds zero clips (or zero frames)."""
-
-
-class NonFiniteError(InputFileError):
-    """Float embeddings contain NaN or infinity, or values too large to score."""
-
-
-class FrameCountError(LayoutError):
-    """``x`` has a different number of frames per clip than the model takes."""
-
-
-class ForeignDataError(InputFileError):
-    """A dataset's bytes do not live in the file itself.
-
-    Reading them would read another file on the worker's disk (another tenant's
-    download, ``/proc/self/environ``), so such files are refused before any byte is read.
-    """
-
-
-class ExternalStorageError(ForeignDataError):
-    """A dataset is declared with HDF5 external raw storage (its bytes are in other files)."""
-
-
-class VirtualDatasetError(ForeignDataError):
-    """A dataset is an HDF5 virtual dataset (it maps data from other files)."""
-
-
-class ExternalLinkError(ForeignDataError):
-    """A dataset name is an HDF5 external link into another file."""
-
-
-class SoftLinkError(ForeignDataError):
-    """A dataset name is a soft link; the layout expects the dataset itself at that name."""
-
-
-class SparseDatasetError(LimitExceededError):
-    """A dataset declares far more data than the file stores (unwritten chunks): scoring it would
-    burn the time limit on fill values."""
-
-
-class OversizeFieldError(LimitExceededError):
-    """A per-clip field (video id, label row) is wider than any real file needs."""
+__all__ = [
+    "Chunk",
+    "CorruptFileError",
+    "EmbeddingFile",
+    "EmptyDatasetError",
+    "EmptyFileError",
+    "ExternalLinkError",
+    "ExternalStorageError",
+    "ForeignDataError",
+    "FrameCountError",
+    "LayoutError",
+    "Limits",
+    "MissingDatasetError",
+    "NonFiniteError",
+    "NotHDF5Error",
+    "OversizeFieldError",
+    "SoftLinkError",
+    "SparseDatasetError",
+    "TruncatedFileError",
+    "VirtualDatasetError",
+    "pin_external_prefixes",
+]
 
 
 @dataclass(frozen=True, slots=True)

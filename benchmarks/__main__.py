@@ -172,8 +172,8 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path, threads: int 
         "AUDIOSET_LOG_LEVEL": "WARNING",
     }
     os.environ.update(env)
+    from audioset_batch.cos_store import CosStore
     from audioset_batch.jobs import open_job_store
-    from audioset_batch.object_store import CosStore
     from audioset_batch.settings import load_settings
     from producers.enqueue import enqueue
     from worker.app import make_app

@@ -165,7 +165,7 @@ def stack(redis_server: RedisServer, s3_endpoint: str, tiny_model: Path) -> Stac
         "AUDIOSET_LOG_LEVEL": "INFO",
     }
     stack = Stack(env=env, input_bucket=f"input-{suffix}", results_bucket=f"results-{suffix}")
-    from audioset_batch.object_store import CosStore
+    from audioset_batch.cos_store import CosStore
 
     client = CosStore(stack.settings()).client
     client.create_bucket(Bucket=stack.input_bucket)

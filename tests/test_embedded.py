@@ -82,7 +82,8 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
     """The state kill -9 leaves: the filesystem broker already dropped the message, the watch job holds the
     item as pending, a download sits in the temp folder. A restart must score the file and clean up."""
     from audioset_batch.jobs import open_job_store
-    from audioset_batch.object_store import LocalStore, ObjectURL
+    from audioset_batch.local_store import LocalStore
+    from audioset_batch.object_store import ObjectURL
     from producers.watcher import watch_job_id
 
     root = (tmp_path / "buckets").resolve()

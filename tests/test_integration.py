@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from audioset_batch.cos_store import CosStore
 from audioset_batch.jobs import open_job_store
-from audioset_batch.object_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import ROOT, Stack, WorkerProcess
 from tests.helpers import wait_job, write_h5

@@ -5,14 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from audioset_batch.jobs import (
-    JobStore,
-    RedisJobStore,
-    SqliteJobStore,
-    UnknownJobError,
-    open_job_store,
-    prunable_jobs,
-)
+from audioset_batch.jobs import JobStore, UnknownJobError, open_job_store, prunable_jobs
+from audioset_batch.jobs_redis import RedisJobStore
+from audioset_batch.jobs_sqlite import SqliteJobStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])

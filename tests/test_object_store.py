@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from audioset_batch.cos_store import CosStore, translate_error
 from audioset_batch.errors import (
     AccessDeniedError,
     InvalidObjectKeyError,
@@ -13,7 +14,8 @@ from audioset_batch.errors import (
     StorageError,
     TransientStorageError,
 )
-from audioset_batch.object_store import CosStore, LocalStore, ObjectURL, decode_key, translate_error
+from audioset_batch.local_store import LocalStore
+from audioset_batch.object_store import ObjectURL, decode_key
 from audioset_batch.settings import load_settings
 from tests.conftest import cos_env
 

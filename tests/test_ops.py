@@ -140,8 +140,8 @@ def test_doctor_passes_on_a_healthy_stack_and_explains_failures(stack: Stack) ->
 
 @pytest.mark.integration
 def test_json_logs_carry_job_source_and_attempt(stack: Stack, tmp_path: Path) -> None:
+    from audioset_batch.cos_store import CosStore
     from audioset_batch.jobs import open_job_store
-    from audioset_batch.object_store import CosStore
     from producers.enqueue import enqueue
     from worker.app import make_app
 
@@ -170,8 +170,8 @@ def test_prometheus_metrics_from_two_worker_processes(stack: Stack, tmp_path: Pa
     import re
     import urllib.request
 
+    from audioset_batch.cos_store import CosStore
     from audioset_batch.jobs import open_job_store
-    from audioset_batch.object_store import CosStore
     from producers.enqueue import enqueue
     from worker.app import make_app
 

@@ -19,8 +19,8 @@ import kombu.exceptions
 import pytest
 import redis
 
+from audioset_batch.cos_store import CosStore
 from audioset_batch.jobs import open_job_store
-from audioset_batch.object_store import CosStore
 from producers.listener import Listener
 from producers.notifications import EventFilter, MalformedEventError, ObjectEvent, parse_events
 from producers.watcher import Watcher

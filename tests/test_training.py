@@ -236,7 +236,7 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
 
     import h5py
 
-    from audioset_batch.object_store import CosStore
+    from audioset_batch.cos_store import CosStore
     from tests.conftest import ROOT, WorkerProcess
 
     settings = stack.settings()

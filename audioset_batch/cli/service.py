@@ -151,7 +151,7 @@ def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None
     """Run the whole service locally: folder buckets, embedded broker, a worker and a watcher."""
     from audioset_batch.demo import write_sample
     from audioset_batch.embedded import INCOMING, RESULTS, EmbeddedService
-    from audioset_batch.object_store import LocalStore
+    from audioset_batch.local_store import LocalStore
 
     settings = cli_settings()
     service = EmbeddedService(root or settings.local_root, concurrency=concurrency)

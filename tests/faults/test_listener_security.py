@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 import pytest
 
+from audioset_batch.cos_store import CosStore
 from audioset_batch.jobs import open_job_store
-from audioset_batch.object_store import CosStore
 from producers.enqueue import send
 from tests.conftest import ROOT, Stack, WorkerProcess, free_port, wait_for_port
 from tests.faults.conftest import check

@@ -17,7 +17,8 @@ import pytest
 
 from audioset_batch.errors import ConfigError, SourceNotAllowedError
 from audioset_batch.jobs import open_job_store
-from audioset_batch.object_store import InvalidObjectKeyError, LocalStore
+from audioset_batch.local_store import LocalStore
+from audioset_batch.object_store import InvalidObjectKeyError
 from audioset_batch.settings import load_settings
 from audioset_batch.training_runs import TrainingSpec, check_queued_locations, execute, new_run_id
 from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, UnsafeArtifactError, load, sha256_file

@@ -1,0 +1,164 @@
+"""The job store in one SQLite file: the embedded mode's, and any single-host deployment's."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from audioset_batch.jobs import (
+    FINAL_STATUSES,
+    JobStatus,
+    UnknownJobError,
+    UnknownRunError,
+    new_job_id,
+)
+
+
+class SqliteJobStore:
+    """A single SQLite file; safe across the processes of one machine (WAL, busy timeout)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(
+                """
+                PRAGMA journal_mode=WAL;
+                CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, name TEXT, created REAL);
+                CREATE TABLE IF NOT EXISTS items (job TEXT, source TEXT, status TEXT, PRIMARY KEY (job, source));
+                CREATE TABLE IF NOT EXISTS deliveries (task_id TEXT PRIMARY KEY, n INTEGER);
+                CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+                CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, created REAL, record TEXT);
+                """
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def create_job(self, name: str | None = None, job_id: str | None = None) -> str:
+        job_id = job_id or new_job_id()
+        self._conn().execute("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", (job_id, name or job_id, time.time()))
+        return job_id
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers wait instead of failing."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]:
+        added: list[str] = []
+        with self._transaction() as conn:
+            for source in sources:
+                cursor = conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, 'pending')", (job_id, source))
+                if cursor.rowcount == 1:
+                    added.append(source)
+        return added
+
+    def _delete_items(self, job_id: str, sources: Iterable[str], pending: bool) -> int:
+        query = f"DELETE FROM items WHERE job = ? AND source = ? AND status {'=' if pending else '!='} 'pending'"
+        with self._transaction() as conn:
+            return sum(conn.execute(query, (job_id, source)).rowcount for source in sources)
+
+    def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
+        return self._delete_items(job_id, sources, pending=True)
+
+    def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
+        return self._delete_items(job_id, sources, pending=False)
+
+    def mark(self, job_id: str, source: str, status: str) -> bool:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}")
+        cursor = self._conn().execute(
+            "UPDATE items SET status = ? WHERE job = ? AND source = ? AND status = 'pending'", (status, job_id, source)
+        )
+        return cursor.rowcount == 1
+
+    def status(self, job_id: str) -> JobStatus:
+        conn = self._conn()
+        row = conn.execute("SELECT name, created FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(job_id)
+        counts = dict(
+            conn.execute("SELECT status, COUNT(*) FROM items WHERE job = ? GROUP BY status", (job_id,)).fetchall()
+        )
+        return JobStatus(
+            id=job_id,
+            name=row[0],
+            created=row[1],
+            total=sum(counts.values()),
+            scored=counts.get("scored", 0),
+            skipped=counts.get("skipped", 0),
+            failed=counts.get("failed", 0),
+        )
+
+    def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT source, status FROM items WHERE job = ? AND substr(source, 1, ?) = ?",
+                (job_id, len(prefix), prefix),
+            )
+            .fetchall()
+        )
+        return {s: st for s, st in rows if status is None or st == status}
+
+    def list_jobs(self, limit: int | None = 50) -> list[JobStatus]:
+        query = "SELECT id FROM jobs ORDER BY created DESC LIMIT ?"
+        ids = [r[0] for r in self._conn().execute(query, (-1 if limit is None else limit,))]
+        return [self.status(i) for i in ids]
+
+    def delete_job(self, job_id: str) -> bool:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM items WHERE job = ?", (job_id,))
+            deleted = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+        return deleted == 1
+
+    def count_delivery(self, task_id: str) -> int:
+        conn = self._conn()
+        conn.execute("INSERT INTO deliveries VALUES (?, 1) ON CONFLICT(task_id) DO UPDATE SET n = n + 1", (task_id,))
+        return int(conn.execute("SELECT n FROM deliveries WHERE task_id = ?", (task_id,)).fetchone()[0])
+
+    def incr_counter(self, name: str, amount: int = 1) -> None:
+        self._conn().execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, amount, amount),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._conn().execute("SELECT name, value FROM counters").fetchall())
+
+    def put_run(self, run_id: str, record: dict[str, Any]) -> None:
+        self._conn().execute(
+            "INSERT INTO runs VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET record = excluded.record",
+            (run_id, float(record.get("created", time.time())), json.dumps(record)),
+        )
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        row = self._conn().execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRunError(run_id)
+        record: dict[str, Any] = json.loads(row[0])
+        return record
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._conn().execute("SELECT record FROM runs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in rows]

@@ -1,0 +1,160 @@
+"""Buckets as folders under ``AUDIOSET_LOCAL_ROOT`` (``file://bucket/key``): the embedded mode's store."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from audioset_batch.errors import (
+    AccessDeniedError,
+    InvalidObjectKeyError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from audioset_batch.object_store import ObjectInfo, check_bucket, check_key
+
+F = TypeVar("F", bound=Callable[..., Any])
+# A full disk or quota clears when space is freed: retry. Anything else the OS refuses will not change.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EIO}
+
+
+def translate_os_error(exc: OSError, what: str) -> StorageError:
+    """Map an OS error of the local store onto the storage errors the worker knows how to finish."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidObjectKeyError(f"{what}: name too long for the local file system")
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return TransientStorageError(f"{what}: {exc.strerror or exc}")
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(f"{what}: permission denied")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc.strerror or exc}")
+
+
+def _os_errors(method: F) -> F:
+    """Local-store methods raise storage errors, never a bare OSError (FileNotFoundError aside: callers map it)."""
+
+    @functools.wraps(method)
+    def wrapper(self: LocalStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise translate_os_error(exc, f"file://{'/'.join(str(a) for a in args if isinstance(a, str))}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+class LocalStore:
+    """Buckets as folders under ``root``; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    def _bucket_dir(self, bucket: str) -> Path:
+        return self.root / check_bucket(bucket)
+
+    def _path(self, bucket: str, key: str) -> Path:
+        base = self._bucket_dir(bucket)
+        path = base / check_key(key)
+        # Symlinks inside the bucket must not lead outside it.
+        resolved = path.resolve()
+        if not resolved.is_relative_to(base.resolve()):
+            raise InvalidObjectKeyError(f"object key {key!r} resolves outside bucket {bucket!r}")
+        return path
+
+    @staticmethod
+    def _info(key: str, path: Path) -> ObjectInfo:
+        st = path.stat()
+        tag = hashlib.md5(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode(), usedforsecurity=False).hexdigest()
+        return ObjectInfo(key=key, size=st.st_size, etag=tag)
+
+    @_os_errors
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        path = self._path(bucket, key)
+        if not path.is_file():
+            raise ObjectNotFoundError(f"file://{bucket}/{key}: no such object")
+        return self._info(key, path)
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self._bucket_dir(bucket)
+        if not base.is_dir():
+            raise ObjectNotFoundError(f"file://{bucket}: no such bucket (folder {base})")
+        yield from self._walk(base, "", prefix)
+
+    def _walk(self, directory: Path, relative: str, prefix: str) -> Iterator[ObjectInfo]:
+        """Keys in S3 order (lexicographic), descending only into folders that can match ``prefix``."""
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        named = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # temp files of in-flight writes, state files
+            if entry.is_dir(follow_symlinks=False):
+                named.append((relative + entry.name + "/", entry))
+            elif entry.is_file(follow_symlinks=False):
+                named.append((relative + entry.name, entry))
+        for key, entry in sorted(named, key=lambda pair: pair[0]):
+            if key.endswith("/"):
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(Path(entry.path), key, prefix)
+            elif key.startswith(prefix):
+                try:
+                    yield self._info(key, Path(entry.path))
+                except FileNotFoundError:
+                    continue
+
+    @_os_errors
+    def download(self, bucket: str, key: str, fileobj: IO[bytes]) -> ObjectInfo:
+        path = self._path(bucket, key)
+        try:
+            with path.open("rb") as src:
+                info = self._info(key, path)
+                shutil.copyfileobj(src, fileobj, 1 << 20)
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"file://{bucket}/{key}: no such object") from exc
+        return info
+
+    @_os_errors
+    def _write(self, bucket: str, key: str, writer: Any) -> None:
+        path = self._path(bucket, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def upload_file(self, path: Path, bucket: str, key: str, content_type: str = "application/octet-stream") -> None:
+        def copy(fh: IO[bytes]) -> None:
+            with path.open("rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
+
+        self._write(bucket, key, copy)
+
+    def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str = "application/octet-stream") -> None:
+        self._write(bucket, key, lambda fh: fh.write(data))
+
+    @_os_errors
+    def get_bytes(self, bucket: str, key: str) -> bytes | None:
+        path = self._path(bucket, key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    @_os_errors
+    def delete(self, bucket: str, key: str) -> None:
+        self._path(bucket, key).unlink(missing_ok=True)
