@@ -25,8 +25,11 @@ def configure_tensorflow(threads: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of worker logs
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (the solo pool, tests): keep its threads
+        log.debug("TensorFlow already initialised; thread settings unchanged")
 
 
 def load_scorer(settings: Settings | None = None) -> ObjectScorer:

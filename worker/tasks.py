@@ -181,7 +181,13 @@ def _score(
         log.error("rejected task for %r: %s", url, exc)
         _finish(job, item, "failed")
         return {"source": url, "status": "failed", "error": type(exc).__name__}
-    scorer = load_scorer()
+    try:
+        scorer = load_scorer()
+    except Exception as exc:  # only where the model loads lazily (solo/threads pools): still end the file
+        log.exception("cannot score %s: the model failed to load", url)
+        record_failure(settings, parsed, exc, attempts=attempt, etag=None, model=str(settings.model_path), job=job)
+        _finish(job, item, "failed")
+        return {"source": str(parsed), "status": "failed", "error": type(exc).__name__}
     if attempt > settings.max_attempts:
         exhausted = AttemptsExhaustedError(
             f"delivered {attempt} times, over AUDIOSET_MAX_ATTEMPTS={settings.max_attempts}; "

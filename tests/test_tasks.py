@@ -1,0 +1,112 @@
+"""worker/tasks.py, branch by branch: the scoring task run in-process (Celery's eager apply) against real
+Redis and the HTTP S3 endpoint. End-to-end behaviour through real worker processes is in test_integration
+and the fault suite; these pin each decision the task makes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from audioset_batch.cos_store import CosStore
+from audioset_batch.jobs import JobStore, open_job_store
+from tests.conftest import Stack
+from tests.helpers import write_h5
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def task_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Stack, JobStore]]:
+    """The task reads settings from the environment, as in a worker; fresh settings, scorer and job store."""
+    from audioset_batch.settings import get_settings
+    from worker import runtime
+
+    for name, value in {**stack.env, "AUDIOSET_ALLOWED_SOURCES": stack.input_bucket}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    runtime.reset_scorer()
+    monkeypatch.setattr(runtime, "_jobs", None)
+    yield stack, open_job_store(stack.settings().effective_state_url)
+    get_settings.cache_clear()
+    runtime.reset_scorer()
+
+
+def run(url: str, jobs: JobStore, task_id: str = "t-1") -> tuple[str, object]:
+    """Apply the task eagerly for one job item; returns the job item's status and the task's result or error."""
+    from worker.tasks import score_object
+
+    job = jobs.create_job(name="unit")
+    jobs.add_items(job, [url])
+    result = score_object.apply(args=[url], kwargs={"job": job}, task_id=task_id)
+    return jobs.items(job)[url], result.result
+
+
+def record(stack: Stack, key: str) -> dict[str, object] | None:
+    body = CosStore(stack.settings()).get_bytes(stack.results_bucket, f"predictions/{key}.error.json")
+    return orjson.loads(body) if body else None
+
+
+def test_a_good_file_is_scored(task_env: tuple[Stack, JobStore], tmp_path: Path) -> None:
+    stack, jobs = task_env
+    CosStore(stack.settings()).upload_file(write_h5(tmp_path / "a.h5", clips=3), stack.input_bucket, "u/a.h5")
+    status, result = run(f"cos://{stack.input_bucket}/u/a.h5", jobs)
+    assert status == "scored" and isinstance(result, dict) and result["clips"] == 3
+
+
+def test_a_bad_file_gets_a_record_a_failed_item_and_a_failed_task(
+    task_env: tuple[Stack, JobStore], tmp_path: Path
+) -> None:
+    from audioset_batch.errors import FileFailedError
+
+    stack, jobs = task_env
+    CosStore(stack.settings()).put_bytes(b"not hdf5", stack.input_bucket, "u/bad.h5")
+    status, result = run(f"cos://{stack.input_bucket}/u/bad.h5", jobs)
+    assert status == "failed" and isinstance(result, FileFailedError) and "NotHDF5Error" in str(result)
+    assert (record(stack, f"{stack.input_bucket}/u/bad.h5") or {})["error"] == "NotHDF5Error"
+
+
+@pytest.mark.parametrize("url", ["cos://{bucket}/a/../b.h5", "cos://other-bucket/x.h5", "nope://x/y.h5"])
+def test_a_url_it_may_not_read_fails_without_a_record(task_env: tuple[Stack, JobStore], url: str) -> None:
+    stack, jobs = task_env
+    status, _ = run(url.format(bucket=stack.input_bucket), jobs)
+    assert status == "failed"
+    results = list(CosStore(stack.settings()).list(stack.results_bucket))
+    assert results == []  # an invalid or foreign key has no safe place for a record
+
+
+def test_a_file_whose_deliveries_ran_out_gets_an_attempts_exhausted_record(
+    task_env: tuple[Stack, JobStore], tmp_path: Path
+) -> None:
+    stack, jobs = task_env
+    CosStore(stack.settings()).upload_file(write_h5(tmp_path / "a.h5", clips=2), stack.input_bucket, "u/lost.h5")
+    for _ in range(5):  # five earlier deliveries of this task died with their worker
+        jobs.count_delivery("t-lost")
+    status, _ = run(f"cos://{stack.input_bucket}/u/lost.h5", jobs, task_id="t-lost")
+    assert status == "failed"
+    rec = record(stack, f"{stack.input_bucket}/u/lost.h5") or {}
+    assert rec["error"] == "AttemptsExhaustedError" and rec["attempts"] == 6
+
+
+def test_an_unexpected_error_reloads_the_model_for_the_next_file(
+    task_env: tuple[Stack, JobStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import runtime
+
+    stack, jobs = task_env
+    store = CosStore(stack.settings())
+    store.upload_file(write_h5(tmp_path / "a.h5", clips=2), stack.input_bucket, "u/one.h5")
+    store.upload_file(write_h5(tmp_path / "b.h5", clips=2), stack.input_bucket, "u/two.h5")
+    broken = runtime.load_scorer()
+
+    def explode(x: object) -> object:
+        raise RuntimeError("the model broke")
+
+    monkeypatch.setattr(broken, "predict", explode)  # the first file breaks the loaded model
+    status, _ = run(f"cos://{stack.input_bucket}/u/one.h5", jobs, task_id="t-one")
+    assert status == "failed" and (record(stack, f"{stack.input_bucket}/u/one.h5") or {})["error"] == "RuntimeError"
+    assert runtime.load_scorer() is not broken  # the next file gets a freshly loaded model ...
+    status, _ = run(f"cos://{stack.input_bucket}/u/two.h5", jobs, task_id="t-two")
+    assert status == "scored"  # ... and is scored
