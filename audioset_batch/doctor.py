@@ -44,9 +44,9 @@ def check_state(settings: Settings) -> Check:
 
         store = open_job_store(settings.effective_state_url)
         store.counters()
-        return f"job state store reachable ({settings.effective_state_url.split('://', 1)[0]})"
+        return f"job store reachable ({settings.effective_state_url.split('://', 1)[0]})"
 
-    return _run("state store", "fix AUDIOSET_STATE_URL (or the broker URL it defaults to)", probe)
+    return _run("job store", "fix AUDIOSET_STATE_URL (or the broker URL it defaults to)", probe)
 
 
 def check_storage(settings: Settings, scheme: str) -> list[Check]:

@@ -20,7 +20,7 @@ PRODUCER_JOB_PREFIXES = ("watch-", "listen-")
 
 
 class UnknownJobError(KeyError):
-    """No job with that id exists in the state store."""
+    """No job with that id exists in the job store."""
 
     what, listed_by = "job", "audioset jobs list"
 
@@ -29,7 +29,7 @@ class UnknownJobError(KeyError):
 
 
 class UnknownRunError(UnknownJobError):
-    """No training run with that id exists in the state store."""
+    """No training run with that id exists in the job store."""
 
     what, listed_by = "training run", "audioset training list"
 
@@ -129,4 +129,4 @@ def open_job_store(url: str) -> JobStore:
         from audioset_batch.jobs_sqlite import SqliteJobStore
 
         return SqliteJobStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"unsupported state store URL {url!r}; use redis://, rediss:// or sqlite:///path")
+    raise ValueError(f"unsupported job store URL {url!r}; use redis://, rediss:// or sqlite:///path")

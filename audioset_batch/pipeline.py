@@ -63,7 +63,18 @@ class Deadline:
 
     def check(self) -> None:
         if time.monotonic() > self.at:
-            raise LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={self.seconds:g}s")
+            raise soft_time_limit_error(self.seconds)
+
+
+def soft_time_limit_error(seconds: float) -> LimitExceededError:
+    """The error a file gets when it outlives the soft time limit (checked here or signalled by Celery)."""
+    return LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={seconds:g}s")
+
+
+def should_retry(error: BaseException, attempt: int, max_attempts: int) -> bool:
+    """The one rule for a failed attempt: retry a transient error while attempts are left; anything else
+    (and a transient error on the last attempt) ends the file with an error record."""
+    return bool(getattr(error, "transient", False)) and attempt < max_attempts
 
 
 def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -273,8 +284,8 @@ class ObjectScorer:
         )
 
     def score(self, url: ObjectURL, *, force: bool = False, attempt: int = 1, job: str | None = None) -> Outcome:
-        """Score one object. Input and permanent storage errors become error records;
-        transient storage errors propagate so the caller can retry."""
+        """Score one object. Input and storage errors become error records, except a transient error with
+        attempts left (:func:`should_retry`), which propagates so the caller can retry."""
         source = f"{url.bucket}/{url.key}"
         etag: str | None = None
         deadline = Deadline.after(self.settings.soft_time_limit)
@@ -296,7 +307,7 @@ class ObjectScorer:
             except OSError as exc:  # the worker's own temp disk: full is worth a retry, the rest is final
                 raise translate_os_error(exc, f"{source} (worker temp folder)") from exc
         except (InputFileError, StorageError) as exc:
-            if getattr(exc, "transient", False):
+            if should_retry(exc, attempt, self.settings.max_attempts):
                 raise
             self.record_failure(url, exc, attempts=attempt, etag=etag, job=job)
             return Outcome(source, "failed", error=type(exc).__name__, message=str(exc))

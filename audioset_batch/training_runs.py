@@ -1,7 +1,7 @@
 """Training as a queued job: submit a YAML spec, a worker on the ``training`` queue runs it.
 
 A run's record (status, iteration, loss, validation mAP, artifact location) lives in
-the state store, so ``audioset training list/show/monitor`` work from any host.
+the job store, so ``audioset training list/show/monitor`` work from any host.
 """
 
 from __future__ import annotations

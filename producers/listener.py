@@ -6,7 +6,7 @@ object version becomes the job item ``<url>#<etag>``, so duplicate
 notifications enqueue nothing. A malformed payload is logged, counted and
 skipped; it never stops the listener or costs another event. A payload that
 fails for good (an invalid key, no permission) is set aside in a dead-letter
-list instead of blocking the ones behind it; an outage (broker, state store,
+list instead of blocking the ones behind it; an outage (broker, job store,
 object store) is retried with backoff.
 
 The listener's job is its memory of what it sent, so it must not grow forever: a

@@ -1,6 +1,6 @@
 """``audioset watch``: poll a bucket prefix and enqueue every new or changed HDF5 object once.
 
-Each object version is a job item ``<url>#<etag>`` in the state store (Redis by default),
+Each object version is a job item ``<url>#<etag>`` in the job store (Redis by default),
 so a restarted watcher skips what it already sent, and an overwrite (new ETag) is
 scored again. Listing is paginated; 100k objects cost one LIST page per 1000.
 

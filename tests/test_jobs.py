@@ -125,5 +125,5 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
 
 
 def test_unsupported_state_url() -> None:
-    with pytest.raises(ValueError, match="unsupported state store"):
+    with pytest.raises(ValueError, match="unsupported job store"):
         open_job_store("postgres://x")

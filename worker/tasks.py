@@ -24,7 +24,7 @@ from audioset_batch.errors import (
 from audioset_batch.hdf5_reader import pin_external_prefixes
 from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL, check_source
-from audioset_batch.pipeline import ObjectScorer, record_failure
+from audioset_batch.pipeline import ObjectScorer, record_failure, soft_time_limit_error
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
 from worker import metrics
@@ -101,7 +101,7 @@ def with_state_retry(what: str, call: Callable[[], T]) -> T:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning(
-                "state store unavailable for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
+                "job store unavailable for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
             )
             time.sleep(delay)
 
@@ -197,9 +197,7 @@ def _score(
     started = time.monotonic()
     try:
         outcome = scorer.score(parsed, force=force, attempt=attempt, job=job)
-    except TransientStorageError as exc:
-        if attempt >= settings.max_attempts:
-            return _failed(scorer, parsed, exc, attempt, job, item)
+    except TransientStorageError as exc:  # the scorer let it through: should_retry() said retry
         delay = backoff_delay(attempt, settings.retry_backoff, settings.retry_backoff_max)
         log.warning(
             "transient error on %s (attempt %d/%d), retrying in %.1fs: %s",
@@ -211,8 +209,7 @@ def _score(
         )
         raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
     except SoftTimeLimitExceeded:
-        limit = LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={settings.soft_time_limit}s")
-        return _failed(scorer, parsed, limit, attempt, job, item)
+        return _failed(scorer, parsed, soft_time_limit_error(settings.soft_time_limit), attempt, job, item)
     except Exception as exc:
         log.exception("unexpected error scoring %s", url)
         reset_scorer()  # the next file starts from a freshly loaded model

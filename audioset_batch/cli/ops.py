@@ -22,7 +22,7 @@ from audioset_batch.settings import get_settings
 )
 @friendly_errors
 def doctor(scheme: str) -> None:
-    """Check broker, state store, object store, buckets, results write access and the model."""
+    """Check broker, job store, object store, buckets, results write access and the model."""
     from audioset_batch.doctor import run_checks
 
     settings = cli_settings()

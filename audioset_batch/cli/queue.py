@@ -146,7 +146,7 @@ def _duration(value: str) -> float:
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json: bool) -> None:
-    """Remove old finished jobs from the state store (never a watcher's or listener's job).
+    """Remove old finished jobs from the job store (never a watcher's or listener's job).
 
     Results in the bucket are untouched; only the job records (per-file statuses) go.
     """
