@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -22,16 +23,17 @@ def embedded_env(tiny_model: Path) -> dict[str, str]:
     return env
 
 
+def start_run(root: Path, tmp_path: Path, tiny_model: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """`audioset run --root ROOT` in a subprocess, its output in ``tmp_path/run.log``."""
+    log = (tmp_path / "run.log").open("wb")
+    command = [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)]
+    process = subprocess.Popen(command, env=embedded_env(tiny_model), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return process, log
+
+
 def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) -> None:
     root = tmp_path / "buckets"
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
-        env=embedded_env(tiny_model),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process, log = start_run(root, tmp_path, tiny_model)
     try:
         deadline = time.monotonic() + 60
         while not (root / "incoming").is_dir() and time.monotonic() < deadline:
@@ -100,14 +102,7 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
     stale.mkdir(parents=True)
     (stale / "0_stale.audioset.score.msg").write_text("{}")
 
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
-        env=embedded_env(tiny_model),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process, log = start_run(root, tmp_path, tiny_model)
     try:
         result = root / "results" / "predictions" / "incoming" / "lost.h5.jsonl"
         deadline = time.monotonic() + 120

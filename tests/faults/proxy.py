@@ -74,8 +74,9 @@ class FaultProxy:
         self.rules.append(rule)
         return started
 
-    def deny(self, path_part: str, status: int = 403, code: str = "AccessDenied") -> None:
-        self.rules.append(lambda _m, p: (status, code) if path_part in p else None)
+    def deny(self, path_prefix: str, status: int = 403, code: str = "AccessDenied") -> None:
+        """Refuse requests for one object (the path starts with ``/bucket/key``), not its results elsewhere."""
+        self.rules.append(lambda _m, p: (status, code) if p.startswith(path_prefix) else None)
 
     def close(self) -> None:
         self.server.shutdown()

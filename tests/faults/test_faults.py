@@ -186,7 +186,9 @@ def test_permanent_faults_fail_at_once_without_retry_storm(stack: Stack, proxy: 
         (f"{stack.input_bucket}/perm/missing.h5", "ObjectNotFoundError"),
         (f"no-such-bucket-{stack.input_bucket}/x.h5", "ObjectNotFoundError"),
     ]:
-        record = orjson.loads(store.get_bytes(stack.results_bucket, f"predictions/{key}.error.json") or b"")
+        body = store.get_bytes(stack.results_bucket, f"predictions/{key}.error.json")
+        assert body is not None, (key, [i.key for i in store.list(stack.results_bucket)], worker.text()[-3000:])
+        record = orjson.loads(body)
         assert record["error"] == expected and record["attempts"] == 1
     assert "retrying in" not in worker.text()
     assert proxy.injected <= 2  # one HEAD, no retry storm

@@ -132,7 +132,8 @@ def test_token_is_required_and_checked(stack: Stack, worker: WorkerProcess, tmp_
     store = CosStore(stack.settings())
     store.upload_file(write_h5(tmp_path / "a.h5", clips=2), stack.input_bucket, "auth/a.h5")
     event = s3_event(stack.input_bucket, "auth/a.h5")
-    with listener(stack, host="0.0.0.0", AUDIOSET_LISTEN_TOKEN=TOKEN) as (port, _):
+    # its own --prefix, so its own listener job: the default listener's job is shared by other tests
+    with listener(stack, "--prefix", "auth/", host="0.0.0.0", AUDIOSET_LISTEN_TOKEN=TOKEN) as (port, _):
         assert request(port, "/healthz")[0] == 200  # probes need no token
         assert check("notification without a token", "401", request(port, body=event)[0]).ok
         assert check("notification with a wrong token", "401", request(port, body=event, token="guess")[0]).ok
