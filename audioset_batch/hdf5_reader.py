@@ -90,11 +90,9 @@ class Limits:
 # dataset whose chunks were really written passes; one whose chunks were never written stores ~0 bytes.
 MAX_DECLARED_OVER_STORED = 2048
 SPARSE_FLOOR_BYTES = 1024**2
-# Names the layout reads; links are checked before any of them is opened.
-LAYOUT = ("x", "video_id_list", "start_time_seconds", "y")
-
 
 HDF5_PREFIX_VARIABLES = ("HDF5_EXTFILE_PREFIX", "HDF5_VDS_PREFIX", "HDF5_EXT_PREFIX")
+_EMPTY_PREFIX = "audioset-hdf5-nothing-"
 
 
 def pin_external_prefixes() -> Path:
@@ -111,12 +109,15 @@ def pin_external_prefixes() -> Path:
     return empty
 
 
-_EMPTY_PREFIX = "audioset-hdf5-nothing-"
-
-
 def _remove_empty(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+def _first_bad_clip(ok: np.ndarray) -> int | None:
+    """Index of the first clip with any value where ``ok`` (clips x frames x width) is False, or None."""
+    clip_ok = ok.reshape(len(ok), -1).all(axis=1)
+    return None if clip_ok.all() else int(np.flatnonzero(~clip_ok)[0])
 
 
 def _classify_open_error(path: Path, exc: OSError) -> InputFileError:
@@ -318,15 +319,11 @@ class EmbeddingFile:
             except OSError as exc:
                 raise CorruptFileError(f"cannot read clips {start}..{stop - 1}: {exc}") from None
             if x.dtype != np.uint8:
-                ok = np.isfinite(x).reshape(len(x), -1).all(axis=1)
-                if not ok.all():
-                    bad = start + int(np.flatnonzero(~ok)[0])
-                    raise NonFiniteError(f"dataset 'x' has NaN or infinite values (first at clip {bad})")
-                ok = (np.abs(x) <= self.limits.max_abs_value).reshape(len(x), -1).all(axis=1)
-                if not ok.all():
-                    bad = start + int(np.flatnonzero(~ok)[0])
+                if (bad := _first_bad_clip(np.isfinite(x))) is not None:
+                    raise NonFiniteError(f"dataset 'x' has NaN or infinite values (first at clip {start + bad})")
+                if (bad := _first_bad_clip(np.abs(x) <= self.limits.max_abs_value)) is not None:
                     raise NonFiniteError(
-                        f"dataset 'x' has values beyond ±{self.limits.max_abs_value:g} (first at clip {bad}); "
+                        f"dataset 'x' has values beyond ±{self.limits.max_abs_value:g} (first at clip {start + bad}); "
                         "float embeddings are expected in about [-2, 2]"
                     )
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)
