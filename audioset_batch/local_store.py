@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import os
@@ -13,28 +12,12 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from audioset_batch.errors import (
-    AccessDeniedError,
     InvalidObjectKeyError,
     ObjectNotFoundError,
-    StorageError,
-    TransientStorageError,
 )
-from audioset_batch.object_store import ObjectInfo, check_bucket, check_key
+from audioset_batch.object_store import ObjectInfo, check_bucket, check_key, translate_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
-# A full disk or quota clears when space is freed: retry. Anything else the OS refuses will not change.
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EIO}
-
-
-def translate_os_error(exc: OSError, what: str) -> StorageError:
-    """Map an OS error of the local store onto the storage errors the worker knows how to finish."""
-    if exc.errno == errno.ENAMETOOLONG:
-        return InvalidObjectKeyError(f"{what}: name too long for the local file system")
-    if exc.errno in _TRANSIENT_ERRNOS:
-        return TransientStorageError(f"{what}: {exc.strerror or exc}")
-    if isinstance(exc, PermissionError):
-        return AccessDeniedError(f"{what}: permission denied")
-    return StorageError(f"{what}: {type(exc).__name__}: {exc.strerror or exc}")
 
 
 def _os_errors(method: F) -> F:

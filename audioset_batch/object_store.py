@@ -7,6 +7,7 @@ Downloads stream to a file; uploads of large files go in parts.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import IO, TYPE_CHECKING, Protocol
 from urllib.parse import unquote_plus
 
 from audioset_batch.errors import (
+    AccessDeniedError,
     InvalidObjectKeyError,
     SourceNotAllowedError,
+    StorageError,
+    TransientStorageError,
 )
 
 if TYPE_CHECKING:
@@ -123,6 +127,22 @@ def check_source(url: ObjectURL, allowed: tuple[str, ...]) -> ObjectURL:
             f"{url.bucket}/{url.key} is outside AUDIOSET_ALLOWED_SOURCES ({', '.join(allowed)})"
         )
     return url
+
+
+# A full disk or quota clears when space is freed: retry. Anything else the OS refuses will not change.
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EIO}
+
+
+def translate_os_error(exc: OSError, what: str) -> StorageError:
+    """Map an OS error (a folder bucket, the worker's temp disk) onto the storage errors the worker knows how
+    to finish: a full disk is transient, a name too long is an invalid key, the rest is final."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidObjectKeyError(f"{what}: name too long for the local file system")
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return TransientStorageError(f"{what}: {exc.strerror or exc}")
+    if isinstance(exc, PermissionError):
+        return AccessDeniedError(f"{what}: permission denied")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc.strerror or exc}")
 
 
 _stores: dict[tuple[object, ...], ObjectStore] = {}

@@ -16,8 +16,7 @@ import numpy as np
 
 from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
 from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
-from audioset_batch.local_store import translate_os_error
-from audioset_batch.object_store import ObjectStore, ObjectURL, store_for
+from audioset_batch.object_store import ObjectStore, ObjectURL, store_for, translate_os_error
 from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
 from audioset_batch.scoring import OutputOptions, Predict, encode_records
 from audioset_batch.settings import Settings

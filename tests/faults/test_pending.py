@@ -16,8 +16,8 @@ import pytest
 from audioset_batch.cos_store import CosStore
 from audioset_batch.errors import AccessDeniedError, InvalidObjectKeyError, TransientStorageError
 from audioset_batch.jobs import open_job_store
-from audioset_batch.local_store import LocalStore, translate_os_error
-from audioset_batch.object_store import ObjectURL
+from audioset_batch.local_store import LocalStore
+from audioset_batch.object_store import ObjectURL, translate_os_error
 from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import load_settings
 from model.artifact import MANIFEST_NAME
