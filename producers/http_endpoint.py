@@ -103,10 +103,6 @@ class NotificationEndpoint:
         )
         self.server_port = int(self._server.sockets[0].getsockname()[1])
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     def serve_forever(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._ready.set()
@@ -132,30 +128,24 @@ class NotificationEndpoint:
             self._reading.pop(oldest, None)
             oldest.close()  # a client that is slowest to send loses its place first
         self._reading[writer] = None
+        reply: Reply | None = None
         try:
             try:
                 method, path, headers, body = await asyncio.wait_for(
                     self._read_request(reader), self.limits.request_timeout
                 )
             except TimeoutError:
-                self._reading.pop(writer, None)
-                await self._send(
-                    writer, Reply(408, {"error": f"request not complete in {self.limits.request_timeout:g}s"})
-                )
-                return
+                reply = Reply(408, {"error": f"request not complete in {self.limits.request_timeout:g}s"})
             except _BadRequest as exc:
-                self._reading.pop(writer, None)
-                await self._send(writer, Reply(exc.status, {"error": str(exc)}))
-                return
-            except (ConnectionError, asyncio.IncompleteReadError):
-                return
-            self._reading.pop(writer, None)
-            reply = await self._respond(method, path, headers, body)
-            await self._send(writer, reply)
+                reply = Reply(exc.status, {"error": str(exc)})
+            finally:
+                self._reading.pop(writer, None)  # no longer a slow sender that may be dropped
+            await self._send(writer, reply or await self._respond(method, path, headers, body))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away
         except Exception:  # never let one connection take the loop down
             log.exception("http connection failed")
         finally:
-            self._reading.pop(writer, None)
             self._open -= 1
             writer.close()
 

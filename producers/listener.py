@@ -219,7 +219,7 @@ class Listener:
             return Reply(503, {"error": f"could not enqueue, retry later: {type(exc).__name__}"})
         return Reply(202, result.to_json())
 
-    def http_server(self, host: str, port: int, limits: EndpointLimits | None = None) -> NotificationEndpoint:
+    def http_server(self, host: str, port: int) -> NotificationEndpoint:
         """The bounded HTTP endpoint (see :mod:`producers.http_endpoint`); refuses to expose itself unauthenticated."""
         token = self.settings.listen_token.get_secret_value() if self.settings.listen_token else None
         if token is None and not is_loopback(host):
@@ -230,6 +230,7 @@ class Listener:
         if not self.settings.allowed_sources:
             log.warning("AUDIOSET_ALLOWED_SOURCES is empty: notifications may name any bucket the credentials can read")
         counters = lambda: {k: v for k, v in self.jobs.counters().items() if k.startswith("listener.")}  # noqa: E731
+        limits = EndpointLimits(self.settings.listen_max_connections, self.settings.listen_timeout)
         return NotificationEndpoint(host, port, self.http_reply, counters, token=token, limits=limits)
 
 
@@ -247,10 +248,7 @@ def serve_until_stopped(
     threads: list[threading.Thread] = []
     server = None
     if http is not None:
-        limits = EndpointLimits(
-            max_connections=settings.listen_max_connections, request_timeout=settings.listen_timeout
-        )
-        server = listener.http_server(http[0], http[1], limits)
+        server = listener.http_server(http[0], http[1])
         threads.append(threading.Thread(target=server.serve_forever, name="http", daemon=True))
         announce(f"listening for HTTP notifications on {http[0]}:{server.server_port}")
     if redis_list:
