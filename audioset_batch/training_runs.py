@@ -179,12 +179,14 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
         spec = TrainingSpec.from_json(raw_spec, source=run_id)
         check_queued_locations(spec, settings)
         root = settings.local_root.resolve()
+
+        def on_worker(location: str) -> str:  # a bucket URL as it is; a local path under the local root
+            return location if "://" in location else str(root / location)
+
         record["iterations"] = spec.config.iterations
-        labels = load_labels(root / spec.labels) if spec.labels else read_manifest(settings.model_path).classes
-        data = [d if "://" in d else str(root / d) for d in spec.data]
-        dataset = load_dataset(data, settings)
-        checking = [v if "://" in v else str(root / v) for v in spec.validation]
-        held_out = load_dataset(checking, settings) if checking else None
+        labels = load_labels(on_worker(spec.labels)) if spec.labels else read_manifest(settings.model_path).classes
+        dataset = load_dataset([on_worker(d) for d in spec.data], settings)
+        held_out = load_dataset([on_worker(v) for v in spec.validation], settings) if spec.validation else None
         workdir = (settings.local_root / ".training" / run_id).resolve()
 
         def progress(p: Progress) -> None:
@@ -207,7 +209,7 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             validation=(held_out.x, held_out.y) if held_out else None,
             validation_description=", ".join(spec.validation),
         )
-        output = spec.output if not spec.output or "://" in spec.output else str(root / spec.output)
+        output = on_worker(spec.output) if spec.output else ""
         record["artifact"] = _publish(result.artifact, output, run_id, spec.config.name, settings)
         record.update(
             status="completed", finished=time.time(), best_map=result.best_map, best_iteration=result.best_iteration
