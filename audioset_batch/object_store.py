@@ -113,6 +113,17 @@ def check_bucket(bucket: str) -> str:
     return bucket
 
 
+def entries(allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``AUDIOSET_ALLOWED_SOURCES`` entries as (bucket, key prefix); a bare bucket allows all of it."""
+    return [(entry.partition("/")[0], entry.partition("/")[2]) for entry in allowed]
+
+
+def check_bucket_allowed(bucket: str, allowed: tuple[str, ...]) -> None:
+    """Before listing a bucket: refuse one that no allow-list entry names."""
+    if allowed and bucket not in {name for name, _ in entries(allowed)}:
+        raise SourceNotAllowedError(f"bucket {bucket!r} is outside AUDIOSET_ALLOWED_SOURCES ({', '.join(allowed)})")
+
+
 def check_source(url: ObjectURL, allowed: tuple[str, ...]) -> ObjectURL:
     """A URL producers may enqueue and workers may read: a valid bucket and key, inside the allow-list.
 
@@ -120,9 +131,7 @@ def check_source(url: ObjectURL, allowed: tuple[str, ...]) -> ObjectURL:
     """
     check_bucket(url.bucket)
     check_key(url.key)
-    if allowed and not any(
-        url.bucket == entry.partition("/")[0] and url.key.startswith(entry.partition("/")[2]) for entry in allowed
-    ):
+    if allowed and not any(url.bucket == bucket and url.key.startswith(prefix) for bucket, prefix in entries(allowed)):
         raise SourceNotAllowedError(
             f"{url.bucket}/{url.key} is outside AUDIOSET_ALLOWED_SOURCES ({', '.join(allowed)})"
         )

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from audioset_batch.errors import ObjectNotFoundError, SourceNotAllowedError
+from audioset_batch.errors import ObjectNotFoundError
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectInfo, ObjectURL, check_source, store_for
+from audioset_batch.object_store import ObjectInfo, ObjectURL, check_bucket_allowed, check_source, store_for
 from audioset_batch.results import is_hdf5_key, is_result_key
 from audioset_batch.settings import Settings
 from audioset_batch.task_names import SCORE_TASK
@@ -32,11 +32,7 @@ def expand(url: str, settings: Settings) -> Iterator[ObjectURL]:
     Result objects are never picked up, even when input and results share a bucket.
     """
     parsed = ObjectURL.parse(url, settings.input_bucket)
-    allowed = settings.allowed_sources
-    if allowed and parsed.bucket not in {entry.partition("/")[0] for entry in allowed}:
-        raise SourceNotAllowedError(
-            f"bucket {parsed.bucket!r} is outside AUDIOSET_ALLOWED_SOURCES ({', '.join(allowed)})"
-        )
+    check_bucket_allowed(parsed.bucket, settings.allowed_sources)
     store = store_for(parsed.scheme, settings)
     if parsed.key and is_hdf5_key(parsed.key):
         try:

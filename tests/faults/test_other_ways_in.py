@@ -188,3 +188,12 @@ def test_a_newline_in_a_key_cannot_split_a_text_log_line() -> None:
     line = TextFormatter("%(levelname)s %(message)s").format(record)
     assert line == "ERROR failed a\\nFAKE b.h5: x"
     check("newline in an object key, text logs", "one line", "one line" if "\n" not in line else "split")
+
+
+def test_enqueue_refuses_a_bucket_outside_the_allow_list_before_listing_it(tmp_path: Path) -> None:
+    from producers.enqueue import expand
+
+    settings = load_settings(local_root=tmp_path, allowed_sources="incoming/day1/")
+    (tmp_path / "other").mkdir()
+    observed = outcome(lambda: next(expand("file://other/", settings)))
+    assert check("enqueue of a bucket outside the allow-list", "SourceNotAllowedError", observed).ok
