@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from audioset_batch.errors import LocationError
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
+from audioset_batch.locations import inputs
 from audioset_batch.object_store import ObjectURL, store_for
 from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
@@ -35,26 +37,28 @@ def _read(path: Path, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray
 
 
 def load_dataset(locations: Sequence[str], settings: Settings) -> Dataset:
-    """Concatenate files in order; all must agree on frames and classes."""
+    """Concatenate files in order (a folder or prefix: its HDF5 files); all must agree on frames and classes."""
     limits = reader_limits(settings)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    for location in locations:
-        if "://" in location:
-            url = ObjectURL.parse(location)
+    sources: list[str] = []
+    for location in (found for text in locations for found in inputs(text, settings)):
+        name = str(location)
+        if isinstance(location, ObjectURL):
             with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
-                store_for(url.scheme, settings).download(url.bucket, url.key, tmp)
+                store_for(location.scheme, settings).download(location.bucket, location.key, tmp)
                 tmp.flush()
-                x, y = _read(Path(tmp.name), location, limits)
+                x, y = _read(Path(tmp.name), name, limits)
         else:
-            x, y = _read(Path(location), location, limits)
+            x, y = _read(location, name, limits)
         if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1] != ys[0].shape[1]):
             raise LayoutError(
-                f"{location}: shapes x{x.shape[1:]} y{y.shape[1:]} differ from the first file's "
+                f"{name}: shapes x{x.shape[1:]} y{y.shape[1:]} differ from the first file's "
                 f"x{xs[0].shape[1:]} y{ys[0].shape[1:]}"
             )
         xs.append(x)
         ys.append(y)
+        sources.append(name)
     if not xs:
-        raise ValueError("no data files given")
-    return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=list(locations))
+        raise LocationError("no data files given")
+    return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=sources)

@@ -28,6 +28,11 @@ INCOMING = "incoming"
 RESULTS = "results"
 
 
+def embedded_state_file(root: Path) -> Path:
+    """Where ``audioset run --root ROOT`` keeps its job state (``audioset jobs`` looks there too)."""
+    return root / ".state.db"
+
+
 def embedded_environment(root: Path) -> dict[str, str]:
     """The settings the embedded mode overrides, as environment variables for the worker."""
     return {
@@ -35,7 +40,7 @@ def embedded_environment(root: Path) -> dict[str, str]:
         "AUDIOSET_LOCAL_ROOT": str(root),
         "AUDIOSET_INPUT_BUCKET": INCOMING,
         "AUDIOSET_RESULTS_BUCKET": RESULTS,
-        "AUDIOSET_STATE_URL": f"sqlite:///{root / '.state.db'}",
+        "AUDIOSET_STATE_URL": f"sqlite:///{embedded_state_file(root)}",
     }
 
 

@@ -13,6 +13,10 @@ class ConfigError(AudiosetError):
     """A setting is missing or invalid; the message names the env var."""
 
 
+class LocationError(AudiosetError):
+    """A file, folder, URL or prefix given on the command line names nothing to work on."""
+
+
 class InputFileError(AudiosetError):
     """The input object cannot be scored as it is; retrying will not help."""
 

@@ -102,6 +102,19 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def find_job(store: JobStore, ref: str) -> str:
+    """A job id from an id or a job name (``enqueue --job NAME``); a name used twice means its newest job."""
+    try:
+        store.status(ref)
+        return ref
+    except UnknownJobError:
+        pass
+    for status in store.list_jobs(None):  # newest first
+        if status.name == ref:
+            return status.id
+    raise UnknownJobError(ref)
+
+
 def prunable_jobs(
     statuses: Iterable[JobStatus], older_than: float, now: float, include_unfinished: bool = False
 ) -> list[JobStatus]:

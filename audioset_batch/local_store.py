@@ -35,6 +35,18 @@ def _os_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@functools.cache
+def process_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 class LocalStore:
     """Buckets as folders under ``root``; writes are atomic (temp file + rename)."""
 
@@ -113,6 +125,7 @@ class LocalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; a result is as readable as any new file
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
             os.replace(tmp, path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import sys
 from contextvars import ContextVar
 from typing import Any
@@ -10,7 +12,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from audioset_batch.settings import Settings
+from audioset_batch.settings import ENV_PREFIX, Settings
+from model.native_logs import show_native_logs
 
 MASK = "***"
 #: Fields (job, source, attempt, task_id) attached to every log record emitted while a task runs.
@@ -43,6 +46,39 @@ def secrets_of(settings: Settings) -> list[str]:
             if password:
                 values.append(password)
     return [v for v in values if len(v) >= 4]
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (``redis://:***@host:6379/0``)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:{MASK}@{hostinfo}").geturl()
+
+
+#: Variables with the prefix that are not settings but are read elsewhere (tests, the notebook).
+OTHER_VARIABLES = frozenset(
+    {"AUDIOSET_DATA_DIR", "AUDIOSET_NOTEBOOK_RESULTS", "AUDIOSET_TEST_REDIS_URL", "AUDIOSET_FAULT_REPORT"}
+)
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``AUDIOSET_*`` variables that are no setting (a typo is otherwise silently ignored), with a close match."""
+    known = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    found = []
+    for name in sorted(environ if environ is not None else os.environ):
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known and name.upper() not in OTHER_VARIABLES:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+            found.append((name, close[0] if close else None))
+    return found
+
+
+def warn_unknown_variables() -> None:
+    for name, close in unknown_variables():
+        hint = f"; did you mean {close}?" if close else " (see the README's settings table)"
+        logging.getLogger("audioset.settings").warning("%s is not a setting and is ignored%s", name, hint)
 
 
 class RedactingFilter(logging.Filter):
@@ -111,5 +147,6 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    show_native_logs(settings.log_level == "DEBUG")
     for noisy in ("ibm_botocore", "ibm_boto3", "urllib3", "h5py", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

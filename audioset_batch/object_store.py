@@ -50,6 +50,8 @@ class ObjectURL:
         if scheme not in SCHEMES:
             raise InvalidObjectKeyError(f"{url!r}: unsupported scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
         bucket, _, key = rest.partition("/")
+        if not bucket and scheme == "file":
+            raise InvalidObjectKeyError(f"{url!r} is a local path; here give a bucket URL, file://bucket/key")
         if not bucket:
             raise InvalidObjectKeyError(f"{url!r}: missing bucket name")
         return cls(scheme, bucket, key)

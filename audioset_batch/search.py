@@ -10,6 +10,7 @@ import difflib
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,6 +19,9 @@ from audioset_batch.errors import AudiosetError
 from audioset_batch.object_store import ObjectStore, ObjectURL
 from audioset_batch.results import JSONL_SUFFIX
 from model.labels import ClassLabel
+
+#: The key under which a read record names the results object it came from.
+ORIGIN = "results"
 
 
 class UnknownLabelError(AudiosetError):
@@ -31,6 +35,7 @@ class Hit:
     index: int
     video_id: str | None
     start_time_seconds: float | None
+    results: str = ""  # the results object (or file) the hit was read from
 
     @property
     def youtube_url(self) -> str | None:
@@ -78,6 +83,7 @@ def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_sco
             int(record.get("index", -1)),
             record.get("video_id"),
             record.get("start_time_seconds"),
+            str(record.get(ORIGIN, "")),
         )
         if len(heap) < limit:
             heapq.heappush(heap, hit)
@@ -86,12 +92,27 @@ def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_sco
     return sorted(heap, reverse=True)
 
 
+def _lines(body: bytes, origin: str) -> Iterator[dict[str, Any]]:
+    for line in body.splitlines():
+        if line.strip():
+            record = orjson.loads(line)
+            record[ORIGIN] = origin
+            yield record
+
+
 def result_records(store: ObjectStore, url: ObjectURL) -> Iterator[dict[str, Any]]:
-    """Every line of every ``.jsonl`` object under the URL's prefix, one object at a time."""
+    """Every line of every ``.jsonl`` object under the URL's prefix, one object at a time.
+
+    Each record carries the results object it came from under ``"results"``.
+    """
     for info in store.list(url.bucket, url.key):
         if not info.key.endswith(JSONL_SUFFIX):
             continue
-        body = store.get_bytes(url.bucket, info.key) or b""
-        for line in body.splitlines():
-            if line.strip():
-                yield orjson.loads(line)
+        yield from _lines(store.get_bytes(url.bucket, info.key) or b"", str(url.with_key(info.key)))
+
+
+def folder_records(folder: Path) -> Iterator[dict[str, Any]]:
+    """The same over a local folder of results (downloaded, or a folder bucket given by path)."""
+    for path in sorted(folder.rglob(f"*{JSONL_SUFFIX}")):
+        if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+            yield from _lines(path.read_bytes(), str(path))

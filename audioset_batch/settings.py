@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -53,7 +54,9 @@ class Settings(BaseSettings):
         "e.g. /run/secrets: keeps keys out of the process environment.",
     )
     local_root: Path = Field(Path("buckets"), description="Directory holding one folder per bucket for file:// URLs.")
-    input_bucket: str | None = Field(None, description="Bucket that bare keys (no scheme) refer to.")
+    input_bucket: str | None = Field(
+        None, description="Bucket that an argument without a scheme refers to when it names no local file or folder."
+    )
     results_bucket: str = Field("results", description="Bucket that results are written to.")
     results_prefix: str = Field("predictions/", description="Key prefix for every result object.")
     allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -136,9 +139,39 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _known_broker(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0]
-        if scheme not in {"redis", "rediss", "filesystem", "memory", "amqp", "sentinel"}:
-            raise ValueError(f"unsupported broker scheme {scheme!r}; use redis://, rediss:// or filesystem://")
+        # The worker's reliability settings (visibility timeout, acks, redelivery) and the job store are built for
+        # Redis; the filesystem transport is the embedded mode's. Anything else is refused, not half supported.
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in {"redis", "rediss", "filesystem"}:
+            raise ValueError(
+                f"unsupported broker {value.split('://', 1)[0] + '://' if scheme else repr(value)}; "
+                "use redis://[:password@]host:port/db, rediss://… (TLS) or filesystem:// (one machine)"
+            )
+        if scheme != "filesystem":
+            _check_url(value, "redis://127.0.0.1:6379/0")
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _known_state(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.startswith("sqlite:///"):
+            return value
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("use redis://…, rediss://… or sqlite:///path/to/state.db")
+        return _check_url(value, "redis://127.0.0.1:6379/1")
+
+    @field_validator("cos_endpoint", "cos_auth_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL, e.g. https://s3.us-south.cloud-object-storage.appdomain.cloud"
+            )
         return value
 
     @model_validator(mode="after")
@@ -152,6 +185,11 @@ class Settings(BaseSettings):
         if self.visibility_timeout and self.visibility_timeout <= self.time_limit:
             raise ValueError("AUDIOSET_VISIBILITY_TIMEOUT must be greater than AUDIOSET_TIME_LIMIT")
         return self
+
+    @property
+    def store_scheme(self) -> Literal["cos", "file"]:
+        """The store that bucket names without a scheme live in: COS when an endpoint is set, else local folders."""
+        return "cos" if self.cos_endpoint else "file"
 
     @property
     def effective_visibility_timeout(self) -> int:
@@ -172,6 +210,18 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return f"sqlite:///{(self.local_root / '.state.db').resolve()}"
+
+
+def _check_url(value: str, example: str) -> str:
+    """A URL with a host and, if given, a numeric port (``urlsplit`` only fails on the port when asked)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid URL ({exc}), e.g. {example}") from None
+    if not parts.hostname and not parts.path:
+        raise ValueError(f"{value!r} names no host, e.g. {example}")
+    return value
 
 
 def _describe(error: ValidationError) -> str:

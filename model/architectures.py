@@ -18,10 +18,14 @@ what one full-width network costs, so serving stays one model at one price.
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from model.native_logs import import_tensorflow
 
-from model.attention_pooling import AttentionPooling, AveragePooling, MaxPooling
+import_tensorflow()  # quietly, before Keras below loads it
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+from model.attention_pooling import AttentionPooling, AveragePooling, MaxPooling  # noqa: E402
 
 ARCHITECTURES = (
     "decision_level_max_pooling",

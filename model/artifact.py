@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.labels import ClassLabel, labels_from_json, labels_to_json
+from model.native_logs import import_tensorflow
 
 if TYPE_CHECKING:
     import keras
@@ -200,6 +201,7 @@ def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     """Verify, then load with Keras safe mode. Imports TensorFlow: call in worker children only."""
     manifest = verify(artifact)
     check_archive(Path(artifact) / WEIGHTS_NAME)
+    import_tensorflow()
     import keras
 
     import model.attention_pooling  # noqa: F401  (registers the custom layers)
@@ -220,6 +222,7 @@ def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> 
     fd, tmp_name = tempfile.mkstemp(dir=directory, suffix=".keras")
     os.close(fd)
     tmp = Path(tmp_name)
+    import_tensorflow()
     import keras
 
     # Serving needs no optimizer state: a model rebuilt from its config is uncompiled, so it

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
-from keras import ops
+from model.native_logs import import_tensorflow
+
+import_tensorflow()  # quietly, before Keras below loads it
+
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
 
 _EPSILON = 1e-7
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from model.artifact import Manifest, load
+from model.native_logs import import_tensorflow
 
 if TYPE_CHECKING:
     import keras
@@ -91,6 +92,7 @@ def with_precision(keras_model: keras.Model, precision: str) -> keras.Model:
     """A copy of the model computing in bfloat16 (weights stay float32; outputs are cast back)."""
     if precision == "float32":
         return keras_model
+    import_tensorflow()
     import keras
 
     config = keras_model.get_config()
@@ -122,6 +124,7 @@ class Predictor:
     def __init__(
         self, keras_model: keras.Model, manifest: Manifest, batch_size: int = 1024, precision: str = "float32"
     ) -> None:
+        import_tensorflow()
         import tensorflow as tf
 
         self.precision = resolve_precision(precision)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.native_logs import import_tensorflow, native_stderr_silenced
+
 if TYPE_CHECKING:
     import keras
 
@@ -29,6 +31,7 @@ class Int8UnavailableError(RuntimeError):
 
 
 def _interpreter_class() -> Any:
+    import_tensorflow()
     import tensorflow as tf
 
     lite = getattr(tf, "lite", None)
@@ -47,13 +50,14 @@ def runtime_available() -> bool:
 
 def quantise(keras_model: keras.Model) -> bytes:
     """The model as a TFLite flatbuffer with int8 weights (dynamic-range quantisation)."""
+    import_tensorflow()
     import tensorflow as tf
 
     _interpreter_class()
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # The converter exports a SavedModel first and prints its signature: keep stdout for results (`-o -`).
-    with contextlib.redirect_stdout(io.StringIO()) as exported:
+    with native_stderr_silenced(), contextlib.redirect_stdout(io.StringIO()) as exported:
         blob: bytes = converter.convert()
     log.debug("int8 conversion: %s", exported.getvalue().strip())
     return blob
@@ -69,8 +73,8 @@ class Int8Forward:
     def __init__(self, keras_model: keras.Model, threads: int) -> None:
         interpreter_class = _interpreter_class()
         self.flatbuffer = quantise(keras_model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter's LiteRT migration notice
+        with warnings.catch_warnings(), native_stderr_silenced():  # the LiteRT notice, the XNNPACK line
+            warnings.simplefilter("ignore")
             self._interpreter = interpreter_class(model_content=self.flatbuffer, num_threads=max(1, threads))
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
@@ -80,7 +84,8 @@ class Int8Forward:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] != self._batch:
             self._interpreter.resize_tensor_input(self._input, [batch.shape[0], self._frames, 128])
-            self._interpreter.allocate_tensors()
+            with native_stderr_silenced():  # the first allocation applies XNNPACK, which says so on fd 2
+                self._interpreter.allocate_tensors()
             self._batch = batch.shape[0]
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(batch, dtype=np.float32))
         self._interpreter.invoke()

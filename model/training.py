@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from model.labels import ClassLabel
+from model.native_logs import import_tensorflow
 
 CHECKPOINT_DIR = "checkpoint"
 FOLDS_DIR = "folds"
@@ -184,6 +185,7 @@ def learning_rate_at(base: float, schedule: str, iteration: int, iterations: int
         return base
     if schedule != "cosine":
         raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    import_tensorflow()
     import keras
 
     decay = keras.optimizers.schedules.CosineDecay(base, max(iterations, 1), alpha=COSINE_FLOOR)
@@ -243,8 +245,13 @@ def frame_mix_batch(
 RESUMABLE = frozenset({"iterations", "patience"})
 
 
-def _fixed_settings(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RESUMABLE}
+def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The settings a resumed run may not change, each as ``name: saved -> wanted``."""
+    return [
+        f"{name.replace('_', '-')}: {saved.get(name)!r} -> {wanted.get(name)!r}"
+        for name in sorted(set(saved) | set(wanted))
+        if name not in RESUMABLE and saved.get(name) != wanted.get(name)
+    ]
 
 
 def evaluations_since_best(history: list[dict[str, float]], best_iteration: int) -> int:
@@ -443,6 +450,7 @@ def _build(config: TrainConfig, classes: int, frames: int) -> Any:
 
 def _serving_model(trainable: Any, architecture: str) -> Any:
     """The model that is served: the trained model itself, or the mean over its branches."""
+    import_tensorflow()
     import keras
 
     from model.architectures import BRANCH_MEAN
@@ -527,6 +535,7 @@ def _fit(
     weights stay float32); a float32 twin receives its weights for every evaluation, so
     validation mAP, the best checkpoint and the artifact are float32 as always.
     """
+    import_tensorflow()
     import keras
 
     from model.architectures import branch_outputs
@@ -541,9 +550,13 @@ def _fit(
         state = json.loads(state_path.read_text(encoding="utf-8"))
         # A run saved before a setting existed ran with that setting's default.
         saved = {**TrainConfig().to_json(), **state["config"]}
-        if state["fingerprint"] != fingerprint or _fixed_settings(saved) != _fixed_settings(config.to_json()):
+        changed = resume_conflicts(saved, config.to_json())
+        if state["fingerprint"] != fingerprint:
+            changed.insert(0, "the training data differ")
+        if changed:
             raise TrainingDataError(
-                f"{checkpoint.parent} holds a run with other data or settings; choose a new output directory"
+                f"{checkpoint.parent} holds a run with other data or settings ({'; '.join(changed)}): "
+                "use the run's settings to resume it, or choose a new --output"
             )
         state["config"] = config.to_json()
         import model.attention_pooling  # noqa: F401

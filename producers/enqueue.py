@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from celery import Celery
 
-from audioset_batch.errors import ObjectNotFoundError
+from audioset_batch.errors import LocationError
 from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectInfo, ObjectURL, check_bucket_allowed, check_source, store_for
-from audioset_batch.results import is_hdf5_key, is_result_key
+from audioset_batch.locations import object_inputs, queue_url
+from audioset_batch.object_store import ObjectURL, check_source
 from audioset_batch.settings import Settings
 from audioset_batch.task_names import SCORE_TASK
 
@@ -26,32 +26,12 @@ class Enqueued:
     sent: int
 
 
-def expand(url: str, settings: Settings) -> Iterator[ObjectURL]:
-    """An object URL yields itself; a prefix yields every ``.h5``/``.hdf5`` object under it.
-
-    Result objects are never picked up, even when input and results share a bucket.
-    """
-    parsed = ObjectURL.parse(url, settings.input_bucket)
-    check_bucket_allowed(parsed.bucket, settings.allowed_sources)
-    store = store_for(parsed.scheme, settings)
-    if parsed.key and is_hdf5_key(parsed.key):
-        try:
-            store.stat(parsed.bucket, parsed.key)
-            yield parsed
-            return
-        except ObjectNotFoundError:
-            pass  # maybe a prefix that happens to end in .h5; list it below
-    for info in list_inputs(parsed, settings):
-        yield parsed.with_key(info.key)
-
-
-def list_inputs(prefix: ObjectURL, settings: Settings) -> Iterator[ObjectInfo]:
-    """Every ``.h5``/``.hdf5`` object under the prefix, in key order, leaving out result objects."""
-    for info in store_for(prefix.scheme, settings).list(prefix.bucket, prefix.key):
-        if is_hdf5_key(info.key) and not is_result_key(
-            prefix.bucket, info.key, settings.results_bucket, settings.results_prefix
-        ):
-            yield info
+def expand(text: str, settings: Settings) -> list[ObjectURL]:
+    """The HDF5 objects an argument names (see :mod:`audioset_batch.locations`); none is an error."""
+    objects = list(object_inputs(queue_url(text, settings), settings))
+    if not objects:
+        raise LocationError(f"{text}: no .h5 or .hdf5 file there; nothing was enqueued")
+    return objects
 
 
 def send(
@@ -104,8 +84,8 @@ def send(
 def enqueue(
     app: Celery, jobs: JobStore, urls: list[str], settings: Settings, job_name: str | None = None, force: bool = False
 ) -> Enqueued:
+    objects = [u for url in urls for u in expand(url, settings)]  # before the job: no empty job on a typo
     job = jobs.create_job(name=job_name)
-    objects = [u for url in urls for u in expand(url, settings)]
     sent = send(app, jobs, job, objects, settings, force=force)
     jobs.incr_counter("enqueued", sent)
     log.info("job %s: %d objects, %d tasks sent", job, len(objects), sent)

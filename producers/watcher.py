@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from celery import Celery
 
 from audioset_batch.jobs import JobStore
+from audioset_batch.locations import list_inputs, queue_url
 from audioset_batch.object_store import ObjectURL
 from audioset_batch.settings import Settings
-from producers.enqueue import list_inputs, send
+from producers.enqueue import send
 
 log = logging.getLogger("audioset.watcher")
 SWEEP_EVERY = 60  # polls between sweeps: 5 min at the default 5 s interval
@@ -34,7 +35,7 @@ def watch_job_id(url: ObjectURL) -> str:
 
 class Watcher:
     def __init__(self, url: str, settings: Settings, app: Celery, jobs: JobStore) -> None:
-        self.url = ObjectURL.parse(url, settings.input_bucket)
+        self.url = queue_url(url, settings)
         self.settings = settings
         self.app = app
         self.jobs = jobs

@@ -17,9 +17,10 @@ from worker.config import celery_config
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
     """Our handler (text or JSON, secrets masked) instead of Celery's."""
-    from audioset_batch.logs import configure_logging
+    from audioset_batch.logs import configure_logging, warn_unknown_variables
 
     configure_logging(get_settings())
+    warn_unknown_variables()
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -44,3 +45,12 @@ def get_app() -> Celery:
         prepare_multiprocess_dir(get_settings())  # before anything imports prometheus_client
         _app = make_app()
     return _app
+
+
+def queue_consumers(app: Celery, queue: str, timeout: float = 1.0) -> list[str] | None:
+    """The workers (node names) consuming ``queue``, asked over the broker; None when none can be asked."""
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception:  # a broker without broadcast, or one that is down: no answer either way
+        return None
+    return sorted(node for node, queues in replies.items() if any(q.get("name") == queue for q in queues or []))

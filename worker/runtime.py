@@ -8,12 +8,12 @@ with the solo/threads pools).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from audioset_batch.jobs import JobStore, open_job_store
 from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
+from model.native_logs import import_tensorflow
 
 log = logging.getLogger("audioset.worker")
 _lock = threading.Lock()
@@ -22,8 +22,7 @@ _jobs: JobStore | None = None
 
 
 def configure_tensorflow(threads: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter out of worker logs
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

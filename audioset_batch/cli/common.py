@@ -1,12 +1,14 @@
-"""What every command shares: the ``audioset`` group, settings with logging, one-line errors."""
+"""What every command shares: the ``audioset`` group, settings with logging, one-line errors, notes, progress."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -15,33 +17,174 @@ from audioset_batch.jobs import UnknownJobError
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import ArtifactError
 from model.inference import PrecisionUnavailableError
+from model.labels import LabelFileError
+from model.training import TrainConfigError, TrainingDataError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audioset.cli")
 
+#: Errors a user can cause and fix: one line naming the class, exit 1.
+USER_ERRORS = (
+    AudiosetError,
+    KeyError,
+    ArtifactError,
+    PrecisionUnavailableError,
+    LabelFileError,
+    TrainingDataError,
+    TrainConfigError,
+)
+# Raised by redis-py, kombu and sqlite3 when the broker or job store cannot be reached (matched by name, so
+# that a command which never touches them does not import them).
+_UNREACHABLE = {
+    "redis.exceptions.ConnectionError",
+    "redis.exceptions.TimeoutError",
+    "redis.exceptions.AuthenticationError",
+    "kombu.exceptions.OperationalError",
+    "sqlite3.OperationalError",
+}
+
 
 def cli_settings() -> Settings:
     """Settings for a command, with logging configured from them."""
-    from audioset_batch.logs import configure_logging
+    from audioset_batch.logs import configure_logging, warn_unknown_variables
 
     settings = get_settings()
     configure_logging(settings)
+    warn_unknown_variables()
     return settings
 
 
+def json_logs() -> bool:
+    """``AUDIOSET_LOG_FORMAT=json``: stderr then carries JSON lines only (notes and errors included)."""
+    return os.environ.get("AUDIOSET_LOG_FORMAT", "").strip().lower() == "json"
+
+
+def note(message: str) -> None:
+    """A line for the person at the terminal (stderr): plain text, or a JSON log line under JSON logging."""
+    if json_logs():
+        _json_line(logging.INFO, message)
+    else:
+        click.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (``warning: …``, or a JSON log line); the command goes on."""
+    if json_logs():
+        _json_line(logging.WARNING, message)
+    else:
+        click.echo(f"warning: {message}", err=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Stop with one line on stderr (``error: …``, or a JSON log line) and a non-zero exit code."""
+    if json_logs():
+        _json_line(logging.ERROR, message)
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _json_line(level: int, message: str) -> None:
+    from audioset_batch.logs import JsonFormatter
+
+    record = logging.LogRecord(log.name, level, __file__, 0, message, None, None)
+    click.echo(JsonFormatter().format(record), err=True)
+
+
+def progress_bar(total: int, desc: str, unit: str, quiet: bool = False) -> Any:
+    """A tqdm bar on stderr; off with --quiet, under JSON logging, or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    disable = quiet or json_logs() or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
+
+
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
+
+def output_file(path: Path) -> Path:
+    """An output file's folder is created; a path that cannot be a file is a one-line error."""
+    if path.is_dir():
+        fail(f"{path} is a folder; give a file name for the output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create the folder for {path}: {exc.strerror or exc}")
+    return path
+
+
+def open_jobs(settings: Any) -> Any:
+    """The job store a command reads: the configured one, or the local ``audioset run`` state.
+
+    With no ``AUDIOSET_STATE_URL`` and Redis unreachable, the state ``audioset run`` keeps in
+    ``AUDIOSET_LOCAL_ROOT`` is read instead (and said so); when both exist, a line says how to
+    read the other one.
+    """
+    from audioset_batch.embedded import embedded_state_file
+    from audioset_batch.jobs import open_job_store
+    from audioset_batch.logs import mask_url
+
+    url = settings.effective_state_url
+    local = embedded_state_file(settings.local_root)
+    if settings.state_url or not local.is_file() or not url.startswith(("redis://", "rediss://")):
+        return open_job_store(url)
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except redis.exceptions.RedisError:
+        note(f"Redis at {mask_url(url)} is not reachable: reading the local `audioset run` state in {local}")
+        return open_job_store(f"sqlite:///{local.resolve()}")
+    note(
+        f"reading jobs from Redis; for the local `audioset run` state set AUDIOSET_STATE_URL=sqlite:///{local.resolve()}"
+    )
+    return open_job_store(url)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return any(f"{cls.__module__}.{cls.__name__}" in _UNREACHABLE for cls in type(exc).__mro__)
+
+
+def _unreachable_message(exc: BaseException) -> str:
+    from audioset_batch.logs import mask_url
+
+    settings = get_settings()
+    where = mask_url(settings.effective_state_url)
+    broker = mask_url(settings.broker_url)
+    places = where if where == broker else f"{broker} (broker) or {where} (job store)"
+    return (
+        f"cannot reach {places}: {type(exc).__name__}: {exc}; start it or fix AUDIOSET_BROKER_URL / "
+        "AUDIOSET_STATE_URL (`audioset doctor` checks both)"
+    )
+
+
 def friendly_errors(fn: F) -> F:
-    """Turn our exceptions into one clear line on stderr and a non-zero exit code."""
+    """Turn every error into one clear line on stderr and a non-zero exit code, never a traceback.
+
+    ``AUDIOSET_LOG_LEVEL=DEBUG`` lets an unexpected error's traceback through.
+    """
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except (ConfigError, UnknownJobError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except (AudiosetError, KeyError, ArtifactError, PrecisionUnavailableError) as exc:
-            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-            sys.exit(1)
+            fail(str(exc), 2)
+        except USER_ERRORS as exc:
+            fail(f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            if _unreachable(exc):
+                fail(_unreachable_message(exc))
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}")
+        except Exception as exc:
+            if _unreachable(exc):
+                fail(_unreachable_message(exc))
+            if os.environ.get("AUDIOSET_LOG_LEVEL", "").upper() == "DEBUG":
+                raise
+            fail(f"unexpected {type(exc).__name__}: {exc} (AUDIOSET_LOG_LEVEL=DEBUG shows the traceback)")
 
     return wrapper  # type: ignore[return-value]
 

@@ -27,7 +27,7 @@ def doctor(scheme: str) -> None:
 
     settings = cli_settings()
     if scheme == "auto":
-        scheme = "cos" if settings.cos_endpoint else "file"
+        scheme = settings.store_scheme
     checks = run_checks(settings, scheme)
     for check in checks:
         click.echo(f"{'PASS' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
@@ -43,10 +43,17 @@ def doctor(scheme: str) -> None:
 @friendly_errors
 def show_config(as_json: bool) -> None:
     """Print the effective settings (secrets masked) and exit non-zero if they are invalid."""
+    from audioset_batch.logs import MASK, mask_url, warn_unknown_variables
+
     settings = get_settings()
-    values = {
-        f"AUDIOSET_{name.upper()}": ("***" if "Secret" in type(value).__name__ else value) for name, value in settings
-    }
+    warn_unknown_variables()
+
+    def shown(name: str, value: object) -> object:
+        if "Secret" in type(value).__name__:
+            return MASK
+        return mask_url(value) if name in {"broker_url", "state_url"} and isinstance(value, str) else value
+
+    values = {f"AUDIOSET_{name.upper()}": shown(name, value) for name, value in settings}
     if as_json:
         click.echo(json.dumps(values, default=str, indent=2))
     else:

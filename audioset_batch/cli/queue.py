@@ -9,19 +9,52 @@ from typing import Any
 
 import click
 
-from audioset_batch.cli.common import cli_settings, friendly_errors, main
+from audioset_batch.cli.common import (
+    cli_settings,
+    fail,
+    friendly_errors,
+    main,
+    note,
+    open_jobs,
+    progress_bar,
+    quiet_option,
+    warn,
+)
 from audioset_batch.jobs import UnknownJobError
 
 # --- queue -------------------------------------------------------------------------------------
 
+#: ``--wait`` asks whether any worker consumes the queue once nothing has moved for this long (seconds).
+IDLE_BEFORE_ASKING = 5.0
+ASK_EVERY = 30.0
+#: Exit code of ``--wait`` when ``--timeout`` passes first (as timeout(1)).
+TIMED_OUT = 124
 
-def _wait(jobs: Any, job: str, as_json: bool) -> int:
-    from tqdm import tqdm
+
+def _consumers_hint(settings: Any) -> str:
+    from audioset_batch.embedded import embedded_state_file
+
+    hint = f"start one (`audioset worker`), or check AUDIOSET_QUEUE ({settings.queue!r}) and AUDIOSET_BROKER_URL"
+    if embedded_state_file(settings.local_root).is_file() and not settings.broker_url.startswith("filesystem"):
+        hint += "; `audioset run` reads only its own folder (copy files into its incoming/ folder instead)"
+    return hint
+
+
+def _wait(jobs: Any, job: str, as_json: bool, timeout: float | None, quiet: bool, settings: Any) -> int:
+    """Follow a job until nothing is pending (exit 1 if a file failed) or ``timeout`` passes (exit 124).
+
+    While nothing moves, it asks the broker whether any worker consumes the queue, and says so when none does.
+    """
+    from worker.app import make_app, queue_consumers
 
     status = jobs.status(job)
-    bar = None if as_json else tqdm(total=status.total, desc=f"job {job}", unit="file", file=sys.stderr)
+    bar = None if as_json else progress_bar(status.total, f"job {job}", "file", quiet)
+    started = last_move = time.monotonic()
+    last_ask = -ASK_EVERY
+    seen = (status.done, status.failed)
     while True:
         status = jobs.status(job)
+        now = time.monotonic()
         if bar is not None:
             bar.total = status.total
             bar.n = status.done + status.failed
@@ -29,6 +62,21 @@ def _wait(jobs: Any, job: str, as_json: bool) -> int:
             bar.refresh()
         if status.finished:
             break
+        if (status.done, status.failed) != seen:
+            seen, last_move = (status.done, status.failed), now
+        elif now - last_move >= IDLE_BEFORE_ASKING and now - last_ask >= ASK_EVERY:
+            last_ask = now
+            if queue_consumers(make_app(settings), settings.queue) == []:
+                warn(f"no worker consumes queue {settings.queue!r}: {_consumers_hint(settings)}")
+        if timeout is not None and now - started >= timeout:
+            if bar is not None:
+                bar.close()
+            _print_status(status, as_json)
+            fail(
+                f"job {job}: {status.pending} file(s) still pending after {timeout:g}s; the job goes on "
+                f"(`audioset jobs status {job} --wait` waits again)",
+                TIMED_OUT,
+            )
         time.sleep(0.5)
     if bar is not None:
         bar.close()
@@ -47,29 +95,79 @@ def _print_status(status: Any, as_json: bool) -> None:
         )
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` as seconds."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0)
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # also refuses nan
+        raise click.BadParameter(f"{value!r} is not a duration like 90s, 15m, 12h, 30d or 2w")
+    return number * (unit or 1)
+
+
+def _timeout(_ctx: Any, _param: Any, value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+wait_options = [
+    click.option(
+        "--timeout",
+        callback=_timeout,
+        default=None,
+        help="With --wait: give up after this long (90s, 15m, 2h), exit 124; the job goes on.",
+    ),
+    quiet_option,
+]
+
+
+def with_wait_options(command: Any) -> Any:
+    for option in reversed(wait_options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("urls", nargs=-1, required=True)
-@click.option("--job", "job_name", default=None, help="A name for the job (shown in `audioset jobs list`).")
+@click.option("--job", "job_name", default=None, help="A name for the job; `jobs status NAME` finds it.")
 @click.option("--force", is_flag=True, help="Score again even where results for this ETag and model exist.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 if any file failed.")
+@with_wait_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
-def enqueue(urls: tuple[str, ...], job_name: str | None, force: bool, wait: bool, as_json: bool) -> None:
-    """Enqueue each URL: an object, or a prefix whose .h5/.hdf5 objects are all enqueued."""
-    from audioset_batch.jobs import open_job_store
+def enqueue(
+    urls: tuple[str, ...],
+    job_name: str | None,
+    force: bool,
+    wait: bool,
+    timeout: float | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Enqueue each URL: an object, or a prefix or folder whose .h5/.hdf5 files are all enqueued.
+
+    Local paths must lie under AUDIOSET_LOCAL_ROOT (workers read them as file://bucket/key).
+    Matching nothing is an error, and leaves no job behind.
+    """
     from producers.enqueue import enqueue as do_enqueue
     from worker.app import make_app
 
     settings = cli_settings()
-    jobs = open_job_store(settings.effective_state_url)
+    jobs = open_jobs(settings)
     result = do_enqueue(make_app(settings), jobs, list(urls), settings, job_name=job_name, force=force)
     if as_json:
         click.echo(json.dumps({"job": result.job, "objects": result.objects, "sent": result.sent}))
     else:
         click.echo(result.job)
-        click.echo(f"{result.sent} file(s) enqueued", err=True)
+        skipped = result.objects - result.sent
+        note(f"{result.sent} file(s) enqueued" + (f" ({skipped} already in the job)" if skipped else ""))
     if wait:
-        sys.exit(_wait(jobs, result.job, as_json))
+        sys.exit(_wait(jobs, result.job, as_json, timeout, quiet, settings))
 
 
 @main.group()
@@ -80,18 +178,20 @@ def jobs() -> None:
 @jobs.command("status")
 @click.argument("job")
 @click.option("--wait", is_flag=True, help="Wait until nothing is pending; exit 1 if any file failed.")
+@with_wait_options
 @click.option("--failed", "show_failed", is_flag=True, help="Also list the failed files.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def jobs_status(job: str, wait: bool, show_failed: bool, as_json: bool) -> None:
-    """Show a job's counts of scored, skipped, failed and pending files."""
-    from audioset_batch.jobs import open_job_store
+def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_failed: bool, as_json: bool) -> None:
+    """Show a job's counts of scored, skipped, failed and pending files. JOB is its id or its name."""
+    from audioset_batch.jobs import find_job
 
-    jobs_store = open_job_store(cli_settings().effective_state_url)
-    status = jobs_store.status(job)
-    code = _wait(jobs_store, job, as_json) if wait else 0
+    settings = cli_settings()
+    jobs_store = open_jobs(settings)
+    job = find_job(jobs_store, job)
+    code = _wait(jobs_store, job, as_json, timeout, quiet, settings) if wait else 0
     if not wait:
-        _print_status(status, as_json)
+        _print_status(jobs_store.status(job), as_json)
     if show_failed:
         for item in sorted(jobs_store.items(job, "failed")):
             click.echo(f"failed: {item}")
@@ -104,9 +204,7 @@ def jobs_status(job: str, wait: bool, show_failed: bool, as_json: bool) -> None:
 @friendly_errors
 def jobs_list(limit: int, as_json: bool) -> None:
     """List the newest jobs and the producers' counters."""
-    from audioset_batch.jobs import open_job_store
-
-    store = open_job_store(cli_settings().effective_state_url)
+    store = open_jobs(cli_settings())
     statuses = store.list_jobs(limit)
     if as_json:
         click.echo(json.dumps({"jobs": [s.to_json() for s in statuses], "counters": store.counters()}))
@@ -116,22 +214,6 @@ def jobs_list(limit: int, as_json: bool) -> None:
     counters = store.counters()
     if counters:
         click.echo("producer counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _duration(value: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` as seconds."""
-    text = value.strip().lower()
-    unit = _DURATION_UNITS.get(text[-1:], 0)
-    try:
-        number = float(text[:-1] if unit else text)
-    except ValueError:
-        number = -1.0
-    if not number >= 0:  # also refuses nan
-        raise click.BadParameter(f"{value!r} is not a duration like 90s, 15m, 12h, 30d or 2w")
-    return number * (unit or 1)
 
 
 @jobs.command("prune")
@@ -150,10 +232,10 @@ def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json
 
     Results in the bucket are untouched; only the job records (per-file statuses) go.
     """
-    from audioset_batch.jobs import open_job_store, prunable_jobs
+    from audioset_batch.jobs import prunable_jobs
 
-    store = open_job_store(cli_settings().effective_state_url)
-    doomed = prunable_jobs(store.list_jobs(None), _duration(older_than), time.time(), include_unfinished)
+    store = open_jobs(cli_settings())
+    doomed = prunable_jobs(store.list_jobs(None), parse_duration(older_than), time.time(), include_unfinished)
     removed = [s.id for s in doomed if dry_run or store.delete_job(s.id)]
     if as_json:
         click.echo(json.dumps({"removed": removed, "dry_run": dry_run}))
@@ -161,23 +243,27 @@ def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json
     for job_id in removed:
         click.echo(job_id)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {len(removed)} job(s)", err=True)
+    note(f"{verb} {len(removed)} job(s)")
 
 
 @jobs.command("delete")
 @click.argument("job_ids", nargs=-1, required=True)
 @friendly_errors
 def jobs_delete(job_ids: tuple[str, ...]) -> None:
-    """Remove jobs by id, whatever their state.
+    """Remove jobs by id or name, whatever their state.
 
     Deleting a watcher's or listener's job (``watch-…``, ``listen-…``) makes it forget what it
     sent: stop the producer first, and expect it to offer every object again (the worker still
     skips versions it has already scored).
     """
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs import find_job
 
-    store = open_job_store(cli_settings().effective_state_url)
-    missing = [job_id for job_id in job_ids if not store.delete_job(job_id)]
-    for job_id in missing:
-        click.echo(f"error: {UnknownJobError(job_id)}", err=True)
+    store = open_jobs(cli_settings())
+    missing = 0
+    for ref in job_ids:
+        try:
+            store.delete_job(find_job(store, ref))
+        except UnknownJobError as exc:
+            missing += 1
+            click.echo(f"error: {exc}", err=True)
     sys.exit(2 if missing else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -11,20 +12,20 @@ from typing import IO, Any
 
 import click
 
-from audioset_batch.cli.common import cli_settings, friendly_errors, main
+from audioset_batch.cli.common import cli_settings, fail, friendly_errors, main, note, output_file, warn
 
 # --- scoring -----------------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("source")
+@click.argument("sources", nargs=-1, required=True)
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
     show_default=True,
-    help="Where the JSON Lines go ('-' for stdout).",
+    help="Where the JSON Lines go ('-' for stdout); its folder is created.",
 )
 @click.option(
     "--scores",
@@ -48,13 +49,28 @@ from audioset_batch.cli.common import cli_settings, friendly_errors, main
 )
 @friendly_errors
 def score(
-    source: str, output: str, scores: str | None, top_k: int | None, model_path: Path | None, precision: str | None
+    sources: tuple[str, ...],
+    output: Path,
+    scores: str | None,
+    top_k: int | None,
+    model_path: Path | None,
+    precision: str | None,
 ) -> None:
-    """Score one FILE or URL in-process, with no queue; writes the worker's JSONL format."""
+    """Score SOURCES in-process, with no queue; writes the worker's JSONL format.
+
+    Each source is a file, a folder (its .h5/.hdf5 files), or a bucket object or prefix: a local
+    path, file:///absolute/path, file://bucket/key, cos://bucket/key or s3://bucket/key. A file
+    that cannot be scored is reported and skipped; the exit code is then 1.
+    """
+    from audioset_batch.errors import InputFileError, StorageError
+    from audioset_batch.locations import inputs
     from audioset_batch.object_store import ObjectURL, store_for
     from audioset_batch.pipeline import ObjectScorer
 
     settings = cli_settings()
+    found = [location for text in sources for location in inputs(text, settings)]  # nothing found: an error
+    to_stdout = str(output) == "-"
+    target = None if to_stdout else output_file(output)
     scorer = ObjectScorer.from_settings(
         settings,
         model_path=model_path,
@@ -63,8 +79,12 @@ def score(
         full_scores=(scores == "full") if scores else None,
     )
 
-    def run(path: Path, name: str, out: IO[bytes]) -> None:
-        result = scorer.score_local(path, out, name)
+    def score_one(path: Path, name: str, out: IO[bytes]) -> None:
+        # Into a spool first: a file that fails half way leaves no lines of its own in the output.
+        with tempfile.TemporaryFile() as spool:
+            result = scorer.score_local(path, spool, name)
+            spool.seek(0)
+            shutil.copyfileobj(spool, out)
         summary: dict[str, Any] = {
             "source": name,
             "clips": result.clips,
@@ -74,39 +94,51 @@ def score(
         }
         if result.notes:
             summary["notes"] = result.notes
-        click.echo(json.dumps(summary), err=True)
+        note(json.dumps(summary))
 
-    def with_output(path: Path, name: str) -> None:
-        if output == "-":
-            run(path, name, sys.stdout.buffer)
-            sys.stdout.flush()
-        else:
-            target = Path(output)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with tmp.open("wb") as fh:
-                run(path, name, fh)
-            tmp.replace(target)
+    def score_all(out: IO[bytes]) -> int:
+        failed = 0
+        for location in found:
+            name = str(location)
+            try:
+                if isinstance(location, ObjectURL):
+                    with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
+                        store_for(location.scheme, settings).download(location.bucket, location.key, tmp)
+                        tmp.flush()
+                        score_one(Path(tmp.name), f"{location.bucket}/{location.key}", out)
+                else:
+                    score_one(location, name, out)
+            except (InputFileError, StorageError) as exc:
+                if len(found) == 1:
+                    raise
+                failed += 1
+                warn(f"{name}: {type(exc).__name__}: {exc} (skipped)")
+        return failed
 
-    if "://" in source:
-        url = ObjectURL.parse(source)
-        with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
-            store_for(url.scheme, settings).download(url.bucket, url.key, tmp)
-            tmp.flush()
-            with_output(Path(tmp.name), f"{url.bucket}/{url.key}")
+    if target is None:
+        failed = score_all(sys.stdout.buffer)
+        sys.stdout.flush()
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise click.BadParameter(f"{source}: no such file", param_hint="SOURCE")
-        with_output(path, str(path))
+        tmp_target = target.with_name(f".{target.name}.tmp")
+        try:
+            with tmp_target.open("wb") as fh:
+                failed = score_all(fh)
+            if failed < len(found):
+                tmp_target.replace(target)
+        finally:
+            tmp_target.unlink(missing_ok=True)
+    if failed:
+        fail(f"{failed} of {len(found)} file(s) could not be scored (see above); the rest are in {output}")
 
 
 @main.command()
 @click.argument("label")
 @click.option(
     "--results",
-    "results_url",
-    required=True,
-    help="Results prefix to search, e.g. cos://results/predictions/ or file://results/predictions/.",
+    "results_location",
+    default=None,
+    help="Results to search: a folder, file:///path, or a bucket prefix such as cos://results/predictions/ "
+    "(default: AUDIOSET_RESULTS_BUCKET and AUDIOSET_RESULTS_PREFIX in the configured store).",
 )
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
@@ -119,25 +151,34 @@ def score(
     help="Artifact whose classes the results use (default: AUDIOSET_MODEL_PATH).",
 )
 @friendly_errors
-def search(label: str, results_url: str, min_score: float, limit: int, as_json: bool, model_path: Path | None) -> None:
-    """Find the clips where LABEL (display name or mid) scored at least --min-score, best first."""
-    from audioset_batch.object_store import ObjectURL, store_for
-    from audioset_batch.search import resolve_label, result_records, search_records
+def search(
+    label: str, results_location: str | None, min_score: float, limit: int, as_json: bool, model_path: Path | None
+) -> None:
+    """Find the clips where LABEL (display name or mid) scored at least --min-score, best first.
+
+    Each hit names the clip (source file, index, YouTube link) and the results object it was read from.
+    """
+    from audioset_batch.locations import results_url
+    from audioset_batch.object_store import store_for
+    from audioset_batch.search import folder_records, resolve_label, result_records, search_records
     from model.artifact import read_manifest
 
     settings = cli_settings()
     classes = read_manifest(model_path or settings.model_path).classes
     target = resolve_label(label, classes)
-    url = ObjectURL.parse(results_url, settings.results_bucket)
-    hits = search_records(result_records(store_for(url.scheme, settings), url), target, min_score, limit)
+    where = results_url(results_location, settings)
+    records = (
+        folder_records(where) if isinstance(where, Path) else result_records(store_for(where.scheme, settings), where)
+    )
+    hits = search_records(records, target, min_score, limit)
     for hit in hits:
         if as_json:
             click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
         else:
-            where = f"  {hit.youtube_url}" if hit.youtube_url else ""
-            click.echo(f"{hit.score:.3f}  {hit.source} #{hit.index}{where}")
-    if not hits and not as_json:
-        click.echo(f"no clip with {target.name} >= {min_score}", err=True)
+            link = f"  {hit.youtube_url}" if hit.youtube_url else ""
+            click.echo(f"{hit.score:.3f}  {hit.source} #{hit.index}{link}  ({hit.results})")
+    if not hits:
+        note(f"no clip with {target.name} >= {min_score} in {where}")
 
 
 @main.command()
@@ -185,7 +226,7 @@ def evaluate(
     result = compute(dataset.y, predictor.predict(dataset.x))
     classes = predictor.manifest.classes
     if per_class:
-        with per_class.open("w", newline="", encoding="utf-8") as fh:
+        with output_file(per_class).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["index", "mid", "name", "positives", "average_precision", "auc"])
             for m in result.per_class:
@@ -200,7 +241,7 @@ def evaluate(
                     ]
                 )
     if plot:
-        _plot_ap(result, plot)
+        _plot_ap(result, output_file(plot))
     summary = {"model": predictor.tag, **result.summary()}
     if as_json:
         click.echo(json.dumps(summary))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from audioset_batch.cli.common import cli_settings, friendly_errors, main
+from audioset_batch.cli.common import cli_settings, fail, friendly_errors, main, note, open_jobs
 
 # --- running the service ----------------------------------------------------------------------
 
@@ -44,20 +44,27 @@ def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, 
 @click.option("--once", is_flag=True, help="List once, enqueue what is new, and exit.")
 @friendly_errors
 def watch(url: str, interval: float | None, once: bool) -> None:
-    """Poll URL (a bucket prefix) and enqueue each new or changed HDF5 object exactly once."""
+    """Poll URL (a bucket prefix, or a folder under AUDIOSET_LOCAL_ROOT) and enqueue each new or changed
+    HDF5 object exactly once. A bucket that does not exist is an error; with --once, so is one with no HDF5."""
     import signal
     import threading
 
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.locations import list_inputs, queue_url
     from producers.watcher import Watcher
     from worker.app import make_app
 
     settings = cli_settings()
-    watcher = Watcher(url, settings, make_app(settings), open_job_store(settings.effective_state_url))
-    click.echo(f"job {watcher.job}", err=True)
+    prefix = queue_url(url, settings)
+    present = next(iter(list_inputs(prefix, settings)), None)  # a missing bucket stops here, before any job
+    if present is None and once:
+        fail(f"{url}: no .h5 or .hdf5 file there; nothing was enqueued")
+    watcher = Watcher(str(prefix), settings, make_app(settings), open_jobs(settings))
+    note(f"job {watcher.job}")
     if once:
-        click.echo(f"{watcher.poll_once()} file(s) enqueued", err=True)
+        note(f"{watcher.poll_once()} file(s) enqueued")
         return
+    if present is None:
+        note(f"no .h5 or .hdf5 file in {prefix} yet; waiting for new ones")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -115,7 +122,7 @@ def listen(
         if not redis_list:
             raise click.UsageError("--replay-failed needs --redis-list KEY")
         moved = Listener.replay_failed(redis_url or settings.broker_url, redis_list)
-        click.echo(f"{moved} payload(s) moved from {redis_list}:failed back to {redis_list}", err=True)
+        note(f"{moved} payload(s) moved from {redis_list}:failed back to {redis_list}")
         return
     http = None
     if http_address:
@@ -133,7 +140,7 @@ def listen(
 
 
 def print_err(line: str) -> None:
-    click.echo(line, err=True)
+    note(line)
 
 
 @main.command()
@@ -155,25 +162,22 @@ def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None
 
     settings = cli_settings()
     service = EmbeddedService(root or settings.local_root, concurrency=concurrency)
-    click.echo(
-        f"incoming: {service.root / INCOMING}\nresults:  {service.root / RESULTS / service.settings.results_prefix}",
-        err=True,
-    )
+    note(f"incoming: {service.root / INCOMING}")
+    note(f"results:  {service.root / RESULTS / service.settings.results_prefix}")
     worker_log = service.root / ".logs" / "worker.log" if demo else None
     service.start(log_file=worker_log)
     try:
         if not demo:
-            click.echo("copy .h5 files into the incoming folder; Ctrl-C stops", err=True)
+            note("copy .h5 files into the incoming folder; Ctrl-C stops")
             sys.exit(service.serve_forever())
         key = "demo/sample.h5"
         origin = write_sample(service.root / INCOMING / key)
         etag = LocalStore(service.root).stat(INCOMING, key).etag
-        click.echo(f"wrote {INCOMING}/{key}: {origin}; waiting for the worker…", err=True)
-        click.echo(f"worker log: {worker_log}", err=True)
+        note(f"wrote {INCOMING}/{key}: {origin}; waiting for the worker…")
+        note(f"worker log: {worker_log}")
         record = service.wait_for_result(key, etag, timeout)
         if "error" in record:
-            click.echo(f"error: {record['error']}: {record['message']}", err=True)
-            sys.exit(1)
+            fail(f"{record['error']}: {record['message']}")
         _print_top_labels(service.root / RESULTS / record["result"].split("/", 1)[1], limit=5)
     finally:
         service.shutdown()

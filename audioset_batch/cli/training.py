@@ -12,7 +12,16 @@ from typing import Any
 
 import click
 
-from audioset_batch.cli.common import F, cli_settings, friendly_errors, main
+from audioset_batch.cli.common import (
+    F,
+    cli_settings,
+    friendly_errors,
+    main,
+    note,
+    open_jobs,
+    progress_bar,
+    quiet_option,
+)
 from model.training import TrainConfig, TrainConfigError
 
 
@@ -98,6 +107,7 @@ def config_from_options(options: dict[str, Any]) -> TrainConfig:
     "every clip of DATA is then trained on.",
 )
 @train_options
+@quiet_option
 @friendly_errors
 def train(
     data: tuple[str, ...],
@@ -105,26 +115,22 @@ def train(
     labels_path: Path | None,
     output: Path | None,
     validation_data: tuple[str, ...],
+    quiet: bool,
     **options: Any,
 ) -> None:
     """Train a model on labelled HDF5 files (paths or bucket URLs), or queue a run with --submit."""
     settings = cli_settings()
     if spec_path is not None:
-        from audioset_batch.jobs import open_job_store
         from audioset_batch.training_runs import load_spec, submit
         from worker.app import make_app
         from worker.config import TRAINING_QUEUE
 
-        run_id = submit(
-            load_spec(spec_path), make_app(settings), open_job_store(settings.effective_state_url), TRAINING_QUEUE
-        )
+        run_id = submit(load_spec(spec_path), make_app(settings), open_jobs(settings), TRAINING_QUEUE)
         click.echo(run_id)
-        click.echo(f"queued on '{TRAINING_QUEUE}'; follow it with: audioset training monitor {run_id}", err=True)
+        note(f"queued on '{TRAINING_QUEUE}'; follow it with: audioset training monitor {run_id}")
         return
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
-    from tqdm import tqdm
-
     from audioset_batch.datasets import load_dataset
     from model.architectures import ARCHITECTURES
     from model.artifact import read_manifest
@@ -144,7 +150,7 @@ def train(
     dataset = load_dataset(list(data), settings)
     held_out = load_dataset(list(validation_data), settings) if validation_data else None
     iterations = config.iterations
-    bar = tqdm(total=iterations, desc="train", unit="it", file=sys.stderr)
+    bar = progress_bar(iterations, "train", "it", quiet)
     last_map: list[float] = []
     stage = [""]
 
@@ -207,9 +213,7 @@ def _run_line(run: dict[str, Any]) -> str:
 @friendly_errors
 def training_list(limit: int, as_json: bool) -> None:
     """List the newest queued training runs: status, iteration, loss, validation mAP."""
-    from audioset_batch.jobs import open_job_store
-
-    runs = open_job_store(cli_settings().effective_state_url).list_runs(limit)
+    runs = open_jobs(cli_settings()).list_runs(limit)
     if as_json:
         click.echo(json.dumps({"runs": runs}))
         return
@@ -222,25 +226,20 @@ def training_list(limit: int, as_json: bool) -> None:
 @friendly_errors
 def training_show(run_id: str) -> None:
     """Print a training run's full record as JSON, including where its artifact landed."""
-    from audioset_batch.jobs import open_job_store
-
-    run = open_job_store(cli_settings().effective_state_url).get_run(run_id)
+    run = open_jobs(cli_settings()).get_run(run_id)
     click.echo(json.dumps(run, indent=2, default=str))
 
 
 @training.command("monitor")
 @click.argument("run_id")
 @click.option("--interval", type=float, default=2.0, show_default=True)
+@quiet_option
 @friendly_errors
-def training_monitor(run_id: str, interval: float) -> None:
+def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
     """Follow a run until it completes or fails; exit 1 if it failed."""
-    from tqdm import tqdm
-
-    from audioset_batch.jobs import open_job_store
-
-    store = open_job_store(cli_settings().effective_state_url)
+    store = open_jobs(cli_settings())
     run = store.get_run(run_id)
-    bar = tqdm(total=run.get("iterations") or 0, desc=run_id, unit="it", file=sys.stderr)
+    bar = progress_bar(run.get("iterations") or 0, run_id, "it", quiet)
     while True:
         run = store.get_run(run_id)
         bar.total = run.get("iterations") or bar.total
