@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -59,12 +60,15 @@ def json_logs() -> bool:
     return os.environ.get("AUDIOSET_LOG_FORMAT", "").strip().lower() == "json"
 
 
-def note(message: str) -> None:
-    """A line for the person at the terminal (stderr): plain text, or a JSON log line under JSON logging."""
+def note(message: str, **fields: Any) -> None:
+    """A line for the person at the terminal (stderr): plain text, or a JSON log line under JSON logging.
+
+    ``fields`` (a scoring summary) are printed as one JSON object, or merged into the JSON log line.
+    """
     if json_logs():
-        _json_line(logging.INFO, message)
+        _json_line(logging.INFO, message, fields)
     else:
-        click.echo(message, err=True)
+        click.echo(json.dumps(fields) if fields else message, err=True)
 
 
 def warn(message: str) -> None:
@@ -84,11 +88,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _json_line(level: int, message: str) -> None:
+def _json_line(level: int, message: str, fields: dict[str, Any] | None = None) -> None:
     from audioset_batch.logs import JsonFormatter
 
     record = logging.LogRecord(log.name, level, __file__, 0, message, None, None)
-    click.echo(JsonFormatter().format(record), err=True)
+    line = JsonFormatter().format(record)
+    if fields:
+        line = json.dumps({**json.loads(line), **fields})
+    click.echo(line, err=True)
 
 
 def progress_bar(total: int, desc: str, unit: str, quiet: bool = False) -> Any:
@@ -103,9 +110,7 @@ quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar
 
 
 def output_file(path: Path) -> Path:
-    """An output file's folder is created; a path that cannot be a file is a one-line error."""
-    if path.is_dir():
-        fail(f"{path} is a folder; give a file name for the output")
+    """An output file's folder is created (a folder given as the file is refused by click itself)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -117,16 +122,14 @@ def open_jobs(settings: Any) -> Any:
     """The job store a command reads: the configured one, or the local ``audioset run`` state.
 
     With no ``AUDIOSET_STATE_URL`` and Redis unreachable, the state ``audioset run`` keeps in
-    ``AUDIOSET_LOCAL_ROOT`` is read instead (and said so); when both exist, a line says how to
-    read the other one.
+    ``AUDIOSET_LOCAL_ROOT`` is read instead, and a line says so.
     """
-    from audioset_batch.embedded import embedded_state_file
     from audioset_batch.jobs import open_job_store
     from audioset_batch.logs import mask_url
 
     url = settings.effective_state_url
-    local = embedded_state_file(settings.local_root)
-    if settings.state_url or not local.is_file() or not url.startswith(("redis://", "rediss://")):
+    local = local_state(settings)
+    if local is None or settings.state_url or not url.startswith(("redis://", "rediss://")):
         return open_job_store(url)
     import redis
 
@@ -135,10 +138,23 @@ def open_jobs(settings: Any) -> Any:
     except redis.exceptions.RedisError:
         note(f"Redis at {mask_url(url)} is not reachable: reading the local `audioset run` state in {local}")
         return open_job_store(f"sqlite:///{local.resolve()}")
-    note(
-        f"reading jobs from Redis; for the local `audioset run` state set AUDIOSET_STATE_URL=sqlite:///{local.resolve()}"
-    )
     return open_job_store(url)
+
+
+def local_state(settings: Any) -> Path | None:
+    """The job state of an ``audioset run`` in ``AUDIOSET_LOCAL_ROOT``, if there is one."""
+    from audioset_batch.embedded import embedded_state_file
+
+    path = embedded_state_file(settings.local_root)
+    return path if path.is_file() else None
+
+
+def local_state_hint(settings: Any) -> str:
+    """Where to look when a job is not found: the other job store, if there is one."""
+    local = local_state(settings)
+    if local is None or settings.effective_state_url.startswith("sqlite:"):
+        return ""
+    return f"; jobs of `audioset run` are in its own state: AUDIOSET_STATE_URL=sqlite:///{local.resolve()}"
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -8,7 +8,6 @@ import sys
 import click
 
 from audioset_batch.cli.common import cli_settings, friendly_errors, main
-from audioset_batch.settings import get_settings
 
 
 @main.command()
@@ -43,10 +42,9 @@ def doctor(scheme: str) -> None:
 @friendly_errors
 def show_config(as_json: bool) -> None:
     """Print the effective settings (secrets masked) and exit non-zero if they are invalid."""
-    from audioset_batch.logs import MASK, mask_url, warn_unknown_variables
+    from audioset_batch.logs import MASK, mask_url
 
-    settings = get_settings()
-    warn_unknown_variables()
+    settings = cli_settings()
 
     def shown(name: str, value: object) -> object:
         if "Secret" in type(value).__name__:

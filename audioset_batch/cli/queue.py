@@ -13,6 +13,8 @@ from audioset_batch.cli.common import (
     cli_settings,
     fail,
     friendly_errors,
+    local_state,
+    local_state_hint,
     main,
     note,
     open_jobs,
@@ -32,10 +34,8 @@ TIMED_OUT = 124
 
 
 def _consumers_hint(settings: Any) -> str:
-    from audioset_batch.embedded import embedded_state_file
-
     hint = f"start one (`audioset worker`), or check AUDIOSET_QUEUE ({settings.queue!r}) and AUDIOSET_BROKER_URL"
-    if embedded_state_file(settings.local_root).is_file() and not settings.broker_url.startswith("filesystem"):
+    if local_state(settings) is not None and not settings.broker_url.startswith("filesystem"):
         hint += "; `audioset run` reads only its own folder (copy files into its incoming/ folder instead)"
     return hint
 
@@ -188,7 +188,10 @@ def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_f
 
     settings = cli_settings()
     jobs_store = open_jobs(settings)
-    job = find_job(jobs_store, job)
+    try:
+        job = find_job(jobs_store, job)
+    except UnknownJobError as exc:
+        fail(f"{exc}{local_state_hint(settings)}", 2)
     code = _wait(jobs_store, job, as_json, timeout, quiet, settings) if wait else 0
     if not wait:
         _print_status(jobs_store.status(job), as_json)
@@ -204,8 +207,13 @@ def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_f
 @friendly_errors
 def jobs_list(limit: int, as_json: bool) -> None:
     """List the newest jobs and the producers' counters."""
-    store = open_jobs(cli_settings())
+    from audioset_batch.logs import mask_url
+
+    settings = cli_settings()
+    store = open_jobs(settings)
     statuses = store.list_jobs(limit)
+    if not statuses and not as_json:
+        note(f"no jobs in {mask_url(settings.effective_state_url)}{local_state_hint(settings)}")
     if as_json:
         click.echo(json.dumps({"jobs": [s.to_json() for s in statuses], "counters": store.counters()}))
         return

@@ -94,7 +94,7 @@ def score(
         }
         if result.notes:
             summary["notes"] = result.notes
-        note(json.dumps(summary))
+        note(f"scored {name}", **summary)
 
     def score_all(out: IO[bytes]) -> int:
         failed = 0
