@@ -147,6 +147,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    logging.captureWarnings(True)  # Python warnings (Celery's, Keras') become log lines: JSON under JSON logging
     show_native_logs(settings.log_level == "DEBUG")
     for noisy in ("ibm_botocore", "ibm_boto3", "urllib3", "h5py", "tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

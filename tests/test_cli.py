@@ -216,6 +216,9 @@ def test_jobs_prune_and_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     bad = CliRunner().invoke(main, ["jobs", "prune", "--older-than", "soon"])
     assert bad.exit_code == 2 and "not a duration" in bad.output
+    bare = CliRunner().invoke(main, ["jobs", "prune", "--older-than", "30"])  # 30 what? not 30 seconds
+    assert bare.exit_code == 2 and "has no unit; write e.g. 30d (days)" in bare.output
+    assert {s.id for s in store.list_jobs(None)} == {fresh, pending}
 
 
 def test_unknown_job_or_run_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from audioset_batch.cos_store import CosStore
+from audioset_batch.errors import LocationError
 from audioset_batch.jobs import open_job_store
 from producers.enqueue import enqueue
 from tests.conftest import ROOT, Stack, WorkerProcess
@@ -133,9 +134,11 @@ def test_missing_object_gets_error_record_without_retries(stack: Stack, worker: 
     settings = stack.settings()
     app = make_app(settings)
     jobs = open_job_store(settings.effective_state_url)
-    result = enqueue(app, jobs, [f"cos://{stack.input_bucket}/gone.h5"], settings)
-    # a missing object is not expanded: the enqueue sees nothing to do
-    assert result.sent == 0
+    before = {s.id for s in jobs.list_jobs(None)}
+    # a missing object is not expanded: the enqueue refuses, and leaves no empty job behind
+    with pytest.raises(LocationError, match=r"no \.h5 or \.hdf5 file there"):
+        enqueue(app, jobs, [f"cos://{stack.input_bucket}/gone.h5"], settings)
+    assert {s.id for s in jobs.list_jobs(None)} == before
     job = jobs.create_job("missing")
     url = f"cos://{stack.input_bucket}/gone.h5"
     jobs.add_items(job, [url])

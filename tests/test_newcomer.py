@@ -124,7 +124,8 @@ def test_search_defaults_to_the_configured_results_and_names_the_results_object(
 def test_evaluate_creates_the_folders_of_its_outputs(newcomer: Path, tiny_model: Path) -> None:
     write_h5(newcomer / "eval" / "part1.h5", clips=6, classes=12)
     write_h5(newcomer / "eval" / "part2.h5", clips=6, classes=12, seed=2)
-    result = run("evaluate", str(tiny_model), "eval", "--plot", "plots/ap.png", "--per-class", "csv/ap.csv", "--json")
+    model = f"file://{tiny_model}"  # options that name a local file or folder take file:/// too
+    result = run("evaluate", model, "eval", "--plot", "plots/ap.png", "--per-class", "csv/ap.csv", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["clips"] == 12  # the folder's two files
     assert (newcomer / "plots" / "ap.png").read_bytes()[:4] == b"\x89PNG"

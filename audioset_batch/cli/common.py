@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from audioset_batch.errors import AudiosetError, ConfigError
-from audioset_batch.jobs import UnknownJobError
+from audioset_batch.jobs import JobStore, UnknownJobError
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import ArtifactError
 from model.inference import PrecisionUnavailableError
@@ -57,7 +57,15 @@ def cli_settings() -> Settings:
 
 def json_logs() -> bool:
     """``AUDIOSET_LOG_FORMAT=json``: stderr then carries JSON lines only (notes and errors included)."""
-    return os.environ.get("AUDIOSET_LOG_FORMAT", "").strip().lower() == "json"
+    return _logging_setting("log_format") == "json"
+
+
+def _logging_setting(name: str) -> str:
+    """A logging setting, also while the settings themselves are invalid (the error must still be printed)."""
+    try:
+        return str(getattr(get_settings(), name))
+    except ConfigError:  # the raw variable is all there is
+        return os.environ.get(f"AUDIOSET_{name.upper()}", "").strip().lower()
 
 
 def note(message: str, **fields: Any) -> None:
@@ -106,6 +114,17 @@ def progress_bar(total: int, desc: str, unit: str, quiet: bool = False) -> Any:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable)
 
 
+class LocalPath(click.Path):
+    """A local file or folder option: a plain path, or the same as ``file:///absolute/path``."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value[:8].lower() == "file:///":
+            from urllib.parse import unquote
+
+            value = unquote(value[7:])
+        return super().convert(value, param, ctx)
+
+
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
 
@@ -118,7 +137,7 @@ def output_file(path: Path) -> Path:
     return path
 
 
-def open_jobs(settings: Any) -> Any:
+def open_jobs(settings: Settings) -> JobStore:
     """The job store a command reads: the configured one, or the local ``audioset run`` state.
 
     With no ``AUDIOSET_STATE_URL`` and Redis unreachable, the state ``audioset run`` keeps in
@@ -141,7 +160,7 @@ def open_jobs(settings: Any) -> Any:
     return open_job_store(url)
 
 
-def local_state(settings: Any) -> Path | None:
+def local_state(settings: Settings) -> Path | None:
     """The job state of an ``audioset run`` in ``AUDIOSET_LOCAL_ROOT``, if there is one."""
     from audioset_batch.embedded import embedded_state_file
 
@@ -149,7 +168,7 @@ def local_state(settings: Any) -> Path | None:
     return path if path.is_file() else None
 
 
-def local_state_hint(settings: Any) -> str:
+def local_state_hint(settings: Settings) -> str:
     """Where to look when a job is not found: the other job store, if there is one."""
     local = local_state(settings)
     if local is None or settings.effective_state_url.startswith("sqlite:"):
@@ -198,7 +217,7 @@ def friendly_errors(fn: F) -> F:
         except Exception as exc:
             if _unreachable(exc):
                 fail(_unreachable_message(exc))
-            if os.environ.get("AUDIOSET_LOG_LEVEL", "").upper() == "DEBUG":
+            if _logging_setting("log_level").upper() == "DEBUG":
                 raise
             fail(f"unexpected {type(exc).__name__}: {exc} (AUDIOSET_LOG_LEVEL=DEBUG shows the traceback)")
 

@@ -22,7 +22,8 @@ from audioset_batch.cli.common import (
     quiet_option,
     warn,
 )
-from audioset_batch.jobs import UnknownJobError
+from audioset_batch.jobs import JobStatus, JobStore, UnknownJobError
+from audioset_batch.settings import Settings
 
 # --- queue -------------------------------------------------------------------------------------
 
@@ -33,14 +34,14 @@ ASK_EVERY = 30.0
 TIMED_OUT = 124
 
 
-def _consumers_hint(settings: Any) -> str:
+def _consumers_hint(settings: Settings) -> str:
     hint = f"start one (`audioset worker`), or check AUDIOSET_QUEUE ({settings.queue!r}) and AUDIOSET_BROKER_URL"
     if local_state(settings) is not None and not settings.broker_url.startswith("filesystem"):
         hint += "; `audioset run` reads only its own folder (copy files into its incoming/ folder instead)"
     return hint
 
 
-def _wait(jobs: Any, job: str, as_json: bool, timeout: float | None, quiet: bool, settings: Any) -> int:
+def _wait(jobs: JobStore, job: str, as_json: bool, timeout: float | None, quiet: bool, settings: Settings) -> int:
     """Follow a job until nothing is pending (exit 1 if a file failed) or ``timeout`` passes (exit 124).
 
     While nothing moves, it asks the broker whether any worker consumes the queue, and says so when none does.
@@ -84,7 +85,7 @@ def _wait(jobs: Any, job: str, as_json: bool, timeout: float | None, quiet: bool
     return 1 if status.failed else 0
 
 
-def _print_status(status: Any, as_json: bool) -> None:
+def _print_status(status: JobStatus, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status.to_json()))
     else:
@@ -98,8 +99,8 @@ def _print_status(status: Any, as_json: bool) -> None:
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(value: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` as seconds."""
+def parse_duration(value: str, bare_seconds: bool = True) -> float:
+    """``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` as seconds; a bare number is seconds where ``bare_seconds``."""
     text = value.strip().lower()
     unit = _DURATION_UNITS.get(text[-1:], 0)
     try:
@@ -108,6 +109,8 @@ def parse_duration(value: str) -> float:
         number = -1.0
     if not number >= 0:  # also refuses nan
         raise click.BadParameter(f"{value!r} is not a duration like 90s, 15m, 12h, 30d or 2w")
+    if not unit and not bare_seconds:
+        raise click.BadParameter(f"{value!r} has no unit; write e.g. {text}d (days), {text}h, {text}m or {text}s")
     return number * (unit or 1)
 
 
@@ -243,7 +246,9 @@ def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json
     from audioset_batch.jobs import prunable_jobs
 
     store = open_jobs(cli_settings())
-    doomed = prunable_jobs(store.list_jobs(None), parse_duration(older_than), time.time(), include_unfinished)
+    doomed = prunable_jobs(
+        store.list_jobs(None), parse_duration(older_than, bare_seconds=False), time.time(), include_unfinished
+    )
     removed = [s.id for s in doomed if dry_run or store.delete_job(s.id)]
     if as_json:
         click.echo(json.dumps({"removed": removed, "dry_run": dry_run}))

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import click
 
-from audioset_batch.cli.common import cli_settings, fail, friendly_errors, main, note, output_file, warn
+from audioset_batch.cli.common import LocalPath, cli_settings, fail, friendly_errors, main, note, output_file, warn
 
 # --- scoring -----------------------------------------------------------------------------------
 
@@ -22,7 +22,7 @@ from audioset_batch.cli.common import cli_settings, fail, friendly_errors, main,
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    type=LocalPath(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
     show_default=True,
     help="Where the JSON Lines go ('-' for stdout); its folder is created.",
@@ -37,7 +37,7 @@ from audioset_batch.cli.common import cli_settings, fail, friendly_errors, main,
 @click.option(
     "--model",
     "model_path",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=LocalPath(file_okay=False, exists=True, path_type=Path),
     default=None,
     help="Model artifact directory (default: the shipped model).",
 )
@@ -146,7 +146,7 @@ def score(
 @click.option(
     "--model",
     "model_path",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=LocalPath(file_okay=False, exists=True, path_type=Path),
     default=None,
     help="Artifact whose classes the results use (default: AUDIOSET_MODEL_PATH).",
 )
@@ -182,19 +182,19 @@ def search(
 
 
 @main.command()
-@click.argument("model_path", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("model_path", type=LocalPath(file_okay=False, exists=True, path_type=Path))
 @click.argument("data", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout.")
 @click.option(
     "--per-class",
     "per_class",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path),
     default=None,
     help="Write class, positives, AP, AUC per class to this CSV.",
 )
 @click.option(
     "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=LocalPath(dir_okay=False, path_type=Path),
     default=None,
     help="Write a PNG of per-class AP against class frequency.",
 )

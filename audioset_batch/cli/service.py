@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from audioset_batch.cli.common import cli_settings, fail, friendly_errors, main, note, open_jobs
+from audioset_batch.cli.common import LocalPath, cli_settings, fail, friendly_errors, main, note, open_jobs
 
 # --- running the service ----------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def print_err(line: str) -> None:
 @main.command()
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     default=None,
     help="Folder holding the incoming/ and results/ buckets (default: AUDIOSET_LOCAL_ROOT).",
 )

@@ -14,6 +14,7 @@ import click
 
 from audioset_batch.cli.common import (
     F,
+    LocalPath,
     cli_settings,
     friendly_errors,
     main,
@@ -82,20 +83,20 @@ def config_from_options(options: dict[str, Any]) -> TrainConfig:
 @click.option(
     "--submit",
     "spec_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=LocalPath(dir_okay=False, exists=True, path_type=Path),
     default=None,
     help="Queue the run described by this YAML file on the `training` queue instead of training here.",
 )
 @click.option(
     "--labels",
     "labels_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=LocalPath(dir_okay=False, exists=True, path_type=Path),
     default=None,
     help="Class list CSV (index,mid,display_name); default: the shipped model's 527 AudioSet classes.",
 )
 @click.option(
     "--output",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=LocalPath(file_okay=False, path_type=Path),
     default=None,
     help="Run folder: checkpoints, and the artifact in <output>/model. Re-run to resume.",
 )
