@@ -8,6 +8,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from audioset_batch.errors import (
     AccessDeniedError,
+    ConfigError,
     ObjectNotFoundError,
     StorageError,
     TransientStorageError,
@@ -78,6 +79,11 @@ class CosStore:
         from ibm_boto3.s3.transfer import TransferConfig
         from ibm_botocore.client import Config
 
+        if not settings.cos_endpoint:  # the SDK would fall back to AWS: no network beyond what is configured
+            raise ConfigError(
+                "cos:// and s3:// URLs need AUDIOSET_COS_ENDPOINT, e.g. "
+                "https://s3.us-south.cloud-object-storage.appdomain.cloud (IBM COS) or http://minio:9000 (MinIO)"
+            )
         kwargs: dict[str, Any] = {"endpoint_url": settings.cos_endpoint}
         retries = {"max_attempts": 3, "mode": "standard"}
         if settings.cos_api_key is not None:

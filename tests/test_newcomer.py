@@ -132,6 +132,11 @@ def test_evaluate_creates_the_folders_of_its_outputs(newcomer: Path, tiny_model:
     assert (newcomer / "csv" / "ap.csv").read_text().startswith("index,mid,name")
 
 
+def test_a_bucket_url_without_an_endpoint_says_which_setting_to_set(newcomer: Path) -> None:
+    line = one_line_error(run("score", "cos://bucket/x.h5"), 2)
+    assert "need AUDIOSET_COS_ENDPOINT" in line
+
+
 def test_search_with_cos_and_no_credentials_says_which_settings_to_set(
     s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -66,7 +66,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     options = transport_options(settings)
     return {
         "broker_use_ssl": broker_ssl(settings.broker_url),
-        "broker_url": settings.broker_url,
+        # The filesystem transport needs no host; naming one keeps kombu from warning that none was supplied.
+        "broker_url": "filesystem://localhost//"
+        if settings.broker_url.startswith("filesystem")
+        else settings.broker_url,
         "broker_transport_options": options,
         # Celery reads the visibility timeout here too when a Redis result backend is configured.
         "result_backend_transport_options": dict(options),

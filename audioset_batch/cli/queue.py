@@ -232,13 +232,14 @@ def jobs_list(limit: int, as_json: bool) -> None:
     "--older-than",
     default="30d",
     show_default=True,
+    callback=lambda _ctx, _param, value: parse_duration(value, bare_seconds=False),
     help="Remove jobs created at least this long ago (90s, 15m, 12h, 30d, 2w).",
 )
 @click.option("--include-unfinished", is_flag=True, help="Also remove jobs that still have pending files.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json: bool) -> None:
+def jobs_prune(older_than: float, include_unfinished: bool, dry_run: bool, as_json: bool) -> None:
     """Remove old finished jobs from the job store (never a watcher's or listener's job).
 
     Results in the bucket are untouched; only the job records (per-file statuses) go.
@@ -246,9 +247,7 @@ def jobs_prune(older_than: str, include_unfinished: bool, dry_run: bool, as_json
     from audioset_batch.jobs import prunable_jobs
 
     store = open_jobs(cli_settings())
-    doomed = prunable_jobs(
-        store.list_jobs(None), parse_duration(older_than, bare_seconds=False), time.time(), include_unfinished
-    )
+    doomed = prunable_jobs(store.list_jobs(None), older_than, time.time(), include_unfinished)
     removed = [s.id for s in doomed if dry_run or store.delete_job(s.id)]
     if as_json:
         click.echo(json.dumps({"removed": removed, "dry_run": dry_run}))
