@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from types import ModuleType
 
 _show = False
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a silenced block may import TensorFlow itself
 
 
 def show_native_logs(show: bool) -> None:
