@@ -318,3 +318,26 @@ def test_folder_bucket_results_respect_the_umask(newcomer: Path) -> None:
     mode = stat.S_IMODE((newcomer / "results" / "predictions" / "a.jsonl").stat().st_mode)
     assert mode == 0o666 & ~process_umask()
     assert mode & stat.S_IRGRP  # under the usual 022 or 002: the group can read results
+
+
+def test_native_output_is_silenced_only_inside_the_block(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import native_logs
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))  # restored after
+
+    with pytest.raises(RuntimeError, match="still raised"), native_logs.native_stderr_silenced():
+        os.write(2, b"I0000 oneDNN chatter\n")
+        with native_logs.native_stderr_silenced():  # nested (a silenced block importing TensorFlow)
+            os.write(2, b"W0000 more chatter\n")
+        raise RuntimeError("still raised")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+    native_logs.show_native_logs(True)
+    try:
+        with native_logs.native_stderr_silenced():
+            os.write(2, b"debug shows it\n")
+    finally:
+        native_logs.show_native_logs(False)
+    assert capfd.readouterr().err == "debug shows it\n"
