@@ -46,7 +46,11 @@ def _wait(jobs: JobStore, job: str, as_json: bool, timeout: float | None, quiet:
 
     While nothing moves, it asks the broker whether any worker consumes the queue, and says so when none does.
     """
+    from celery import Celery
+
     from worker.app import make_app, queue_consumers
+
+    app: Celery | None = None  # made on first need: most waits never ask
 
     status = jobs.status(job)
     bar = None if as_json else progress_bar(status.total, f"job {job}", "file", quiet)
@@ -67,7 +71,8 @@ def _wait(jobs: JobStore, job: str, as_json: bool, timeout: float | None, quiet:
             seen, last_move = (status.done, status.failed), now
         elif now - last_move >= IDLE_BEFORE_ASKING and now - last_ask >= ASK_EVERY:
             last_ask = now
-            if queue_consumers(make_app(settings), settings.queue) == []:
+            app = app or make_app(settings)
+            if queue_consumers(app, settings.queue) == []:
                 warn(f"no worker consumes queue {settings.queue!r}: {_consumers_hint(settings)}")
         if timeout is not None and now - started >= timeout:
             if bar is not None:
