@@ -103,3 +103,25 @@ def test_limit_settings_reach_the_queued_worker(stack: Stack, tmp_path: Path) ->
         record = orjson.loads(results[name + ".error.json"] or b"{}")
         assert record.get("error") == "LimitExceededError" and limit in record["message"], (name, record)
     assert len((results["ok.h5.jsonl"] or b"").splitlines()) == 3
+
+
+def test_an_ensemble_artifact_is_served_by_the_queued_worker(stack: Stack, tmp_path: Path) -> None:
+    from model.ensemble import combine_artifacts
+    from model.inference import Predictor
+    from tests.helpers import build_artifact
+
+    members = [
+        build_artifact(tmp_path / "m1", architecture="feature_level_attention", seed=3),
+        build_artifact(tmp_path / "m2", architecture="decision_level_single_attention", seed=4),
+    ]
+    ensemble = tmp_path / "ensemble"
+    combine_artifacts(members, ensemble, name="ens", version="2")
+    data = write_h5(tmp_path / "a.h5", clips=4, classes=12)
+    env = {"AUDIOSET_MODEL_PATH": str(ensemble), "AUDIOSET_PRECISION": "float32", "AUDIOSET_FULL_SCORES": "true"}
+    results = score_with(stack, tmp_path, env, {"a.h5": data})
+    lines = [orjson.loads(line) for line in (results["a.h5.jsonl"] or b"").splitlines()]
+    assert {line["model"] for line in lines} == {"ens@2"}
+    with h5py.File(data, "r") as f:
+        x = f["x"][()]
+    expected = np.mean([Predictor.from_artifact(m).predict(x) for m in members], axis=0)
+    np.testing.assert_allclose([line["scores"] for line in lines], expected, atol=1e-5)

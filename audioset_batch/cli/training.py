@@ -259,3 +259,26 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
     bar.close()
     click.echo(_run_line(run))
     sys.exit(0 if run["status"] == "completed" else 1)
+
+
+@main.command()
+@click.argument("members", nargs=-1, required=True, type=LocalPath(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--output",
+    type=LocalPath(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write the combined artifact to (model.keras + manifest.json).",
+)
+@click.option("--name", default="audioset-ensemble", show_default=True, help="Model name written into results.")
+@click.option("--version", "version", default="1", show_default=True, help="Model version written into results.")
+@friendly_errors
+def ensemble(members: tuple[Path, ...], output: Path, name: str, version: str) -> None:
+    """Combine trained artifacts into one that serves the mean of their predictions.
+
+    The result is an ordinary artifact: point AUDIOSET_MODEL_PATH at it, or evaluate it with
+    `audioset evaluate OUTPUT DATA`.
+    """
+    from model.ensemble import combine_artifacts
+
+    manifest = combine_artifacts(list(members), output, name=name, version=version)
+    click.echo(json.dumps({"artifact": str(output), "model": manifest.tag, "members": [str(m) for m in members]}))

@@ -1,0 +1,85 @@
+"""Ensembles served as one model: the members' probabilities averaged inside one Keras graph.
+
+Members of different architectures make different mistakes, so their mean scores better
+than any one of them. Building the mean into a single artifact keeps one way to serve: the
+worker, ``audioset score``, ``audioset evaluate`` and the int8 path load it like any model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.artifact import ArtifactError, Manifest, load, save
+from model.native_logs import import_tensorflow
+
+if TYPE_CHECKING:
+    import keras
+
+#: ``Manifest.architecture`` of a combined artifact; its members are listed under ``training["members"]``.
+ENSEMBLE = "ensemble"
+MEMBER_MEAN = "member_mean"
+
+
+class EnsembleError(ArtifactError):
+    """The members cannot be served as one model: fewer than two, or different inputs or classes."""
+
+
+def combine(members: Sequence[keras.Model], name: str = ENSEMBLE) -> keras.Model:
+    """One model whose output is the mean of the members' outputs (each member a named sub-model)."""
+    if len(members) < 2:
+        raise EnsembleError(f"an ensemble needs at least two members, got {len(members)}")
+    shapes = {(tuple(m.input_shape), tuple(m.output_shape)) for m in members}
+    if len(shapes) != 1:
+        raise EnsembleError(f"members differ in input or output shape: {sorted(shapes)}")
+    import_tensorflow()
+    import keras
+
+    import model.attention_pooling  # noqa: F401  (registers the custom layers)
+
+    inputs = keras.Input(shape=members[0].input_shape[1:], name="embeddings")
+    outputs = []
+    for k, member in enumerate(members):
+        config = member.get_config()
+        config["name"] = f"member{k}_{member.name}"  # sub-model names must be unique in the graph
+        copy = keras.Model.from_config(config)
+        copy.set_weights(member.get_weights())
+        outputs.append(copy(inputs))
+    return keras.Model(inputs, keras.layers.Average(name=MEMBER_MEAN)(outputs), name=name)
+
+
+def combine_artifacts(artifacts: Sequence[str | Path], output: str | Path, name: str, version: str) -> Manifest:
+    """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes."""
+    if len(artifacts) < 2:
+        raise EnsembleError(f"an ensemble needs at least two member artifacts, got {len(artifacts)}")
+    loaded = [load(path) for path in artifacts]
+    first = loaded[0][1]
+    for path, (_, manifest) in zip(artifacts, loaded, strict=True):
+        if manifest.classes != first.classes:
+            raise EnsembleError(f"{path}: its classes differ from {artifacts[0]}'s; members must share one class list")
+        if manifest.frames != first.frames:
+            raise EnsembleError(f"{path}: {manifest.frames} frames per clip, {artifacts[0]} has {first.frames}")
+    members: list[dict[str, Any]] = [
+        {
+            "artifact": manifest.tag,
+            "architecture": manifest.architecture,
+            "hidden_units": manifest.hidden_units,
+            "sha256": manifest.sha256,
+            "metrics": manifest.metrics,
+            "training": manifest.training,
+        }
+        for _, manifest in loaded
+    ]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        architecture=ENSEMBLE,
+        classes=first.classes,
+        frames=first.frames,
+        hidden_units=max(m.hidden_units for _, m in loaded),
+        training={"members": members},
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    return save(combine([net for net, _ in loaded], name=ENSEMBLE), manifest, output)

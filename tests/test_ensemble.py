@@ -1,0 +1,93 @@
+"""Ensemble artifacts: several trained models served as one, the mean of their predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from audioset_batch.cli import main
+from model.artifact import read_manifest
+from model.ensemble import ENSEMBLE, EnsembleError, combine_artifacts
+from model.inference import Predictor
+from tests.helpers import build_artifact, make_labels, write_h5
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("members")
+    return [
+        build_artifact(root / "mla", architecture="decision_level_multi_attention", seed=1, name="mla", version="1"),
+        build_artifact(root / "fsa", architecture="frame_self_attention", seed=2, name="fsa", version="2"),
+    ]
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from audioset_batch.settings import get_settings
+
+    for name in list(os.environ):
+        if name.startswith("AUDIOSET_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+
+
+def test_the_ensemble_serves_the_mean_of_its_members(members: list[Path], tmp_path: Path) -> None:
+    manifest = combine_artifacts(members, tmp_path / "ens", name="ens", version="3")
+    assert manifest.tag == "ens@3" and manifest.architecture == ENSEMBLE
+    stored = read_manifest(tmp_path / "ens")
+    assert [m["artifact"] for m in stored.training["members"]] == ["mla@1", "fsa@2"]
+    assert stored.classes == read_manifest(members[0]).classes and stored.sha256 == manifest.sha256
+
+    x = np.random.default_rng(0).integers(0, 256, (64, 10, 128), dtype=np.uint8)
+    expected = np.mean([Predictor.from_artifact(m).predict(x) for m in members], axis=0)
+    np.testing.assert_allclose(Predictor.from_artifact(tmp_path / "ens").predict(x), expected, atol=1e-6)
+    int8 = Predictor.from_artifact(tmp_path / "ens", precision="int8")
+    assert int8.tag == "ens@3+int8"
+    assert np.abs(int8.predict(x) - expected).max() < 0.02  # the int8 path converts the combined graph too
+
+
+def test_members_must_share_their_classes_and_be_at_least_two(members: list[Path], tmp_path: Path) -> None:
+    other = build_artifact(tmp_path / "other", labels=make_labels(12, prefix="Other"))
+    with pytest.raises(EnsembleError, match="classes differ"):
+        combine_artifacts([members[0], other], tmp_path / "bad", name="bad", version="1")
+    with pytest.raises(EnsembleError, match="at least two"):
+        combine_artifacts(members[:1], tmp_path / "bad", name="bad", version="1")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
+    members: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    out = tmp_path / "new" / "ens"
+    made = runner.invoke(main, ["ensemble", *map(str, members), "--output", str(out), "--name", "ens"])
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["model"] == "ens@1"
+
+    data = write_h5(tmp_path / "a.h5", clips=5, classes=12)
+    monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(out))
+    monkeypatch.setenv("AUDIOSET_PRECISION", "float32")
+    scored = runner.invoke(main, ["score", str(data), "-o", str(tmp_path / "a.jsonl")])
+    assert scored.exit_code == 0, scored.output
+    lines = [orjson.loads(line) for line in (tmp_path / "a.jsonl").read_bytes().splitlines()]
+    assert len(lines) == 5 and {line["model"] for line in lines} == {"ens@1"}
+    evaluated = runner.invoke(main, ["evaluate", str(out), str(data), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    summary = json.loads(evaluated.stdout)
+    assert summary["model"] == "ens@1" and summary["clips"] == 5 and 0.0 <= summary["mAP"] <= 1.0
+
+
+def test_ensemble_command_errors_are_one_line(members: list[Path], tmp_path: Path) -> None:
+    other = build_artifact(tmp_path / "other", classes=7)
+    result = CliRunner().invoke(main, ["ensemble", str(members[0]), str(other), "--output", str(tmp_path / "e")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().count("\n") == 0 and "EnsembleError" in result.stderr and str(other) in result.stderr
+    missing = CliRunner().invoke(main, ["ensemble", str(members[0]), "nowhere", "--output", str(tmp_path / "e")])
+    assert missing.exit_code == 2 and "'nowhere' does not exist" in missing.stderr
