@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.artifact import ArtifactError, Manifest, load, save
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, ArtifactError, Manifest, load, save
 from model.native_logs import import_tensorflow
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ def combine_artifacts(artifacts: Sequence[str | Path], output: str | Path, name:
     """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes."""
     if len(artifacts) < 2:
         raise EnsembleError(f"an ensemble needs at least two member artifacts, got {len(artifacts)}")
+    target = Path(output)
+    if (target / MANIFEST_NAME).exists() or (target / WEIGHTS_NAME).exists():
+        raise EnsembleError(f"{output} already holds an artifact; choose another output folder or delete it first")
     loaded = [load(path) for path in artifacts]
     first = loaded[0][1]
     for path, (_, manifest) in zip(artifacts, loaded, strict=True):

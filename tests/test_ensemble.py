@@ -60,6 +60,8 @@ def test_members_must_share_their_classes_and_be_at_least_two(members: list[Path
     with pytest.raises(EnsembleError, match="at least two"):
         combine_artifacts(members[:1], tmp_path / "bad", name="bad", version="1")
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(EnsembleError, match="already holds an artifact"):  # never overwrites a model
+        combine_artifacts(members, members[0], name="bad", version="1")
 
 
 def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
