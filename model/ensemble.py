@@ -12,7 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, ArtifactError, Manifest, load, save
+from model.inference import Predictor
+from model.metrics import evaluate
 from model.native_logs import import_tensorflow
 
 if TYPE_CHECKING:
@@ -50,8 +54,19 @@ def combine(members: Sequence[keras.Model], name: str = ENSEMBLE) -> keras.Model
     return keras.Model(inputs, keras.layers.Average(name=MEMBER_MEAN)(outputs), name=name)
 
 
-def combine_artifacts(artifacts: Sequence[str | Path], output: str | Path, name: str, version: str) -> Manifest:
-    """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes."""
+def combine_artifacts(
+    artifacts: Sequence[str | Path],
+    output: str | Path,
+    name: str,
+    version: str,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    validation_description: str = "",
+) -> Manifest:
+    """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes.
+
+    With ``validation`` (embeddings, labels) the combined model is evaluated in float32 and the result
+    recorded in the manifest, as training records a model's.
+    """
     if len(artifacts) < 2:
         raise EnsembleError(f"an ensemble needs at least two member artifacts, got {len(artifacts)}")
     target = Path(output)
@@ -85,4 +100,12 @@ def combine_artifacts(artifacts: Sequence[str | Path], output: str | Path, name:
         training={"members": members},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    return save(combine([net for net, _ in loaded], name=ENSEMBLE), manifest, output)
+    combined = combine([net for net, _ in loaded], name=ENSEMBLE)
+    if validation is not None:
+        x, y = validation
+        if y.shape[1] != len(first.classes):
+            raise EnsembleError(f"validation labels have {y.shape[1]} classes, the members {len(first.classes)}")
+        scores = Predictor(combined, manifest, precision="float32").predict(x)
+        manifest.training["validation_data"] = validation_description or f"{len(x)} labelled clips"
+        manifest.metrics = {"validation": evaluate(y, scores).summary()}
+    return save(combined, manifest, output)

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from audioset_batch.cli import main
+from audioset_batch.settings import get_settings
 from model.artifact import read_manifest
 from model.ensemble import ENSEMBLE, EnsembleError, combine_artifacts
 from model.inference import Predictor
@@ -29,8 +30,6 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
-
-    from audioset_batch.settings import get_settings
 
     for name in list(os.environ):
         if name.startswith("AUDIOSET_"):
@@ -69,13 +68,19 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
 ) -> None:
     runner = CliRunner()
     out = tmp_path / "new" / "ens"
-    made = runner.invoke(main, ["ensemble", *map(str, members), "--output", str(out), "--name", "ens"])
+    data = write_h5(tmp_path / "a.h5", clips=5, classes=12)
+    made = runner.invoke(
+        main, ["ensemble", *map(str, members), "--output", str(out), "--name", "ens", "--validation", str(data)]
+    )
     assert made.exit_code == 0, made.output
     assert json.loads(made.stdout)["model"] == "ens@1"
+    recorded = read_manifest(out)
+    assert recorded.metrics["validation"]["clips"] == 5 and str(data) in recorded.training["validation_data"]
+    assert json.loads(made.stdout)["validation_map"] == recorded.metrics["validation"]["mAP"]
 
-    data = write_h5(tmp_path / "a.h5", clips=5, classes=12)
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(out))
     monkeypatch.setenv("AUDIOSET_PRECISION", "float32")
+    get_settings.cache_clear()
     scored = runner.invoke(main, ["score", str(data), "-o", str(tmp_path / "a.jsonl")])
     assert scored.exit_code == 0, scored.output
     lines = [orjson.loads(line) for line in (tmp_path / "a.jsonl").read_bytes().splitlines()]
@@ -83,7 +88,8 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
     evaluated = runner.invoke(main, ["evaluate", str(out), str(data), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     summary = json.loads(evaluated.stdout)
-    assert summary["model"] == "ens@1" and summary["clips"] == 5 and 0.0 <= summary["mAP"] <= 1.0
+    assert summary["model"] == "ens@1" and summary["clips"] == 5
+    assert summary["mAP"] == pytest.approx(recorded.metrics["validation"]["mAP"], abs=1e-6)
 
 
 def test_ensemble_command_errors_are_one_line(members: list[Path], tmp_path: Path) -> None:

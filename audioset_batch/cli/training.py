@@ -271,8 +271,16 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
 )
 @click.option("--name", default="audioset-ensemble", show_default=True, help="Model name written into results.")
 @click.option("--version", "version", default="1", show_default=True, help="Model version written into results.")
+@click.option(
+    "--validation",
+    "validation_data",
+    multiple=True,
+    help="Labelled HDF5 file(s) (paths or URLs) to evaluate the ensemble on; the manifest records the result.",
+)
 @friendly_errors
-def ensemble(members: tuple[Path, ...], output: Path, name: str, version: str) -> None:
+def ensemble(
+    members: tuple[Path, ...], output: Path, name: str, version: str, validation_data: tuple[str, ...]
+) -> None:
     """Combine trained artifacts into one that serves the mean of their predictions.
 
     The result is an ordinary artifact: point AUDIOSET_MODEL_PATH at it, or evaluate it with
@@ -280,5 +288,20 @@ def ensemble(members: tuple[Path, ...], output: Path, name: str, version: str) -
     """
     from model.ensemble import combine_artifacts
 
-    manifest = combine_artifacts(list(members), output, name=name, version=version)
-    click.echo(json.dumps({"artifact": str(output), "model": manifest.tag, "members": [str(m) for m in members]}))
+    held_out = None
+    if validation_data:
+        from audioset_batch.datasets import load_dataset
+
+        held_out = load_dataset(list(validation_data), cli_settings())
+    manifest = combine_artifacts(
+        list(members),
+        output,
+        name=name,
+        version=version,
+        validation=(held_out.x, held_out.y) if held_out else None,
+        validation_description=", ".join(held_out.sources) if held_out else "",
+    )
+    summary = {"artifact": str(output), "model": manifest.tag, "members": [str(m) for m in members]}
+    if "validation" in manifest.metrics:
+        summary["validation_map"] = manifest.metrics["validation"]["mAP"]
+    click.echo(json.dumps(summary))
