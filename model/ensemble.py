@@ -103,8 +103,11 @@ def combine_artifacts(
     combined = combine([net for net, _ in loaded], name=ENSEMBLE)
     if validation is not None:
         x, y = validation
-        if y.shape[1] != len(first.classes):
-            raise EnsembleError(f"validation labels have {y.shape[1]} classes, the members {len(first.classes)}")
+        if y.shape[1] != len(first.classes) or x.shape[1] != first.frames:
+            raise EnsembleError(
+                f"validation data has {x.shape[1]} frames and {y.shape[1]} classes per clip; "
+                f"the members take {first.frames} frames and predict {len(first.classes)} classes"
+            )
         scores = Predictor(combined, manifest, precision="float32").predict(x)
         manifest.training["validation_data"] = validation_description or f"{len(x)} labelled clips"
         manifest.metrics = {"validation": evaluate(y, scores).summary()}

@@ -59,6 +59,12 @@ def test_members_must_share_their_classes_and_be_at_least_two(members: list[Path
     with pytest.raises(EnsembleError, match="at least two"):
         combine_artifacts(members[:1], tmp_path / "bad", name="bad", version="1")
     assert not (tmp_path / "bad").exists()
+    x = np.zeros((3, 10, 128), np.uint8)
+    with pytest.raises(EnsembleError, match="7 classes per clip"):
+        combine_artifacts(members, tmp_path / "bad", name="bad", version="1", validation=(x, np.zeros((3, 7), bool)))
+    with pytest.raises(EnsembleError, match="validation data has 5 frames"):
+        combine_artifacts(members, tmp_path / "bad", name="bad", version="1", validation=(x[:, :5], np.zeros((3, 12))))
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(EnsembleError, match="already holds an artifact"):  # never overwrites a model
         combine_artifacts(members, members[0], name="bad", version="1")
 
