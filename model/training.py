@@ -25,6 +25,7 @@ STATE_NAME = "state.json"
 LR_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("float32", "bfloat16")
 FRAME_MIX_TARGETS = ("share", "union")
+LOSSES = ("binary_crossentropy", "asymmetric")
 
 
 class TrainingDataError(ValueError):
@@ -101,6 +102,15 @@ class TrainConfig:
     label_smoothing: float = option(
         0.0, "Pull the 0/1 targets towards 0.5 by this amount (e.g. 0.1); 0 = off.", min=0, max=1, max_open=True
     )
+    loss: str = option(
+        "binary_crossentropy",
+        "asymmetric: weaken the push on negatives (Ridnik et al. 2021), for labels that miss present sounds.",
+        choices=LOSSES,
+    )
+    negative_gamma: float = option(4.0, "--loss asymmetric: focusing power on the negatives (0 = none).", min=0)
+    negative_clip: float = option(
+        0.05, "--loss asymmetric: a negative scored below this costs nothing.", min=0, max=1, max_open=True
+    )
     lr_schedule: str = option(
         "constant", "cosine: decay the learning rate to 1% of --learning-rate over --iterations.", choices=LR_SCHEDULES
     )
@@ -159,6 +169,13 @@ class TrainConfig:
             raise TrainConfigError(f"fold_hidden_units must be >= 1, got {self.fold_hidden_units}")
         if self.cross_fit and self.teachers:
             raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
+        if self.loss not in LOSSES:
+            raise TrainConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.negative_gamma < 0 or not 0 <= self.negative_clip < 1:
+            raise TrainConfigError(
+                "negative_gamma must be >= 0 and negative_clip in [0, 1), "
+                f"got {self.negative_gamma} and {self.negative_clip}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise TrainConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -495,6 +512,15 @@ def teacher_targets(
     return total / len(teachers), described
 
 
+def _loss(config: TrainConfig) -> Any:
+    """What the net is compiled with (a registered class, so a resumed run's last.keras loads in safe mode)."""
+    if config.loss == "asymmetric":
+        from model.losses import AsymmetricLoss
+
+        return AsymmetricLoss(gamma=config.negative_gamma, clip=config.negative_clip)
+    return "binary_crossentropy"
+
+
 def _mean_loss(value: Any) -> float:
     """Keras returns the summed loss (and per-output losses) for several outputs; report the per-branch mean."""
     if isinstance(value, list | tuple):
@@ -559,7 +585,8 @@ def _fit(
                 "use the run's settings to resume it, or choose a new --output"
             )
         state["config"] = config.to_json()
-        import model.attention_pooling  # noqa: F401
+        import model.attention_pooling
+        import model.losses  # noqa: F401  (registers the classes that safe-mode loading looks up)
 
         trainable = keras.models.load_model(checkpoint / "last.keras", safe_mode=True)
         net = _serving_model(trainable, config.architecture)
@@ -577,7 +604,7 @@ def _fit(
         trainable = net if config.branches == 1 else keras.Model(net.inputs[0], branch_outputs(net), name="branches")
         # Decoupled weight decay (AdamW): each step shrinks every weight by learning_rate * weight_decay.
         optimizer = keras.optimizers.Adam(config.learning_rate, weight_decay=config.weight_decay or None)
-        trainable.compile(optimizer=optimizer, loss="binary_crossentropy")
+        trainable.compile(optimizer=optimizer, loss=_loss(config))
 
     average: WeightAverage | None = None
     if config.ema_decay > 0:

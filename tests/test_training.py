@@ -424,6 +424,10 @@ def test_training_options_are_checked_when_the_config_is_made() -> None:
         TrainConfig(frame_mix=1.5)
     with pytest.raises(TrainConfigError, match="frame_mix_targets"):
         TrainConfig(frame_mix_targets="max")
+    with pytest.raises(TrainConfigError, match="loss must be one of binary_crossentropy, asymmetric"):
+        TrainConfig(loss="focal")
+    with pytest.raises(TrainConfigError, match="negative_clip in"):
+        TrainConfig(negative_clip=1.0)
     from audioset_batch.errors import ConfigError
     from audioset_batch.training_runs import TrainingSpec
 
@@ -627,3 +631,60 @@ def test_train_command_takes_a_validation_file(tmp_path: Path) -> None:
     manifest = artifact.read_manifest(tmp_path / "run" / "model")
     assert manifest.training["train_clips"] == 400 and manifest.training["validation_clips"] == 100
     assert manifest.training["validation_data"].endswith("val.h5")
+
+
+def test_asymmetric_loss_spares_easy_and_likely_missing_negatives_and_is_cross_entropy_without_them() -> None:
+    import keras
+
+    from model.losses import AsymmetricLoss
+
+    def per_clip(loss: keras.losses.Loss, t: list[float], p: list[float]) -> float:
+        return float(loss.call(np.array([t], dtype=np.float32), np.array([p], dtype=np.float32))[0])
+
+    t, p = [1.0, 0.0, 0.0, 0.3], [0.7, 0.2, 0.03, 0.4]
+    plain = keras.losses.BinaryCrossentropy()
+    expected = float(plain(np.array([t]), np.array([p])))
+    assert per_clip(AsymmetricLoss(gamma=0.0, clip=0.0), t, p) == pytest.approx(expected, rel=1e-4)
+
+    asymmetric = AsymmetricLoss(gamma=4.0, clip=0.05)
+    # A positive costs what it costs under cross-entropy; a negative scored below the clip costs nothing.
+    assert per_clip(asymmetric, [1.0], [0.7]) == pytest.approx(-np.log(0.7), rel=1e-5)
+    assert per_clip(asymmetric, [0.0], [0.03]) == pytest.approx(0.0, abs=1e-9)
+    assert 0 < per_clip(asymmetric, [0.0], [0.2]) < 0.01 * -np.log(0.8)
+    # The push on a negative (the gradient on its logit) weakens again where the net is sure the sound is there:
+    # a likely missing label is not forced down as hard. Cross-entropy's push only grows.
+    import tensorflow as tf
+
+    logits = tf.Variable(np.linspace(-3.0, 8.0, 400, dtype=np.float32)[:, None])
+    with tf.GradientTape(persistent=True) as tape:
+        negatives = tf.zeros_like(logits)
+        spared = asymmetric.call(negatives, tf.sigmoid(logits))
+        pushed = AsymmetricLoss(gamma=0.0, clip=0.0).call(negatives, tf.sigmoid(logits))
+    grads = tape.gradient(spared, logits).numpy()[:, 0]
+    peak = int(np.argmax(grads))
+    assert 0 < peak < len(grads) - 1 and grads[-1] < 0.5 * grads[peak]
+    assert np.all(np.diff(tape.gradient(pushed, logits).numpy()[:, 0]) > 0)
+    restored = AsymmetricLoss.from_config(asymmetric.get_config())
+    assert (restored.gamma, restored.clip) == (4.0, 0.05)
+
+
+def test_asymmetric_loss_trains_resumes_in_safe_mode_and_is_recorded(tmp_path: Path) -> None:
+    import keras
+
+    x, y = learnable_dataset(600, 4, seed=14)
+    config = small_config(architecture="feature_level_attention", iterations=60, loss="asymmetric", negative_gamma=2.0)
+
+    train_until_interrupted(config, x, y, make_labels(4), tmp_path / "run", at=30)
+    last = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
+    assert type(last.loss).__name__ == "AsymmetricLoss" and last.loss.gamma == 2.0
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert [h["iteration"] for h in result.history] == [20, 40, 60]
+    assert result.best_map > 0.7
+    hyperparameters = artifact.verify(result.artifact).training["hyperparameters"]
+    assert (hyperparameters["loss"], hyperparameters["negative_gamma"], hyperparameters["negative_clip"]) == (
+        "asymmetric",
+        2.0,
+        0.05,
+    )
+    with pytest.raises(TrainingDataError, match=r"loss: 'asymmetric' -> 'binary_crossentropy'"):
+        train(small_config(architecture="feature_level_attention", iterations=80), x, y, make_labels(4), tmp_path / "run")
