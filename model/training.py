@@ -76,6 +76,12 @@ class TrainConfig:
         flag="--teacher",
         multiple=True,
     )
+    teacher_window: int = option(
+        0,
+        "With --teacher: the teachers score windows of this many frames and the model trains on such windows "
+        "against those scores (pseudo strong labels); 0 = whole clips.",
+        min=0,
+    )
     distill_weight: float = option(
         0.5, "Weight of the soft targets (--teacher or --cross-fit) against the labels.", min=0, max=1
     )
@@ -167,6 +173,10 @@ class TrainConfig:
             raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
         if self.fold_hidden_units is not None and self.fold_hidden_units < 1:
             raise TrainConfigError(f"fold_hidden_units must be >= 1, got {self.fold_hidden_units}")
+        if self.teacher_window < 0 or (self.teacher_window and not self.teachers):
+            raise TrainConfigError(
+                f"teacher_window needs --teacher (the model that scores each window), got {self.teacher_window}"
+            )
         if self.cross_fit and self.teachers:
             raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
         if self.loss not in LOSSES:
@@ -256,6 +266,31 @@ def frame_mix_batch(
         share = (k / frames).astype(np.float32)[:, None]
         mixed_y = (1.0 - share) * targets + share * targets[partner]
     return mixed_x, mixed_y.astype(np.float32)
+
+
+def clip_lengths(x: np.ndarray) -> np.ndarray:
+    """Frames up to each clip's last non-padding frame (clips under 10 s are zero-padded at the end)."""
+    heard = (np.asarray(x) != 0).any(axis=2)
+    return np.asarray(np.where(heard.any(axis=1), x.shape[1] - heard[:, ::-1].argmax(axis=1), x.shape[1]))
+
+
+def tile_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Each clip's window of ``width`` frames from its start, repeated to the clip's frame count.
+
+    Attention pooling is a weighted mean over frames, so a window repeated to fill the
+    clip is scored as the window itself (exactly when ``width`` divides the frame count),
+    by any of the pooling networks, without a model of another input shape.
+    """
+    frames = x.shape[1]
+    positions = np.asarray(starts)[:, None] + np.arange(frames)[None, :] % width
+    return np.asarray(np.take_along_axis(x, positions[:, :, None], axis=1))
+
+
+def window_starts(lengths: np.ndarray, width: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """A random window start per clip, within the clip's heard frames where it has ``width`` of them."""
+    last = np.clip(np.minimum(lengths, frames) - width, 0, frames - width)
+    starts: np.ndarray = (rng.random(len(lengths)) * (last + 1)).astype(np.int64)
+    return starts
 
 
 # Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
@@ -479,37 +514,56 @@ def _serving_model(trainable: Any, architecture: str) -> Any:
 
 
 def teacher_targets(
-    teachers: Sequence[str], x: np.ndarray, classes: int, fingerprint: str, split: tuple[float, int]
+    teachers: Sequence[str],
+    x: np.ndarray,
+    classes: int,
+    fingerprint: str,
+    split: tuple[float, int],
+    window: int = 0,
 ) -> tuple[np.ndarray, list[dict[str, str]]]:
     """The mean prediction of the teacher models on ``x``: soft targets for distillation.
 
-    A teacher that was trained on the same data with another validation split has
-    seen this run's validation clips, which would make its validation mAP a lie.
+    With ``window`` the teachers score every window of that many frames instead
+    (``(clips, frames - window + 1, classes)``, float16 to keep 22k clips small).
+
+    A teacher must not have seen this run's validation clips, which would make its
+    validation mAP a lie: one trained on the same data with another split (or on all of
+    it, validated on a file) is refused, as is one trained on this run's validation file.
     """
 
     from model.inference import Predictor
 
     log = logging.getLogger("audioset.training")
-    total = np.zeros((x.shape[0], classes), dtype=np.float32)
+    ours, _, our_validation = fingerprint.partition("+")
+    frames = x.shape[1]
+    starts = range(frames - window + 1) if window else [None]
+    total = np.zeros((x.shape[0], len(starts), classes), dtype=np.float32)
     described: list[dict[str, str]] = []
     for path in teachers:
         predictor = Predictor.from_artifact(path)
         if predictor.classes != classes:
             raise TrainingDataError(f"teacher {path} predicts {predictor.classes} classes, the data has {classes}")
         training = predictor.manifest.training
+        theirs, _, their_validation = str(training.get("data_fingerprint") or "").partition("+")
+        if our_validation and theirs == our_validation:
+            raise TrainingDataError(f"teacher {path} was trained on this run's validation data")
         if (
-            training.get("data_fingerprint") == fingerprint
-            and validation_split_of(training.get("hyperparameters", {})) != split
+            not our_validation
+            and theirs == ours
+            and (their_validation or validation_split_of(training.get("hyperparameters", {})) != split)
         ):
             raise TrainingDataError(
                 f"teacher {path} was trained on this data with another validation split; it has seen the "
                 "validation clips. Train teachers with the same --validation-fraction and --split-seed."
             )
-        if training.get("data_fingerprint") not in (None, fingerprint):
+        if theirs and theirs != ours:
             log.warning("teacher %s was trained on other data (fingerprint differs)", path)
-        total += predictor.predict(x)
+        for i, start in enumerate(starts):
+            clips = x if start is None else tile_windows(x, np.full(len(x), start), window)
+            total[:, i] += predictor.predict(clips)
         described.append({"model": predictor.tag, "sha256": predictor.manifest.sha256})
-    return total / len(teachers), described
+    mean = total / len(teachers)
+    return (mean.astype(np.float16) if window else mean[:, 0]), described
 
 
 def _loss(config: TrainConfig) -> Any:
@@ -615,6 +669,8 @@ def _fit(
     # Re-seed from the iteration so a resumed run draws fresh batches deterministically.
     sampler = _sampler(config, np.asarray(y[train_idx], dtype=bool), config.seed + int(state["iteration"]))
     mix_rng = np.random.default_rng([config.seed, int(state["iteration"]), 1])
+    window_rng = np.random.default_rng([config.seed, int(state["iteration"]), 3])
+    lengths = clip_lengths(x[train_idx]) if soft is not None and soft.ndim == 3 else None
     splice_rng = np.random.default_rng([config.seed, int(state["iteration"]), 2])
     served = net if config.precision == "float32" else _build(config, y.shape[1], x.shape[1])
     predictor = Predictor(served, manifest)
@@ -628,12 +684,19 @@ def _fit(
         positions = next(sampler)
         batch = train_idx[positions]
         targets = np.asarray(y[batch], dtype=np.float32)
+        clips = x[batch]
         if soft is not None:
+            taught = soft[positions]
+            if lengths is not None:
+                # Pseudo strong labels: a window of each clip, against what the teachers heard in it.
+                starts = window_starts(lengths[positions], config.teacher_window, x.shape[1], window_rng)
+                clips = tile_windows(clips, starts, config.teacher_window)
+                taught = taught[np.arange(len(positions)), starts].astype(np.float32)
             # Cross-entropy is linear in its target: mixing targets mixes the hard and the distillation loss.
-            targets = (1.0 - config.distill_weight) * targets + config.distill_weight * soft[positions]
+            targets = (1.0 - config.distill_weight) * targets + config.distill_weight * taught
         if config.label_smoothing > 0:
             targets = smooth_labels(targets, config.label_smoothing)
-        inputs = dequantize(x[batch])
+        inputs = dequantize(clips)
         if config.frame_mix > 0:
             inputs, targets = frame_mix_batch(
                 inputs, targets, config.frame_mix, splice_rng, union=config.frame_mix_targets == "union"
@@ -854,7 +917,7 @@ def train(
     cross_fit: dict[str, Any] | None = None
     if config.teachers:
         soft, teachers = teacher_targets(
-            config.teachers, x[train_idx], y.shape[1], fingerprint, config.validation_split
+            config.teachers, x[train_idx], y.shape[1], fingerprint, config.validation_split, config.teacher_window
         )
     if config.cross_fit:
         soft, cross_fit = cross_fit_targets(

@@ -687,4 +687,86 @@ def test_asymmetric_loss_trains_resumes_in_safe_mode_and_is_recorded(tmp_path: P
         0.05,
     )
     with pytest.raises(TrainingDataError, match=r"loss: 'asymmetric' -> 'binary_crossentropy'"):
-        train(small_config(architecture="feature_level_attention", iterations=80), x, y, make_labels(4), tmp_path / "run")
+        train(
+            small_config(architecture="feature_level_attention", iterations=80), x, y, make_labels(4), tmp_path / "run"
+        )
+
+
+def test_windows_are_tiled_within_the_heard_frames() -> None:
+    from model.training import clip_lengths, tile_windows, window_starts
+
+    x = np.arange(1, 4 * 10 + 1, dtype=np.uint8).reshape(4, 10, 1).repeat(128, axis=2)
+    x[1, 6:] = 0  # a 6-second clip, zero-padded
+    x[2] = 0  # silence throughout
+    assert clip_lengths(x).tolist() == [10, 6, 10, 10]
+    tiled = tile_windows(x, np.array([0, 4, 8, 3]), 2)
+    assert tiled[1, :, 0].tolist() == [15, 16] * 5 and tiled[3, :, 0].tolist() == [34, 35] * 5
+    rng = np.random.default_rng(0)
+    starts = np.stack([window_starts(clip_lengths(x), 2, 10, rng) for _ in range(500)])
+    assert starts[:, 0].min() == 0 and starts[:, 0].max() == 8
+    assert starts[:, 1].max() == 4  # never a window of padding where the clip has heard frames
+    assert set(np.unique(starts[:, 3])) == set(range(9))
+
+
+def test_window_teacher_targets_score_every_window_and_train_a_student_that_resumes(tmp_path: Path) -> None:
+    from model.inference import Predictor
+    from model.training import teacher_targets, tile_windows
+
+    x, y = learnable_dataset(800, 5, seed=15)
+    teacher = train(small_config(architecture="feature_level_attention"), x, y, make_labels(5), tmp_path / "teacher")
+    fingerprint = artifact.read_manifest(teacher.artifact).training["data_fingerprint"]
+    soft, _ = teacher_targets([str(teacher.artifact)], x[:30], 5, fingerprint, (0.1, 3), window=2)
+    assert soft.shape == (30, 9, 5) and soft.dtype == np.float16
+    predictor = Predictor.from_artifact(teacher.artifact)
+    np.testing.assert_allclose(soft[:, 4], predictor.predict(tile_windows(x[:30], np.full(30, 4), 2)), atol=2e-3)
+    # A class whose pattern lies in a few frames scores higher in some windows than in others.
+    assert float((soft.max(axis=1) - soft.min(axis=1)).max()) > 0.3
+
+    config = small_config(
+        architecture="feature_level_attention",
+        iterations=60,
+        teachers=[str(teacher.artifact)],
+        teacher_window=2,
+        distill_weight=0.7,
+        seed=4,
+        split_seed=3,  # the teacher's hold-out
+    )
+    train_until_interrupted(config, x, y, make_labels(5), tmp_path / "student", at=30)
+    student = train(config, x, y, make_labels(5), tmp_path / "student")
+    assert [h["iteration"] for h in student.history] == [20, 40, 60]
+    assert student.best_map > 0.7  # trained on 2-frame windows, it still ranks whole clips
+    assert artifact.verify(student.artifact).training["hyperparameters"]["teacher_window"] == 2
+    with pytest.raises(TrainConfigError, match="teacher_window needs --teacher"):
+        small_config(teacher_window=2)
+
+
+def test_a_teacher_trained_on_all_the_clips_or_on_the_validation_file_is_refused(tmp_path: Path) -> None:
+    x, y = learnable_dataset(400, 3, seed=16)
+    x_train, y_train, x_val, y_val = x[:300], y[:300], x[300:], y[300:]
+    on_all = train(
+        small_config(iterations=20), x_train, y_train, make_labels(3), tmp_path / "all", validation=(x_val, y_val)
+    )
+    # A split run on the same clips: the teacher has trained on its validation clips.
+    with pytest.raises(TrainingDataError, match="another validation split"):
+        train(small_config(teachers=[str(on_all.artifact)]), x_train, y_train, make_labels(3), tmp_path / "split")
+    # A run validated on the file another teacher trained on.
+    on_val = train(small_config(iterations=20), x_val, y_val, make_labels(3), tmp_path / "val")
+    with pytest.raises(TrainingDataError, match="trained on this run's validation data"):
+        train(
+            small_config(teachers=[str(on_val.artifact)]),
+            x_train,
+            y_train,
+            make_labels(3),
+            tmp_path / "leak",
+            validation=(x_val, y_val),
+        )
+    # The same file and clips as the teacher: allowed (it saw the training clips only).
+    student = train(
+        small_config(iterations=20, teachers=[str(on_all.artifact)]),
+        x_train,
+        y_train,
+        make_labels(3),
+        tmp_path / "ok",
+        validation=(x_val, y_val),
+    )
+    assert student.best_map > 0
