@@ -341,3 +341,12 @@ def test_native_output_is_silenced_only_inside_the_block(
     finally:
         native_logs.show_native_logs(False)
     assert capfd.readouterr().err == "debug shows it\n"
+
+
+def test_a_data_file_given_where_the_model_goes_says_the_model_is_a_folder(newcomer: Path) -> None:
+    write_h5(newcomer / "data.h5", clips=4, classes=12)
+    result = run("evaluate", "data.h5")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "'data.h5' is a file; a model is a folder holding model.keras and manifest.json" in result.output
+    scored = run("score", "data.h5", "--model", "data.h5")
+    assert scored.exit_code == 2 and "is a file; a model is a folder" in scored.output

@@ -125,6 +125,24 @@ class LocalPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class ModelPath(LocalPath):
+    """A model artifact folder that exists; a file given in its place gets a hint, not click's "is a file"."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, exists=True, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(value[7:] if isinstance(value, str) and value[:8].lower() == "file:///" else value)
+        if path.is_file():
+            self.fail(
+                f"{str(value)!r} is a file; a model is a folder holding model.keras and manifest.json "
+                "(e.g. model/pretrained/audioset-default)",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
+
+
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
 

@@ -12,7 +12,17 @@ from typing import IO, Any
 
 import click
 
-from audioset_batch.cli.common import LocalPath, cli_settings, fail, friendly_errors, main, note, output_file, warn
+from audioset_batch.cli.common import (
+    LocalPath,
+    ModelPath,
+    cli_settings,
+    fail,
+    friendly_errors,
+    main,
+    note,
+    output_file,
+    warn,
+)
 
 # --- scoring -----------------------------------------------------------------------------------
 
@@ -37,7 +47,7 @@ from audioset_batch.cli.common import LocalPath, cli_settings, fail, friendly_er
 @click.option(
     "--model",
     "model_path",
-    type=LocalPath(file_okay=False, exists=True, path_type=Path),
+    type=ModelPath(),
     default=None,
     help="Model artifact directory (default: the shipped model).",
 )
@@ -146,7 +156,7 @@ def score(
 @click.option(
     "--model",
     "model_path",
-    type=LocalPath(file_okay=False, exists=True, path_type=Path),
+    type=ModelPath(),
     default=None,
     help="Artifact whose classes the results use (default: AUDIOSET_MODEL_PATH).",
 )
@@ -182,7 +192,7 @@ def search(
 
 
 @main.command()
-@click.argument("model_path", type=LocalPath(file_okay=False, exists=True, path_type=Path))
+@click.argument("model_path", type=ModelPath())
 @click.argument("data", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout.")
 @click.option(

@@ -15,6 +15,7 @@ import click
 from audioset_batch.cli.common import (
     F,
     LocalPath,
+    ModelPath,
     cli_settings,
     friendly_errors,
     main,
@@ -262,7 +263,7 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("members", nargs=-1, required=True, type=LocalPath(file_okay=False, exists=True, path_type=Path))
+@click.argument("members", nargs=-1, required=True, type=ModelPath())
 @click.option(
     "--output",
     type=LocalPath(file_okay=False, path_type=Path),
