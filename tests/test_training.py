@@ -426,7 +426,7 @@ def test_training_options_are_checked_when_the_config_is_made() -> None:
         TrainConfig(frame_mix_targets="max")
     with pytest.raises(TrainConfigError, match="loss must be one of binary_crossentropy, asymmetric"):
         TrainConfig(loss="focal")
-    with pytest.raises(TrainConfigError, match="negative_clip in"):
+    with pytest.raises(TrainConfigError, match=r"negative_clip must be in \[0, 1\), got 1.0"):
         TrainConfig(negative_clip=1.0)
     from audioset_batch.errors import ConfigError
     from audioset_batch.training_runs import TrainingSpec
