@@ -875,6 +875,9 @@ def train(
         raise TrainingDataError(f"y must be (clips, classes) with {x.shape[0]} clips, got {y.shape}")
     if y.shape[1] != len(labels):
         raise TrainingDataError(f"y has {y.shape[1]} classes but the label list has {len(labels)}")
+    if config.teacher_window > x.shape[1]:
+        window = config.teacher_window
+        raise TrainingDataError(f"teacher_window {window} is longer than the clips ({x.shape[1]} frames)")
     output = Path(output_dir)
     fingerprint = data_fingerprint(x, y)
     if validation is not None:

@@ -736,6 +736,8 @@ def test_window_teacher_targets_score_every_window_and_train_a_student_that_resu
     assert [h["iteration"] for h in student.history] == [20, 40, 60]
     assert student.best_map > 0.7  # trained on 2-frame windows, it still ranks whole clips
     assert artifact.verify(student.artifact).training["hyperparameters"]["teacher_window"] == 2
+    with pytest.raises(TrainingDataError, match=r"teacher_window 11 is longer than the clips \(10 frames\)"):
+        train(small_config(teachers=[str(teacher.artifact)], teacher_window=11), x, y, make_labels(5), tmp_path / "x")
     with pytest.raises(TrainConfigError, match="teacher_window needs --teacher"):
         small_config(teacher_window=2)
 
