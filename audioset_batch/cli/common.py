@@ -122,6 +122,10 @@ class LocalPath(click.Path):
             from urllib.parse import unquote
 
             value = unquote(value[7:])
+        return self.convert_local(value, param, ctx)
+
+    def convert_local(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Check and convert the plain local path (any ``file:///`` prefix already removed)."""
         return super().convert(value, param, ctx)
 
 
@@ -131,16 +135,15 @@ class ModelPath(LocalPath):
     def __init__(self) -> None:
         super().__init__(file_okay=False, exists=True, path_type=Path)
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        path = Path(value[7:] if isinstance(value, str) and value[:8].lower() == "file:///" else value)
-        if path.is_file():
+    def convert_local(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if Path(value).is_file():
             self.fail(
                 f"{str(value)!r} is a file; a model is a folder holding model.keras and manifest.json "
                 "(e.g. model/pretrained/audioset-default)",
                 param,
                 ctx,
             )
-        return super().convert(value, param, ctx)
+        return super().convert_local(value, param, ctx)
 
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
