@@ -685,12 +685,13 @@ def _fit(
         targets = np.asarray(y[batch], dtype=np.float32)
         clips = x[batch]
         if soft is not None:
-            taught = soft[positions]
-            if lengths is not None:
+            if lengths is None:
+                taught = soft[positions]
+            else:
                 # Pseudo strong labels: a window of each clip, against what the teachers heard in it.
                 starts = window_starts(lengths[positions], config.teacher_window, x.shape[1], window_rng)
                 clips = tile_windows(clips, starts, config.teacher_window)
-                taught = taught[np.arange(len(positions)), starts].astype(np.float32)
+                taught = soft[positions, starts].astype(np.float32)  # only the window each clip shows
             # Cross-entropy is linear in its target: mixing targets mixes the hard and the distillation loss.
             targets = (1.0 - config.distill_weight) * targets + config.distill_weight * taught
         if config.label_smoothing > 0:
