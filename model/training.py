@@ -96,8 +96,9 @@ class TrainConfig:
     )
     teacher_window: int = option(
         0,
-        "With --teacher: the teachers score windows of this many frames and the model trains on such windows "
-        "against those scores (pseudo strong labels); 0 = whole clips.",
+        "With --teacher or --cross-fit: the teachers (or the fold models, on the clips they did not see) score "
+        "windows of this many frames and the model trains on such windows against those scores (pseudo strong "
+        "labels); 0 = whole clips.",
         min=0,
     )
     distill_weight: float = option(
@@ -181,9 +182,10 @@ class TrainConfig:
                 raise TrainConfigError(f"{spec.name} must be {problem}")
         if self.cross_fit == 1:
             raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
-        if self.teacher_window and not self.teachers:
+        if self.teacher_window and not (self.teachers or self.cross_fit):
             raise TrainConfigError(
-                f"teacher_window needs --teacher (the model that scores each window), got {self.teacher_window}"
+                "teacher_window needs --teacher or --cross-fit (the models that score each window), "
+                f"got {self.teacher_window}"
             )
         if self.cross_fit and self.teachers:
             raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
@@ -534,9 +536,7 @@ def teacher_targets(
 
     log = logging.getLogger("audioset.training")
     ours, _, our_validation = fingerprint.partition("+")
-    frames = x.shape[1]
-    starts = range(frames - window + 1) if window else [None]
-    total = np.zeros((x.shape[0], len(starts), classes), dtype=np.float32)
+    total = np.zeros((x.shape[0], x.shape[1] - window + 1 if window else 1, classes), dtype=np.float32)
     described: list[dict[str, str]] = []
     for path in teachers:
         predictor = Predictor.from_artifact(path)
@@ -557,12 +557,19 @@ def teacher_targets(
             )
         if theirs and theirs != ours:
             log.warning("teacher %s was trained on other data (fingerprint differs)", path)
-        for i, start in enumerate(starts):
-            clips = x if start is None else tile_windows(x, np.full(len(x), start), window)
-            total[:, i] += predictor.predict(clips)
+        if window:
+            total += window_scores(predictor, x, window)
+        else:
+            total[:, 0] += predictor.predict(x)
         described.append({"model": predictor.tag, "sha256": predictor.manifest.sha256})
     mean = total / len(teachers)
     return (mean.astype(np.float16) if window else mean[:, 0]), described
+
+
+def window_scores(predictor: Any, x: np.ndarray, window: int) -> np.ndarray:
+    """What ``predictor`` hears in each ``window``-frame window of each clip: (clips, windows, classes)."""
+    starts = range(x.shape[1] - window + 1)
+    return np.stack([predictor.predict(tile_windows(x, np.full(len(x), start), window)) for start in starts], axis=1)
 
 
 def _loss(config: TrainConfig) -> Any:
@@ -789,6 +796,10 @@ def cross_fit_targets(
     except their width (``fold_hidden_units``: a wide model can learn from cheaper folds).
     Each fold is a resumable run of its own under ``folder/fold-K``; a finished fold is
     not trained again.
+
+    With ``config.teacher_window`` each fold model also scores every window of the clips
+    it did not see, and those window scores (float16) are the soft targets. A finished
+    fold without them is reopened from its best checkpoint to score them, untrained.
     """
     from model.metrics import evaluate
 
@@ -800,17 +811,22 @@ def cross_fit_targets(
             "teachers": [],
             "hidden_units": config.fold_hidden_units or config.hidden_units,
             "fold_hidden_units": None,
+            "teacher_window": 0,
         }
     )
+    window = config.teacher_window
     fold_of = stratified_folds(np.asarray(y[train_idx], dtype=bool), k, config.seed)
     soft = np.zeros((len(train_idx), y.shape[1]), dtype=np.float32)
+    soft_windows = np.zeros((len(train_idx), x.shape[1] - window + 1 if window else 0, y.shape[1]), np.float16)
     validation = np.zeros((len(val_idx), y.shape[1]), dtype=np.float32)
     summary: dict[str, Any] = {"folds": k, "fold_maps": [], "fold_best_iterations": []}
     for fold in range(k):
         where = folder / f"fold-{fold}"
         held = np.flatnonzero(fold_of == fold)
         done = where / "predictions.npz"
-        if not done.exists():
+        windows_done = where / f"windows-{window}.npz"
+        fitted = None
+        if not done.exists() or (window and not windows_done.exists()):
             fitted = _fit(
                 fold_config,
                 x,
@@ -824,6 +840,7 @@ def cross_fit_targets(
                 on_progress,
                 stage=f"fold {fold + 1}/{k}",
             )
+        if fitted is not None and not done.exists():
             tmp = where / "predictions.tmp.npz"
             np.savez(
                 tmp,
@@ -833,6 +850,15 @@ def cross_fit_targets(
                 best_iteration=np.int64(fitted.state["best_iteration"]),
             )
             os.replace(tmp, done)
+        if fitted is not None and window and not windows_done.exists():
+            tmp = where / f"windows-{window}.tmp.npz"
+            np.savez(tmp, held=window_scores(fitted.predictor, x[train_idx[held]], window).astype(np.float16))
+            os.replace(tmp, windows_done)
+        if window:
+            with np.load(windows_done) as saved:
+                if saved["held"].shape != (len(held), *soft_windows.shape[1:]):
+                    raise TrainingDataError(f"{windows_done} does not match this data; choose a new output directory")
+                soft_windows[held] = saved["held"]
         with np.load(done) as saved:
             if saved["held"].shape != (len(held), y.shape[1]):
                 raise TrainingDataError(f"{done} does not match this data; choose a new output directory")
@@ -843,7 +869,7 @@ def cross_fit_targets(
     y_val = np.asarray(y[val_idx], dtype=bool)
     summary["fold_ensemble_map"] = evaluate(y_val, validation).mean_average_precision
     summary["out_of_fold_map"] = evaluate(np.asarray(y[train_idx], dtype=bool), soft).mean_average_precision
-    return soft, summary
+    return (soft_windows if window else soft), summary
 
 
 def train(

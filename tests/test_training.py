@@ -738,8 +738,44 @@ def test_window_teacher_targets_score_every_window_and_train_a_student_that_resu
     assert artifact.verify(student.artifact).training["hyperparameters"]["teacher_window"] == 2
     with pytest.raises(TrainingDataError, match=r"teacher_window 11 is longer than the clips \(10 frames\)"):
         train(small_config(teachers=[str(teacher.artifact)], teacher_window=11), x, y, make_labels(5), tmp_path / "x")
-    with pytest.raises(TrainConfigError, match="teacher_window needs --teacher"):
+    with pytest.raises(TrainConfigError, match="teacher_window needs --teacher or --cross-fit"):
         small_config(teacher_window=2)
+
+
+def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(tmp_path: Path) -> None:
+    """Out-of-fold window scores; a finished clip-level cross-fit's folds are reused, not trained again."""
+    import shutil
+
+    from model.architectures import build_model
+    from model.inference import Predictor
+    from model.training import stratified_split, tile_windows
+
+    x, y = learnable_dataset(600, 4, seed=16)
+    clip_level = small_config(architecture="feature_level_attention", iterations=40, cross_fit=2, distill_weight=0.7)
+    train(clip_level, x, y, make_labels(4), tmp_path / "clips")
+    shutil.copytree(tmp_path / "clips" / "folds", tmp_path / "windows" / "folds")
+    predictions = tmp_path / "windows" / "folds" / "fold-0" / "predictions.npz"
+    written = predictions.stat().st_mtime_ns
+    stages: set[str] = set()
+    windowed = small_config(
+        architecture="feature_level_attention", iterations=40, cross_fit=2, distill_weight=0.7, teacher_window=2
+    )
+    result = train(windowed, x, y, make_labels(4), tmp_path / "windows", on_progress=lambda p: stages.add(p.stage))
+    assert stages == {""} and predictions.stat().st_mtime_ns == written  # folds reopened, not retrained
+
+    train_idx, _ = stratified_split(y, *clip_level.validation_split)
+    held = train_idx[stratified_folds(y[train_idx], 2, clip_level.seed) == 0]
+    with np.load(tmp_path / "windows" / "folds" / "fold-0" / "windows-2.npz") as saved:
+        scores = saved["held"]
+    assert scores.shape == (len(held), 9, 4) and scores.dtype == np.float16
+    net = build_model("feature_level_attention", 4, 10, clip_level.hidden_units, clip_level.dropout)
+    net.load_weights(tmp_path / "windows" / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
+    manifest = artifact.read_manifest(result.artifact)
+    fold_model = Predictor(net, manifest).predict(tile_windows(x[held], np.full(len(held), 3), 2))
+    np.testing.assert_allclose(scores[:, 3], fold_model, atol=2e-3)
+    assert result.best_map > 0.7
+    recorded = artifact.verify(result.artifact).training
+    assert recorded["hyperparameters"]["teacher_window"] == 2 and recorded["hyperparameters"]["cross_fit"] == 2
 
 
 def test_a_teacher_trained_on_all_the_clips_or_on_the_validation_file_is_refused(tmp_path: Path) -> None:
