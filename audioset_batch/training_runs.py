@@ -24,7 +24,8 @@ from audioset_batch.jobs import JobStore
 from audioset_batch.object_store import ObjectURL, check_key, check_source, store_for
 from audioset_batch.settings import Settings
 from audioset_batch.task_names import TRAIN_TASK
-from model.training import Progress, TrainConfig
+from model.train_config import TrainConfig
+from model.training import Progress
 
 log = logging.getLogger("audioset.training")
 SPEC_KEYS = {"data", "labels", "output", "validation"}

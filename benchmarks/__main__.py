@@ -246,7 +246,8 @@ def fast_precision(
 def training_speed(iterations: int, precision: str, tmp: Path) -> float:
     """Iterations per second of the shipped model's recipe (batches of 500, EMA, weight decay), after warm-up."""
     from model.artifact import read_manifest
-    from model.training import Progress, TrainConfig, train
+    from model.train_config import TrainConfig
+    from model.training import Progress, train
 
     manifest = read_manifest(MODEL)
     rng = np.random.default_rng(0)

@@ -8,195 +8,23 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model.clip_windows import clip_lengths, tile_windows, window_starts
 from model.labels import ClassLabel
 from model.native_logs import import_tensorflow
+from model.soft_targets import cross_fit_targets, teacher_targets
+from model.train_config import LR_SCHEDULES, TrainConfig, TrainingDataError
 
 CHECKPOINT_DIR = "checkpoint"
 FOLDS_DIR = "folds"
 STATE_NAME = "state.json"
-LR_SCHEDULES = ("constant", "cosine")
-TRAIN_PRECISIONS = ("float32", "bfloat16")
-FRAME_MIX_TARGETS = ("share", "union")
-LOSSES = ("binary_crossentropy", "asymmetric")
-
-
-class TrainingDataError(ValueError):
-    """Training data is unusable: wrong shapes, no labels, class count mismatch."""
-
-
-class TrainConfigError(ValueError):
-    """A training setting is out of range (checked when the config is made, before any data loads)."""
-
-
-def option(default: Any, help: str = "", **cli: Any) -> Any:
-    """A training setting: its default, and what ``audioset train`` says and checks about it.
-
-    ``cli`` keys: ``flag`` (the option, default ``--field-name``), ``choices``, ``min``/``max`` (with
-    ``min_open``/``max_open``), ``multiple``, ``hidden`` (no option of its own), ``values`` (a choice
-    mapped onto the field's value). The CLI builds every option from these, so a new setting is one edit.
-    """
-    metadata = {"help": help, **cli}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _out_of_range(value: Any, meta: Mapping[str, Any]) -> str:
-    """What ``value`` must be under a field's ``choices``/``min``/``max`` metadata, or "" when it is."""
-    if "choices" in meta and value not in meta["choices"]:
-        return f"one of {', '.join(meta['choices'])}, got {value!r}"
-    if value is None or not ({"min", "max"} & set(meta)):
-        return ""
-    low, high = meta.get("min"), meta.get("max")
-    too_low = low is not None and (value <= low if meta.get("min_open") else value < low)
-    too_high = high is not None and (value >= high if meta.get("max_open") else value > high)
-    if not (too_low or too_high):
-        return ""
-    if high is None:
-        return f"{'>' if meta.get('min_open') else '>='} {low}, got {value}"
-    if low is None:
-        return f"{'<' if meta.get('max_open') else '<='} {high}, got {value}"
-    return f"in {'(' if meta.get('min_open') else '['}{low}, {high}{')' if meta.get('max_open') else ']'}, got {value}"
-
-
-@dataclass(slots=True)
-class TrainConfig:
-    architecture: str = option("decision_level_multi_attention", "Network: one of model.architectures.ARCHITECTURES.")
-    batch_size: int = option(500, "Clips per mini-batch.", min=1)
-    learning_rate: float = option(1e-3, "Adam learning rate.", min=0, min_open=True)
-    weight_decay: float = option(
-        0.0, "Decoupled weight decay (AdamW): each step shrinks every weight by learning-rate x this; 0 = off.", min=0
-    )
-    iterations: int = option(4000, "Mini-batches to train for.", min=1)
-    dropout: float = option(0.5, "Dropout after each dense block.", min=0, max=1, max_open=True)
-    hidden_units: int = option(1024, "Width of each branch.", min=1)
-    branches: int = option(
-        1, "Independent copies trained side by side and served as their mean (an ensemble in one model).", min=1
-    )
-    ema_decay: float = option(
-        0.0,
-        "Evaluate and keep an exponential moving average of the weights (e.g. 0.999); 0 = off.",
-        min=0,
-        max=1,
-        max_open=True,
-    )
-    teachers: list[str] = option(  # noqa: RUF009 (option() returns a field with a default_factory)
-        [],
-        "Distil from this model artifact (repeat for an ensemble): their mean prediction is a soft target.",
-        flag="--teacher",
-        multiple=True,
-    )
-    teacher_window: int = option(
-        0,
-        "With --teacher or --cross-fit: the teachers (or the fold models, on the clips they did not see) score "
-        "windows of this many frames and the model trains on such windows against those scores (pseudo strong "
-        "labels); 0 = whole clips.",
-        min=0,
-    )
-    distill_weight: float = option(
-        0.5, "Weight of the soft targets (--teacher or --cross-fit) against the labels.", min=0, max=1
-    )
-    cross_fit: int = option(
-        0, "Train K fold models first; each clip's out-of-fold prediction becomes its soft target. 0 = off.", min=0
-    )
-    fold_hidden_units: int | None = option(
-        None,
-        "Width of the --cross-fit fold models (default: --hidden-units): a wide model can learn from narrower folds.",
-        min=1,
-    )
-    mixup: float = option(0.0, "Mixup on embeddings with Beta(ALPHA, ALPHA) weights (e.g. 0.3); 0 = off.", min=0)
-    frame_mix: float = option(
-        0.0,
-        "Splice clips: up to this share of each clip's frames come from another clip in the batch; 0 = off.",
-        min=0,
-        max=1,
-    )
-    frame_mix_targets: str = option(
-        "share",
-        "Targets of a spliced clip: blended by frame share, or the union of both label sets.",
-        choices=FRAME_MIX_TARGETS,
-    )
-    label_smoothing: float = option(
-        0.0, "Pull the 0/1 targets towards 0.5 by this amount (e.g. 0.1); 0 = off.", min=0, max=1, max_open=True
-    )
-    loss: str = option(
-        "binary_crossentropy",
-        "asymmetric: weaken the push on negatives (Ridnik et al. 2021), for labels that miss present sounds.",
-        choices=LOSSES,
-    )
-    negative_gamma: float = option(4.0, "--loss asymmetric: focusing power on the negatives (0 = none).", min=0)
-    negative_clip: float = option(
-        0.05, "--loss asymmetric: a negative scored below this costs nothing.", min=0, max=1, max_open=True
-    )
-    lr_schedule: str = option(
-        "constant", "cosine: decay the learning rate to 1% of --learning-rate over --iterations.", choices=LR_SCHEDULES
-    )
-    balanced: bool = option(
-        True,
-        "balanced: classes drawn round-robin into each mini-batch (Kong et al.); shuffle: plain shuffling.",
-        flag="--sampling",
-        values={"balanced": True, "shuffle": False},
-    )
-    precision: str = option(
-        "float32",
-        "Training arithmetic. bfloat16: mixed precision (float32 weights), about 1.5x faster on CPUs with "
-        "avx512_bf16/AMX; validation and the artifact stay float32.",
-        choices=TRAIN_PRECISIONS,
-    )
-    patience: int = option(
-        0,
-        "Stop after this many evaluations in a row without a better validation mAP; 0 = run all iterations.",
-        min=0,
-    )
-    validation_fraction: float = option(
-        0.1,
-        "Share of the clips held out for validation (unless --validation gives a file).",
-        min=0,
-        max=1,
-        min_open=True,
-        max_open=True,
-    )
-    eval_every: int = option(250, "Iterations between evaluations (and checkpoints).", min=1)
-    checkpoint_every: int = option(250, hidden=True)  # follows --eval-every on the command line
-    seed: int = option(0, "Seed of the weights and of the batches.")
-    split_seed: int | None = option(
-        None, "Seed of the validation hold-out (default: --seed). Keep it fixed to compare runs or distil between them."
-    )
-    name: str = option("audioset-model", "Model name, written into every result's model field.")
-    version: str = option("1", "Model version (results say name@version).")
-
-    def __post_init__(self) -> None:
-        # The limits and choices are the ones `audioset train` enforces, read from the same field metadata,
-        # so a queued run's YAML or a library caller is held to exactly what the command line is.
-        for spec in fields(self):
-            problem = _out_of_range(getattr(self, spec.name), spec.metadata)
-            if problem:
-                raise TrainConfigError(f"{spec.name} must be {problem}")
-        if self.cross_fit == 1:
-            raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
-        if self.teacher_window and not (self.teachers or self.cross_fit):
-            raise TrainConfigError(
-                "teacher_window needs --teacher or --cross-fit (the models that score each window), "
-                f"got {self.teacher_window}"
-            )
-        if self.cross_fit and self.teachers:
-            raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def validation_split(self) -> tuple[float, int]:
-        """(fraction, seed) of the hold-out: runs that share it are comparable and can teach each other."""
-        return self.validation_fraction, self.seed if self.split_seed is None else self.split_seed
 
 
 # Cosine decay ends at this fraction of the initial learning rate rather than at zero.
@@ -269,31 +97,6 @@ def frame_mix_batch(
     return mixed_x, mixed_y.astype(np.float32)
 
 
-def clip_lengths(x: np.ndarray) -> np.ndarray:
-    """Frames up to each clip's last non-padding frame (clips under 10 s are zero-padded at the end)."""
-    heard = (np.asarray(x) != 0).any(axis=2)
-    return np.asarray(np.where(heard.any(axis=1), x.shape[1] - heard[:, ::-1].argmax(axis=1), x.shape[1]))
-
-
-def tile_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """Each clip's window of ``width`` frames from its start, repeated to the clip's frame count.
-
-    Attention pooling is a weighted mean over frames, so a window repeated to fill the
-    clip is scored as the window itself (exactly when ``width`` divides the frame count),
-    by any of the pooling networks, without a model of another input shape.
-    """
-    frames = x.shape[1]
-    positions = np.asarray(starts)[:, None] + np.arange(frames)[None, :] % width
-    return np.asarray(np.take_along_axis(x, positions[:, :, None], axis=1))
-
-
-def window_starts(lengths: np.ndarray, width: int, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """A random window start per clip, within the clip's heard frames where it has ``width`` of them."""
-    last = np.clip(np.minimum(lengths, frames) - width, 0, frames - width)
-    starts: np.ndarray = (rng.random(len(lengths)) * (last + 1)).astype(np.int64)
-    return starts
-
-
 # Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
 RESUMABLE = frozenset({"iterations", "patience"})
 
@@ -310,13 +113,6 @@ def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]
 def evaluations_since_best(history: list[dict[str, float]], best_iteration: int) -> int:
     """How many evaluations in a row have not beaten the best validation mAP (early stopping counts these)."""
     return sum(1 for entry in history if entry["iteration"] > best_iteration)
-
-
-def validation_split_of(hyperparameters: dict[str, Any]) -> tuple[float, int]:
-    """The hold-out a trained model's manifest records (older manifests split by ``seed``)."""
-    split_seed = hyperparameters.get("split_seed")
-    seed = hyperparameters.get("seed", 0) if split_seed is None else split_seed
-    return float(hyperparameters.get("validation_fraction", 0.1)), int(seed)
 
 
 @dataclass(slots=True)
@@ -514,64 +310,6 @@ def _serving_model(trainable: Any, architecture: str) -> Any:
     return keras.Model(trainable.inputs[0], mean, name=architecture)
 
 
-def teacher_targets(
-    teachers: Sequence[str],
-    x: np.ndarray,
-    classes: int,
-    fingerprint: str,
-    split: tuple[float, int],
-    window: int = 0,
-) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """The mean prediction of the teacher models on ``x``: soft targets for distillation.
-
-    With ``window`` the teachers score every window of that many frames instead
-    (``(clips, frames - window + 1, classes)``, float16 to keep 22k clips small).
-
-    A teacher must not have seen this run's validation clips, which would make its
-    validation mAP a lie: one trained on the same data with another split (or on all of
-    it, validated on a file) is refused, as is one trained on this run's validation file.
-    """
-
-    from model.inference import Predictor
-
-    log = logging.getLogger("audioset.training")
-    ours, _, our_validation = fingerprint.partition("+")
-    total = np.zeros((x.shape[0], x.shape[1] - window + 1 if window else 1, classes), dtype=np.float32)
-    described: list[dict[str, str]] = []
-    for path in teachers:
-        predictor = Predictor.from_artifact(path)
-        if predictor.classes != classes:
-            raise TrainingDataError(f"teacher {path} predicts {predictor.classes} classes, the data has {classes}")
-        training = predictor.manifest.training
-        theirs, _, their_validation = str(training.get("data_fingerprint") or "").partition("+")
-        if our_validation and theirs == our_validation:
-            raise TrainingDataError(f"teacher {path} was trained on this run's validation data")
-        if (
-            not our_validation
-            and theirs == ours
-            and (their_validation or validation_split_of(training.get("hyperparameters", {})) != split)
-        ):
-            raise TrainingDataError(
-                f"teacher {path} was trained on this data with another validation split; it has seen the "
-                "validation clips. Train teachers with the same --validation-fraction and --split-seed."
-            )
-        if theirs and theirs != ours:
-            log.warning("teacher %s was trained on other data (fingerprint differs)", path)
-        if window:
-            total += window_scores(predictor, x, window)
-        else:
-            total[:, 0] += predictor.predict(x)
-        described.append({"model": predictor.tag, "sha256": predictor.manifest.sha256})
-    mean = total / len(teachers)
-    return (mean.astype(np.float16) if window else mean[:, 0]), described
-
-
-def window_scores(predictor: Any, x: np.ndarray, window: int) -> np.ndarray:
-    """What ``predictor`` hears in each ``window``-frame window of each clip: (clips, windows, classes)."""
-    starts = range(x.shape[1] - window + 1)
-    return np.stack([predictor.predict(tile_windows(x, np.full(len(x), start), window)) for start in starts], axis=1)
-
-
 def _loss(config: TrainConfig) -> Any:
     """What the net is compiled with (a registered class, so a resumed run's last.keras loads in safe mode)."""
     if config.loss == "asymmetric":
@@ -755,123 +493,6 @@ def _fit(
     return _Fitted(served, predictor, state, bool(stopped_early))
 
 
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """A fold number per clip, dealt round-robin within each clip's rarest-label stratum.
-
-    Every class with at least ``folds`` clips then has positives in every fold, so
-    each fold model learns every class from ``(folds - 1) / folds`` of its clips.
-    """
-    y = np.asarray(y, dtype=bool)
-    rng = np.random.default_rng(seed)
-    counts = y.sum(axis=0)
-    masked = np.where(y, counts[None, :], np.iinfo(np.int64).max)
-    rarest = np.where(y.any(axis=1), masked.argmin(axis=1), -1)
-    fold_of = np.empty(len(y), dtype=np.int64)
-    offset = 0
-    for stratum in np.unique(rarest):
-        members = np.flatnonzero(rarest == stratum)
-        rng.shuffle(members)
-        fold_of[members] = (np.arange(len(members)) + offset) % folds
-        offset += len(members)
-    return fold_of
-
-
-def cross_fit_targets(
-    config: TrainConfig,
-    x: np.ndarray,
-    y: np.ndarray,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    fingerprint: str,
-    manifest: Any,
-    folder: Path,
-    on_progress: Callable[[Progress], None] | None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Out-of-fold predictions for every training clip: soft targets no model has memorised.
-
-    The training clips are dealt into ``config.cross_fit`` folds; a model trained on the
-    other folds predicts each one. Unlike a teacher's predictions on its own training
-    clips (which echo the labels), these carry what a model really believes about a clip,
-    including labels the annotators missed. Fold models share every setting of the run
-    except their width (``fold_hidden_units``: a wide model can learn from cheaper folds).
-    Each fold is a resumable run of its own under ``folder/fold-K``; a finished fold is
-    not trained again.
-
-    With ``config.teacher_window`` each fold model also scores every window of the clips
-    it did not see, and those window scores (float16) are the soft targets. A finished
-    fold without them is reopened from its best checkpoint to score them, untrained.
-    """
-    from model.metrics import evaluate
-
-    k = config.cross_fit
-    fold_config = TrainConfig(
-        **{
-            **config.to_json(),
-            "cross_fit": 0,
-            "teachers": [],
-            "hidden_units": config.fold_hidden_units or config.hidden_units,
-            "fold_hidden_units": None,
-            "teacher_window": 0,
-        }
-    )
-    window = config.teacher_window
-    fold_of = stratified_folds(np.asarray(y[train_idx], dtype=bool), k, config.seed)
-    soft = np.zeros((len(train_idx), y.shape[1]), dtype=np.float32)
-    soft_windows = np.zeros((len(train_idx), x.shape[1] - window + 1 if window else 0, y.shape[1]), np.float16)
-    validation = np.zeros((len(val_idx), y.shape[1]), dtype=np.float32)
-    summary: dict[str, Any] = {"folds": k, "fold_maps": [], "fold_best_iterations": []}
-    for fold in range(k):
-        where = folder / f"fold-{fold}"
-        held = np.flatnonzero(fold_of == fold)
-        done = where / "predictions.npz"
-        windows_done = where / f"windows-{window}.npz"
-        fitted = None
-        if not done.exists() or (window and not windows_done.exists()):
-            fitted = _fit(
-                fold_config,
-                x,
-                y,
-                train_idx[fold_of != fold],
-                val_idx,
-                None,
-                where / CHECKPOINT_DIR,
-                fingerprint,
-                manifest,
-                on_progress,
-                stage=f"fold {fold + 1}/{k}",
-            )
-        if fitted is not None and not done.exists():
-            tmp = where / "predictions.tmp.npz"
-            np.savez(
-                tmp,
-                held=fitted.predictor.predict(x[train_idx[held]]),
-                validation=fitted.predictor.predict(x[val_idx]),
-                best_map=np.float64(fitted.state["best_map"]),
-                best_iteration=np.int64(fitted.state["best_iteration"]),
-            )
-            os.replace(tmp, done)
-        if fitted is not None and window and not windows_done.exists():
-            tmp = where / f"windows-{window}.tmp.npz"
-            np.savez(tmp, held=window_scores(fitted.predictor, x[train_idx[held]], window).astype(np.float16))
-            os.replace(tmp, windows_done)
-        if window:
-            with np.load(windows_done) as saved:
-                if saved["held"].shape != (len(held), *soft_windows.shape[1:]):
-                    raise TrainingDataError(f"{windows_done} does not match this data; choose a new output directory")
-                soft_windows[held] = saved["held"]
-        with np.load(done) as saved:
-            if saved["held"].shape != (len(held), y.shape[1]):
-                raise TrainingDataError(f"{done} does not match this data; choose a new output directory")
-            soft[held] = saved["held"]
-            validation += saved["validation"] / k
-            summary["fold_maps"].append(float(saved["best_map"]))
-            summary["fold_best_iterations"].append(int(saved["best_iteration"]))
-    y_val = np.asarray(y[val_idx], dtype=bool)
-    summary["fold_ensemble_map"] = evaluate(y_val, validation).mean_average_precision
-    summary["out_of_fold_map"] = evaluate(np.asarray(y[train_idx], dtype=bool), soft).mean_average_precision
-    return (soft_windows if window else soft), summary
-
-
 def train(
     config: TrainConfig,
     x: np.ndarray,
@@ -949,9 +570,14 @@ def train(
             config.teachers, x[train_idx], y.shape[1], fingerprint, config.validation_split, config.teacher_window
         )
     if config.cross_fit:
-        soft, cross_fit = cross_fit_targets(
-            config, x, y, train_idx, val_idx, fingerprint, manifest, output / FOLDS_DIR, on_progress
-        )
+
+        def fit_fold(fold_config: TrainConfig, fold_idx: np.ndarray, folder: Path, stage: str) -> _Fitted:
+            checkpoint = folder / CHECKPOINT_DIR
+            return _fit(
+                fold_config, x, y, fold_idx, val_idx, None, checkpoint, fingerprint, manifest, on_progress, stage
+            )
+
+        soft, cross_fit = cross_fit_targets(config, x, y, train_idx, val_idx, output / FOLDS_DIR, fit_fold)
     fitted = _fit(config, x, y, train_idx, val_idx, soft, output / CHECKPOINT_DIR, fingerprint, manifest, on_progress)
     final = evaluate(np.asarray(y[val_idx], dtype=bool), fitted.predictor.predict(x[val_idx]))
     state = fitted.state

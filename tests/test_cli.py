@@ -234,7 +234,7 @@ def test_every_training_setting_is_a_train_option_with_its_help() -> None:
     from dataclasses import fields
 
     from audioset_batch.cli.training import config_from_options, train
-    from model.training import TrainConfig
+    from model.train_config import TrainConfig
 
     options = {param.name: param for param in train.params}
     for spec in fields(TrainConfig):

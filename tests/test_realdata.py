@@ -14,7 +14,8 @@ from model import artifact
 from model.inference import Predictor
 from model.labels import load_labels
 from model.metrics import evaluate
-from model.training import data_fingerprint, stratified_split, validation_split_of
+from model.train_config import validation_split_of
+from model.training import data_fingerprint, stratified_split
 
 pytestmark = pytest.mark.realdata
 

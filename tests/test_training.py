@@ -9,17 +9,15 @@ import pytest
 
 from model import artifact
 from model.labels import ClassLabel
+from model.soft_targets import stratified_folds
+from model.train_config import TrainConfig, TrainConfigError, TrainingDataError
 from model.training import (
     COSINE_FLOOR,
     Progress,
-    TrainConfig,
-    TrainConfigError,
-    TrainingDataError,
     frame_mix_batch,
     learning_rate_at,
     mix_batch,
     smooth_labels,
-    stratified_folds,
     train,
 )
 from tests.helpers import learnable_dataset, make_labels
@@ -477,30 +475,30 @@ def test_stratified_folds_put_every_class_in_every_fold() -> None:
 
 def test_cross_fit_targets_are_out_of_fold_predictions(tmp_path: Path) -> None:
     """Labels the data cannot predict: a model's own training clips echo them, held-out clips do not."""
+    from model.architectures import build_model
     from model.inference import Predictor
-    from model.labels import ClassLabel
     from model.metrics import evaluate
-    from model.training import cross_fit_targets, data_fingerprint, stratified_split
+    from model.training import stratified_split
 
     rng = np.random.default_rng(12)
     x = rng.integers(0, 256, size=(240, 10, 128), dtype=np.uint8)
     y = rng.random((240, 3)) < 0.3
     y[np.arange(240), rng.integers(0, 3, 240)] = True
     config = small_config(architecture="feature_level_attention", iterations=200, cross_fit=2, dropout=0.0)
-    train_idx, val_idx = stratified_split(y, *config.validation_split)
-    manifest = artifact.Manifest(
-        "m", "1", config.architecture, [ClassLabel(i, f"/m/{i}", f"c{i}") for i in range(3)], 10
-    )
-    soft, summary = cross_fit_targets(
-        config, x, y, train_idx, val_idx, data_fingerprint(x, y), manifest, tmp_path / "folds", None
-    )
-    assert soft.shape == (len(train_idx), 3) and summary["folds"] == 2 and len(summary["fold_maps"]) == 2
+    result = train(config, x, y, make_labels(3), tmp_path / "run")
+    summary = artifact.verify(result.artifact).training["cross_fit"]
+    assert summary["folds"] == 2 and len(summary["fold_maps"]) == 2
+    train_idx, _ = stratified_split(y, *config.validation_split)
     fold_of = stratified_folds(y[train_idx], 2, config.seed)
-    from model.architectures import build_model
+    soft = np.zeros((len(train_idx), 3), dtype=np.float32)
+    for fold in range(2):
+        with np.load(tmp_path / "run" / "folds" / f"fold-{fold}" / "predictions.npz") as saved:
+            soft[fold_of == fold] = saved["held"]
 
     net = build_model("feature_level_attention", 3, 10, config.hidden_units, 0.0)
-    net.load_weights(tmp_path / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
+    net.load_weights(tmp_path / "run" / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
     seen = train_idx[fold_of == 1]  # fold 0's model trained on fold 1
+    manifest = artifact.read_manifest(result.artifact)
     own = evaluate(y[seen], Predictor(net, manifest).predict(x[seen])).mean_average_precision
     held_out = evaluate(y[train_idx[fold_of == 0]], soft[fold_of == 0]).mean_average_precision
     assert own > held_out + 0.15  # memorised where it trained; the soft targets come from where it did not
@@ -693,7 +691,7 @@ def test_asymmetric_loss_trains_resumes_in_safe_mode_and_is_recorded(tmp_path: P
 
 
 def test_windows_are_tiled_within_the_heard_frames() -> None:
-    from model.training import clip_lengths, tile_windows, window_starts
+    from model.clip_windows import clip_lengths, tile_windows, window_starts
 
     x = np.arange(1, 4 * 10 + 1, dtype=np.uint8).reshape(4, 10, 1).repeat(128, axis=2)
     x[1, 6:] = 0  # a 6-second clip, zero-padded
@@ -709,8 +707,9 @@ def test_windows_are_tiled_within_the_heard_frames() -> None:
 
 
 def test_window_teacher_targets_score_every_window_and_train_a_student_that_resumes(tmp_path: Path) -> None:
+    from model.clip_windows import tile_windows
     from model.inference import Predictor
-    from model.training import teacher_targets, tile_windows
+    from model.soft_targets import teacher_targets
 
     x, y = learnable_dataset(800, 5, seed=15)
     teacher = train(small_config(architecture="feature_level_attention"), x, y, make_labels(5), tmp_path / "teacher")
@@ -747,8 +746,9 @@ def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(t
     import shutil
 
     from model.architectures import build_model
+    from model.clip_windows import tile_windows
     from model.inference import Predictor
-    from model.training import stratified_split, tile_windows
+    from model.training import stratified_split
 
     x, y = learnable_dataset(600, 4, seed=16)
     clip_level = small_config(architecture="feature_level_attention", iterations=40, cross_fit=2, distill_weight=0.7)

@@ -19,7 +19,7 @@ from audioset_batch.settings import Settings, get_settings
 from model.artifact import ArtifactError
 from model.inference import PrecisionUnavailableError
 from model.labels import LabelFileError
-from model.training import TrainConfigError, TrainingDataError
+from model.train_config import TrainConfigError, TrainingDataError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audioset.cli")

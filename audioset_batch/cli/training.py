@@ -24,7 +24,7 @@ from audioset_batch.cli.common import (
     progress_bar,
     quiet_option,
 )
-from model.training import TrainConfig, TrainConfigError
+from model.train_config import TrainConfig, TrainConfigError
 
 
 def train_options(command: F) -> F:

@@ -1,0 +1,38 @@
+"""Windows of a clip's frames: where its sound is, and a short window shown to a net as a whole clip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def clip_lengths(x: np.ndarray) -> np.ndarray:
+    """Frames up to each clip's last non-padding frame (clips under 10 s are zero-padded at the end)."""
+    heard = (np.asarray(x) != 0).any(axis=2)
+    return np.asarray(np.where(heard.any(axis=1), x.shape[1] - heard[:, ::-1].argmax(axis=1), x.shape[1]))
+
+
+def tile_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Each clip's window of ``width`` frames from its start, repeated to the clip's frame count.
+
+    Attention pooling is a weighted mean over frames, so a window repeated to fill the
+    clip is scored as the window itself (exactly when ``width`` divides the frame count),
+    by any of the pooling networks, without a model of another input shape.
+    """
+    frames = x.shape[1]
+    positions = np.asarray(starts)[:, None] + np.arange(frames)[None, :] % width
+    return np.asarray(np.take_along_axis(x, positions[:, :, None], axis=1))
+
+
+def window_starts(lengths: np.ndarray, width: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """A random window start per clip, within the clip's heard frames where it has ``width`` of them."""
+    last = np.clip(np.minimum(lengths, frames) - width, 0, frames - width)
+    starts: np.ndarray = (rng.random(len(lengths)) * (last + 1)).astype(np.int64)
+    return starts
+
+
+def window_scores(predictor: Any, x: np.ndarray, window: int) -> np.ndarray:
+    """What ``predictor`` hears in each ``window``-frame window of each clip: (clips, windows, classes)."""
+    starts = range(x.shape[1] - window + 1)
+    return np.stack([predictor.predict(tile_windows(x, np.full(len(x), start), window)) for start in starts], axis=1)
