@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -174,19 +175,24 @@ def stack(redis_server: RedisServer, s3_endpoint: str, tiny_model: Path) -> Stac
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        concurrency: int = 1,
+        queues: str | None = None,
+        via_cli: bool = False,
+    ) -> None:
+        """``celery -A worker``, or with ``via_cli`` the user's ``audioset worker``; stdout and stderr in one log."""
         self.log_path = log_path
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        command = worker_command(
-            concurrency,
-            queues or env["AUDIOSET_QUEUE"],
-            "INFO",
-            "-n",
-            f"w{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        )
+        flags = ["-n", f"w{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        queue = queues or env["AUDIOSET_QUEUE"]
+        if via_cli:
+            command = [sys.executable, "-m", "audioset_batch.cli", "worker", "-c", str(concurrency), "-Q", queue]
+            command += flags
+        else:
+            command = worker_command(concurrency, queue, "INFO", *flags)
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()

@@ -148,17 +148,17 @@ def test_json_logs_carry_job_source_and_attempt(stack: Stack, tmp_path: Path) ->
     env = {**stack.env, "AUDIOSET_LOG_FORMAT": "json"}
     settings = stack.settings()
     CosStore(settings).upload_file(write_h5(tmp_path / "j.h5", clips=2), stack.input_bucket, "json/j.h5")
-    worker = WorkerProcess(env, tmp_path / "w.log")
+    worker = WorkerProcess(env, tmp_path / "w.log", via_cli=True)  # `audioset worker`, as users start it
     try:
         jobs = open_job_store(settings.effective_state_url)
         job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/json/"], settings).job
         wait_job(jobs, job, 60)
     finally:
         worker.stop()
-    entries = []
-    for line in worker.text().splitlines():
-        if line.startswith("{"):
-            entries.append(json.loads(line))
+    lines = [line for line in worker.text().splitlines() if line.strip()]
+    # stdout and stderr merged, as a log collector sees them: no banner, only JSON (and Celery's shutdown notice).
+    assert [line for line in lines if not line.startswith("{")] == ["worker: Warm shutdown (MainProcess)"]
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
     scored = [e for e in entries if e["message"].startswith("scored ")]
     assert scored, worker.text()[-2000:]
     assert scored[0]["job"] == job and scored[0]["source"] == f"cos://{stack.input_bucket}/json/j.h5"

@@ -13,14 +13,22 @@ from audioset_batch.task_names import SCORE_TASK, TRAIN_TASK, TRAINING_QUEUE
 __all__ = ["SCORE_TASK", "TRAINING_QUEUE", "TRAIN_TASK", "celery_config", "worker_argv", "worker_command"]
 
 
-def worker_argv(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str) -> list[str]:
-    """Arguments after ``celery -A worker``: a prefork worker on the given queues."""
-    return ["worker", "--pool", "prefork", "-c", str(concurrency), "-Q", queues, "-l", loglevel, *extra]
+def worker_argv(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str, quiet: bool = False) -> list[str]:
+    """Arguments after ``celery -A worker``: a prefork worker on the given queues.
+
+    ``quiet`` drops Celery's start-up banner from stdout: under JSON logging a log
+    collector that merges the streams then sees JSON lines only.
+    """
+    banner = ["--quiet"] if quiet else []
+    return [*banner, "worker", "--pool", "prefork", "-c", str(concurrency), "-Q", queues, "-l", loglevel, *extra]
 
 
-def worker_command(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str) -> list[str]:
+def worker_command(
+    concurrency: int, queues: str, loglevel: str = "INFO", *extra: str, quiet: bool = False
+) -> list[str]:
     """A full command line that starts a worker process with this interpreter."""
-    return [sys.executable, "-m", "celery", "-A", "worker", *worker_argv(concurrency, queues, loglevel, *extra)]
+    argv = worker_argv(concurrency, queues, loglevel, *extra, quiet=quiet)
+    return [sys.executable, "-m", "celery", "-A", "worker", *argv]
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:

@@ -31,7 +31,11 @@ def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, 
 
     settings = cli_settings()
     argv = worker_argv(
-        concurrency or settings.effective_concurrency, queues or settings.queue, settings.log_level, *celery_args
+        concurrency or settings.effective_concurrency,
+        queues or settings.queue,
+        settings.log_level,
+        *celery_args,
+        quiet=settings.log_format == "json",
     )
     get_app().worker_main(argv)
 
