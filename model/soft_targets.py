@@ -158,6 +158,9 @@ def cross_fit_targets(
             )
             os.replace(tmp, done)
         if fitted is not None and window and not windows_done.exists():
+            logging.getLogger("audioset.training").info(
+                "fold %d/%d: scoring %d-frame windows of the %d clips it did not see", fold + 1, k, window, len(held)
+            )
             tmp = where / f"windows-{window}.tmp.npz"
             np.savez(tmp, held=window_scores(fitted.predictor, x[train_idx[held]], window).astype(np.float16))
             os.replace(tmp, windows_done)
