@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from model.atomic_files import save_npz
 from model.clip_windows import window_scores
 from model.train_config import TrainConfig, TrainingDataError, validation_split_of
 
@@ -148,22 +148,18 @@ def cross_fit_targets(
         if not done.exists() or (window and not windows_done.exists()):
             fitted = fit_fold(fold_config, train_idx[fold_of != fold], where, f"fold {fold + 1}/{k}")
         if fitted is not None and not done.exists():
-            tmp = where / "predictions.tmp.npz"
-            np.savez(
-                tmp,
+            save_npz(
+                done,
                 held=fitted.predictor.predict(x[train_idx[held]]),
                 validation=fitted.predictor.predict(x[val_idx]),
                 best_map=np.float64(fitted.state["best_map"]),
                 best_iteration=np.int64(fitted.state["best_iteration"]),
             )
-            os.replace(tmp, done)
         if fitted is not None and window and not windows_done.exists():
             logging.getLogger("audioset.training").info(
                 "fold %d/%d: scoring %d-frame windows of the %d clips it did not see", fold + 1, k, window, len(held)
             )
-            tmp = where / f"windows-{window}.tmp.npz"
-            np.savez(tmp, held=window_scores(fitted.predictor, x[train_idx[held]], window).astype(np.float16))
-            os.replace(tmp, windows_done)
+            save_npz(windows_done, held=window_scores(fitted.predictor, x[train_idx[held]], window).astype(np.float16))
         if window:
             with np.load(windows_done) as saved:
                 if saved["held"].shape != (len(held), *soft_windows.shape[1:]):

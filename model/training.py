@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from model.atomic_files import save_npz, write_json
 from model.clip_windows import clip_lengths, tile_windows, window_starts
 from model.labels import ClassLabel
 from model.native_logs import import_tensorflow
@@ -238,12 +238,6 @@ def _sampler(config: TrainConfig, y: np.ndarray, seed: int) -> Iterator[np.ndarr
     return ShuffleSampler(len(y), config.batch_size, seed)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class WeightAverage:
     """An exponential moving average of the trainable weights (0 = off).
 
@@ -272,10 +266,8 @@ class WeightAverage:
             self.values[i] = live
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.stem + ".tmp.npz")
         arrays: dict[str, Any] = {f"arr_{i}": value for i, value in enumerate(self.values)}
-        np.savez(tmp, step=np.int64(self.step), **arrays)
-        os.replace(tmp, path)
+        save_npz(path, step=np.int64(self.step), **arrays)
 
     def load(self, path: Path) -> None:
         with np.load(path) as saved:
@@ -475,7 +467,7 @@ def _fit(
             trainable.save(checkpoint / "last.keras")
             if average is not None:
                 average.save(checkpoint / "ema.npz")
-            _write_json(state_path, state)
+            write_json(state_path, state)
         if on_progress is not None:
             best = state["best_map"] if state["best_map"] >= 0 else None
             on_progress(Progress(iteration, loss_value, val_map, best, stage))
@@ -484,7 +476,7 @@ def _fit(
     trainable.save(checkpoint / "last.keras")
     if average is not None:
         average.save(checkpoint / "ema.npz")
-    _write_json(state_path, state)
+    write_json(state_path, state)
     if not (checkpoint / "best.weights.h5").exists():
         raise TrainingDataError(
             f"{checkpoint.parent} has no evaluated checkpoint yet; train for at least --eval-every iterations"

@@ -23,12 +23,9 @@ def worker_argv(concurrency: int, queues: str, loglevel: str = "INFO", *extra: s
     return [*banner, "worker", "--pool", "prefork", "-c", str(concurrency), "-Q", queues, "-l", loglevel, *extra]
 
 
-def worker_command(
-    concurrency: int, queues: str, loglevel: str = "INFO", *extra: str, quiet: bool = False
-) -> list[str]:
+def worker_command(concurrency: int, queues: str, loglevel: str = "INFO", *extra: str) -> list[str]:
     """A full command line that starts a worker process with this interpreter."""
-    argv = worker_argv(concurrency, queues, loglevel, *extra, quiet=quiet)
-    return [sys.executable, "-m", "celery", "-A", "worker", *argv]
+    return [sys.executable, "-m", "celery", "-A", "worker", *worker_argv(concurrency, queues, loglevel, *extra)]
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
