@@ -25,9 +25,14 @@ def tile_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     return np.asarray(np.take_along_axis(x, positions[:, :, None], axis=1))
 
 
+def last_window_starts(lengths: np.ndarray, width: int, frames: int) -> np.ndarray:
+    """Each clip's last window start within its heard frames (0 for a clip shorter than ``width``)."""
+    return np.asarray(np.clip(np.minimum(lengths, frames) - width, 0, frames - width))
+
+
 def window_starts(lengths: np.ndarray, width: int, frames: int, rng: np.random.Generator) -> np.ndarray:
     """A random window start per clip, within the clip's heard frames where it has ``width`` of them."""
-    last = np.clip(np.minimum(lengths, frames) - width, 0, frames - width)
+    last = last_window_starts(lengths, width, frames)
     starts: np.ndarray = (rng.random(len(lengths)) * (last + 1)).astype(np.int64)
     return starts
 

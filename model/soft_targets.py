@@ -22,6 +22,9 @@ class FittedFold(Protocol):
     state: dict[str, Any]
 
 
+# A target left out of the loss (every loss in model.losses skips targets below 0).
+UNKNOWN_TARGET = -1.0
+
 # Trains (or resumes, or reopens when finished) one fold model: (config, training clip indices, its folder, stage).
 FitFold = Callable[[TrainConfig, np.ndarray, Path, str], FittedFold]
 
@@ -132,6 +135,7 @@ def cross_fit_targets(
         hidden_units=config.fold_hidden_units or config.hidden_units,
         fold_hidden_units=None,
         teacher_window=0,
+        mask_negatives=0.0,
     )
     window = config.teacher_window
     fold_of = stratified_folds(np.asarray(y[train_idx], dtype=bool), k, config.seed)
@@ -176,3 +180,39 @@ def cross_fit_targets(
     summary["fold_ensemble_map"] = evaluate(y_val, validation).mean_average_precision
     summary["out_of_fold_map"] = evaluate(np.asarray(y[train_idx], dtype=bool), soft).mean_average_precision
     return (soft_windows if window else soft), summary
+
+
+def likely_missing(
+    labels: np.ndarray, scores: np.ndarray, per_positive: float, last_starts: np.ndarray | None = None
+) -> np.ndarray:
+    """Per class, the unlabelled clips the teachers score highest: up to ``per_positive`` per labelled clip.
+
+    AudioSet's annotators miss many sounds that are present, and cross-entropy trains on
+    each miss as a confident "absent". Fonseca et al. (2020) leave the negatives a teacher
+    is surest about out of the loss instead; counting per labelled clip keeps a rare
+    class from losing more of its negatives than a common one. Window scores
+    ``(clips, windows, classes)`` rank a clip by its highest-scored window up to its
+    last heard window start (``last_starts``; every window when not given).
+    """
+    labelled = np.asarray(labels, dtype=bool)
+    if scores.ndim == 3:
+        windows = scores.shape[1]
+        last = np.full(len(scores), windows - 1) if last_starts is None else np.asarray(last_starts)
+        heard = np.arange(windows)[None, :] <= last[:, None]
+        scores = np.where(heard[:, :, None], scores.astype(np.float32), -np.inf).max(axis=1)
+    missing = np.zeros(labelled.shape, dtype=bool)
+    for c in range(labelled.shape[1]):
+        negatives = np.flatnonzero(~labelled[:, c])
+        count = min(round(per_positive * int(labelled[:, c].sum())), len(negatives))
+        if count > 0:
+            missing[negatives[np.argpartition(-scores[negatives, c], count - 1)[:count]], c] = True
+    return missing
+
+
+def hide_missing(targets: np.ndarray, missing: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Targets with the likely missing labels set to ``UNKNOWN_TARGET``.
+
+    The three arrays have been through the same splicing or mixup, so a mixed clip's
+    label is unknown when either source clip's was, unless either source is labelled with it.
+    """
+    return np.where((missing > 0) & (labelled == 0), np.float32(UNKNOWN_TARGET), targets).astype(np.float32)

@@ -96,6 +96,13 @@ class TrainConfig:
         "Width of the --cross-fit fold models (default: --hidden-units): a wide model can learn from narrower folds.",
         min=1,
     )
+    mask_negatives: float = option(
+        0.0,
+        "With --cross-fit or --teacher: per class, leave out of the loss the unlabelled clips the fold models (or "
+        "teachers) score highest, up to this many per labelled clip (e.g. 0.5): likely missing labels "
+        "(Fonseca et al. 2020); 0 = off.",
+        min=0,
+    )
     mixup: float = option(0.0, "Mixup on embeddings with Beta(ALPHA, ALPHA) weights (e.g. 0.3); 0 = off.", min=0)
     frame_mix: float = option(
         0.0,
@@ -170,6 +177,11 @@ class TrainConfig:
             raise TrainConfigError(
                 "teacher_window needs --teacher or --cross-fit (the models that score each window), "
                 f"got {self.teacher_window}"
+            )
+        if self.mask_negatives and not (self.teachers or self.cross_fit):
+            raise TrainConfigError(
+                "mask_negatives needs --teacher or --cross-fit (the models that find the likely missing labels), "
+                f"got {self.mask_negatives}"
             )
         if self.cross_fit and self.teachers:
             raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")

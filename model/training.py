@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from model.atomic_files import save_npz, write_json
-from model.clip_windows import clip_lengths, tile_windows, window_starts
+from model.clip_windows import clip_lengths, last_window_starts, tile_windows, window_starts
 from model.labels import ClassLabel
 from model.native_logs import import_tensorflow
-from model.soft_targets import cross_fit_targets, teacher_targets
+from model.soft_targets import cross_fit_targets, hide_missing, likely_missing, teacher_targets
 from model.train_config import LR_SCHEDULES, TrainConfig, TrainingDataError
 
 CHECKPOINT_DIR = "checkpoint"
@@ -99,14 +99,16 @@ def frame_mix_batch(
 
 # Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
 RESUMABLE = frozenset({"iterations", "patience"})
+# Settings that only shape soft targets: a run without them (a cross-fit fold) does not depend on them.
+SOFT_TARGET_SETTINGS = frozenset({"distill_weight", "mask_negatives"})
 
 
-def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any], ignored: frozenset[str] = frozenset()) -> list[str]:
     """The settings a resumed run may not change, each as ``name: saved -> wanted``."""
     return [
         f"{name.replace('_', '-')}: {saved.get(name)!r} -> {wanted.get(name)!r}"
         for name in sorted(set(saved) | set(wanted))
-        if name not in RESUMABLE and saved.get(name) != wanted.get(name)
+        if name not in RESUMABLE | ignored and saved.get(name) != wanted.get(name)
     ]
 
 
@@ -308,6 +310,10 @@ def _loss(config: TrainConfig) -> Any:
         from model.losses import AsymmetricLoss
 
         return AsymmetricLoss(gamma=config.negative_gamma, clip=config.negative_clip)
+    if config.mask_negatives:
+        from model.losses import MaskedBinaryCrossentropy
+
+        return MaskedBinaryCrossentropy()
     return "binary_crossentropy"
 
 
@@ -341,11 +347,13 @@ def _fit(
     manifest: Any,
     on_progress: Callable[[Progress], None] | None,
     stage: str = "",
+    missing: np.ndarray | None = None,
 ) -> _Fitted:
     """One training loop over ``train_idx``, evaluated on ``val_idx``; resumes from ``checkpoint``.
 
     ``soft`` (aligned with ``train_idx``) are soft targets mixed into the labels with
-    ``config.distill_weight``. On return the net holds the best checkpoint's weights.
+    ``config.distill_weight``; ``missing`` (likewise aligned) marks the labels left out of
+    the loss. On return the net holds the best checkpoint's weights.
 
     With ``precision="bfloat16"`` the net computes in bfloat16 (mixed precision: the
     weights stay float32); a float32 twin receives its weights for every evaluation, so
@@ -366,7 +374,7 @@ def _fit(
         state = json.loads(state_path.read_text(encoding="utf-8"))
         # A run saved before a setting existed ran with that setting's default.
         saved = {**TrainConfig().to_json(), **state["config"]}
-        changed = resume_conflicts(saved, config.to_json())
+        changed = resume_conflicts(saved, config.to_json(), SOFT_TARGET_SETTINGS if soft is None else frozenset())
         if state["fingerprint"] != fingerprint:
             changed.insert(0, "the training data differ")
         if changed:
@@ -433,6 +441,9 @@ def _fit(
             targets = (1.0 - config.distill_weight) * targets + config.distill_weight * taught
         if config.label_smoothing > 0:
             targets = smooth_labels(targets, config.label_smoothing)
+        if missing is not None:
+            # Spliced and mixed beside the targets, then split off again: see hide_missing.
+            targets = np.concatenate([targets, missing[positions], y[batch]], axis=1, dtype=np.float32)
         inputs = dequantize(clips)
         if config.frame_mix > 0:
             inputs, targets = frame_mix_batch(
@@ -440,6 +451,8 @@ def _fit(
             )
         if config.mixup > 0:
             inputs, targets = mix_batch(inputs, targets, config.mixup, mix_rng)
+        if missing is not None:
+            targets = hide_missing(*np.split(targets, 3, axis=1))
         if config.lr_schedule != "constant":
             trainable.optimizer.learning_rate.assign(
                 learning_rate_at(config.learning_rate, config.lr_schedule, int(state["iteration"]), config.iterations)
@@ -570,7 +583,20 @@ def train(
             )
 
         soft, cross_fit = cross_fit_targets(config, x, y, train_idx, val_idx, output / FOLDS_DIR, fit_fold)
-    fitted = _fit(config, x, y, train_idx, val_idx, soft, output / CHECKPOINT_DIR, fingerprint, manifest, on_progress)
+    missing: np.ndarray | None = None
+    if config.mask_negatives and soft is not None:
+        last_starts = None
+        if soft.ndim == 3:
+            last_starts = last_window_starts(clip_lengths(x[train_idx]), config.teacher_window, x.shape[1])
+        missing = likely_missing(y[train_idx], soft, config.mask_negatives, last_starts)
+        logging.getLogger("audioset.training").info(
+            "leaving %d likely missing labels out of the loss (%.1f per class)",
+            int(missing.sum()),
+            missing.sum() / y.shape[1],
+        )
+    fitted = _fit(
+        config, x, y, train_idx, val_idx, soft, output / CHECKPOINT_DIR, fingerprint, manifest, on_progress, "", missing
+    )
     final = evaluate(np.asarray(y[val_idx], dtype=bool), fitted.predictor.predict(x[val_idx]))
     state = fitted.state
     manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -590,6 +616,8 @@ def train(
     }
     if cross_fit is not None:
         manifest.training["cross_fit"] = cross_fit
+    if missing is not None:
+        manifest.training["masked_negatives"] = int(missing.sum())
     manifest.metrics = {"validation": final.summary()}
     artifact.save(fitted.net, manifest, output / "model")
     return TrainResult(

@@ -757,8 +757,8 @@ def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(t
     predictions = tmp_path / "windows" / "folds" / "fold-0" / "predictions.npz"
     written = predictions.stat().st_mtime_ns
     stages: set[str] = set()
-    windowed = small_config(
-        architecture="feature_level_attention", iterations=40, cross_fit=2, distill_weight=0.7, teacher_window=2
+    windowed = small_config(  # another distill weight: the folds, which have no soft targets, do not depend on it
+        architecture="feature_level_attention", iterations=40, cross_fit=2, distill_weight=0.5, teacher_window=2
     )
     result = train(windowed, x, y, make_labels(4), tmp_path / "windows", on_progress=lambda p: stages.add(p.stage))
     assert stages == {""} and predictions.stat().st_mtime_ns == written  # folds reopened, not retrained
@@ -808,3 +808,128 @@ def test_a_teacher_trained_on_all_the_clips_or_on_the_validation_file_is_refused
         validation=(x_val, y_val),
     )
     assert student.best_map > 0
+
+
+def test_likely_missing_labels_are_each_class_s_highest_scored_unlabelled_clips() -> None:
+    from model.soft_targets import likely_missing
+
+    labels = np.zeros((8, 3), dtype=bool)
+    labels[[0, 1], 0] = True  # two labelled clips of class 0; class 1 has one; class 2 none
+    labels[5, 1] = True
+    scores = np.tile(np.linspace(0.1, 0.8, 8, dtype=np.float32)[:, None], (1, 3))
+    missing = likely_missing(labels, scores, per_positive=1.0)
+    assert np.flatnonzero(missing[:, 0]).tolist() == [6, 7]  # as many as labelled, the highest scored
+    assert np.flatnonzero(missing[:, 1]).tolist() == [7]  # clip 6 would be next, never the labelled clip 5
+    assert not missing[:, 2].any()  # no labelled clip: nothing to go by
+    assert not (missing & labels).any()
+    assert likely_missing(labels, scores, per_positive=0.5).sum(axis=0).tolist() == [1, 0, 0]  # rounds half to even
+
+    # Window scores rank a clip by its best window within its heard frames.
+    windows = np.zeros((8, 4, 3), dtype=np.float16)
+    windows[2, 3, 0] = 0.9  # clip 2's best window is padding: ignored
+    windows[3, 1, 0] = 0.8
+    windows[4, 0, 0] = 0.7
+    last_starts = np.array([3, 3, 1, 3, 3, 3, 3, 3])
+    by_window = likely_missing(labels, windows, per_positive=1.0, last_starts=last_starts)
+    assert np.flatnonzero(by_window[:, 0]).tolist() == [3, 4]
+    assert np.flatnonzero(likely_missing(labels, windows, per_positive=1.0)[:, 0]).tolist() == [2, 3]
+
+
+def test_a_missing_label_stays_unknown_through_splicing_unless_a_source_clip_is_labelled() -> None:
+    from model.soft_targets import UNKNOWN_TARGET, hide_missing
+
+    targets = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    missing = np.array([[True, False], [False, False], [False, True]])
+    rng = np.random.default_rng(0)
+    block = np.concatenate([targets, missing, targets], axis=1, dtype=np.float32)
+    x = np.zeros((3, 10, 128), dtype=np.float32)
+    for union in (False, True):
+        while True:  # until clip 0 takes frames from clip 1 and clip 2 from clip 0
+            _, mixed = frame_mix_batch(x, block, 1.0, rng, union=union)
+            t, m, labelled = np.split(mixed, 3, axis=1)
+            if t[0, 0] > 0 and m[2, 0] > 0:
+                break
+        hidden = hide_missing(t, m, labelled)
+        assert hidden[0, 0] == t[0, 0] > 0  # clip 0's missing label met clip 1's real one: a (shared) positive
+        assert hidden[2, 0] == UNKNOWN_TARGET  # clip 2 took frames of clip 0, whose label is missing
+        assert hidden[2, 1] == UNKNOWN_TARGET and hidden[1, 0] > 0
+    assert hide_missing(targets, np.zeros_like(targets), targets).tolist() == targets.tolist()
+
+
+def test_unknown_targets_cost_nothing_and_the_rest_cost_cross_entropy() -> None:
+    import keras
+    import tensorflow as tf
+
+    from model.losses import AsymmetricLoss, MaskedBinaryCrossentropy
+
+    t = np.array([[1.0, 0.0, 0.3, 0.0]], dtype=np.float32)
+    p = np.array([[0.7, 0.2, 0.4, 0.9]], dtype=np.float32)
+    plain = float(keras.losses.BinaryCrossentropy()(t, p))
+    masked = MaskedBinaryCrossentropy()
+    assert float(masked.call(t, p)[0]) == pytest.approx(plain, rel=1e-4)
+    unknown = t.copy()
+    unknown[0, 3] = -1.0  # the confident "negative" is a likely missing label
+    expected = plain - float(-np.log(1 - 0.9)) / 4  # its term leaves the sum; the mean keeps 4 classes
+    assert float(masked.call(unknown, p)[0]) == pytest.approx(expected, rel=1e-4)
+    asymmetric = AsymmetricLoss(gamma=0.0, clip=0.0)
+    assert float(asymmetric.call(unknown, p)[0]) == pytest.approx(expected, rel=1e-4)
+
+    scores = tf.Variable(p)
+    with tf.GradientTape() as tape:
+        loss = masked.call(unknown, scores)
+    grads = tape.gradient(loss, scores).numpy()[0]
+    assert grads[3] == 0 and np.all(grads[:3] != 0)
+    assert isinstance(MaskedBinaryCrossentropy.from_config(masked.get_config()), MaskedBinaryCrossentropy)
+
+
+def test_masking_negatives_finds_planted_missing_labels_trains_and_resumes(tmp_path: Path) -> None:
+    import keras
+
+    from model.soft_targets import likely_missing
+    from model.training import stratified_split
+
+    x, y_true = learnable_dataset(900, 4, seed=17)
+    y = y_true.copy()
+    rng = np.random.default_rng(17)
+    dropped = rng.random(y.shape) < 0.25
+    dropped &= y_true
+    y[dropped] = False  # the annotators missed a quarter of the sounds that are there
+    y[np.flatnonzero(~y.any(axis=1)), 0] = True
+    dropped &= ~y
+    config = small_config(
+        architecture="feature_level_attention",
+        iterations=60,
+        cross_fit=2,
+        distill_weight=0.0,
+        mask_negatives=0.3,
+        frame_mix=0.3,
+        dropout=0.0,
+    )
+
+    def interrupt(p: Progress) -> None:
+        if p.stage == "" and p.iteration == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, x, y, make_labels(4), tmp_path / "run", on_progress=interrupt)
+    last = keras.models.load_model(tmp_path / "run" / "checkpoint" / "last.keras", safe_mode=True)
+    assert type(last.loss).__name__ == "MaskedBinaryCrossentropy"
+    result = train(config, x, y, make_labels(4), tmp_path / "run")
+    assert [h["iteration"] for h in result.history] == [20, 40, 60] and result.best_map > 0.6
+
+    # The out-of-fold scores the run masked by find the planted misses far above their share of the negatives.
+    train_idx, _ = stratified_split(y, *config.validation_split)
+    fold_of = stratified_folds(y[train_idx], 2, config.seed)
+    soft = np.zeros((len(train_idx), 4), dtype=np.float32)
+    for fold in range(2):
+        with np.load(tmp_path / "run" / "folds" / f"fold-{fold}" / "predictions.npz") as saved:
+            soft[fold_of == fold] = saved["held"]
+    missing = likely_missing(y[train_idx], soft, 0.3)
+    recorded = artifact.verify(result.artifact).training
+    assert recorded["masked_negatives"] == int(missing.sum()) > 0
+    assert recorded["hyperparameters"]["mask_negatives"] == 0.3
+    planted = dropped[train_idx]
+    share_of_negatives = planted.sum() / (~y[train_idx]).sum()
+    assert planted[missing].mean() > max(0.5, 4 * share_of_negatives)  # 0.71 against 0.12 at this seed
+    with pytest.raises(TrainConfigError, match="mask_negatives needs --teacher or --cross-fit"):
+        small_config(mask_negatives=0.5)
