@@ -102,6 +102,15 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
+def _fold_scores(path: Path, held_shape: tuple[int, ...]) -> Any:
+    """A fold's saved scores (an open npz), refused when its held-out clips are not this run's."""
+    saved = np.load(path)
+    if saved["held"].shape != held_shape:
+        saved.close()
+        raise TrainingDataError(f"{path} does not match this data; choose a new output directory")
+    return saved
+
+
 def cross_fit_targets(
     config: TrainConfig,
     x: np.ndarray,
@@ -165,13 +174,9 @@ def cross_fit_targets(
             )
             save_npz(windows_done, held=window_scores(fitted.predictor, x[train_idx[held]], window).astype(np.float16))
         if window:
-            with np.load(windows_done) as saved:
-                if saved["held"].shape != (len(held), *soft_windows.shape[1:]):
-                    raise TrainingDataError(f"{windows_done} does not match this data; choose a new output directory")
+            with _fold_scores(windows_done, (len(held), *soft_windows.shape[1:])) as saved:
                 soft_windows[held] = saved["held"]
-        with np.load(done) as saved:
-            if saved["held"].shape != (len(held), y.shape[1]):
-                raise TrainingDataError(f"{done} does not match this data; choose a new output directory")
+        with _fold_scores(done, (len(held), y.shape[1])) as saved:
             soft[held] = saved["held"]
             validation += saved["validation"] / k
             summary["fold_maps"].append(float(saved["best_map"]))

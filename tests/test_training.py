@@ -776,6 +776,8 @@ def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(t
     assert result.best_map > 0.7
     recorded = artifact.verify(result.artifact).training
     assert recorded["hyperparameters"]["teacher_window"] == 2 and recorded["hyperparameters"]["cross_fit"] == 2
+    with pytest.raises(TrainingDataError, match=r"fold-0/predictions.npz does not match this data"):
+        train(clip_level, x[:500], y[:500], make_labels(4), tmp_path / "clips")  # other clips, the same folder
 
 
 def test_a_teacher_trained_on_all_the_clips_or_on_the_validation_file_is_refused(tmp_path: Path) -> None:
