@@ -51,6 +51,19 @@ def train_until_interrupted(
         train(config, x, y, labels, run, on_progress=interrupt)
 
 
+def out_of_fold_scores(config: TrainConfig, y: np.ndarray, run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training clip indices, their fold, the fold predictions a cross-fit run saved) of a split run."""
+    from model.training import stratified_split
+
+    train_idx, _ = stratified_split(y, *config.validation_split)
+    fold_of = stratified_folds(y[train_idx], config.cross_fit, config.seed)
+    soft = np.zeros((len(train_idx), y.shape[1]), dtype=np.float32)
+    for fold in range(config.cross_fit):
+        with np.load(run / "folds" / f"fold-{fold}" / "predictions.npz") as saved:
+            soft[fold_of == fold] = saved["held"]
+    return train_idx, fold_of, soft
+
+
 def test_training_learns_a_learnable_signal(tmp_path: Path) -> None:
     x, y = learnable_dataset(800, 6, seed=0)
     chance = y.mean()
@@ -478,7 +491,6 @@ def test_cross_fit_targets_are_out_of_fold_predictions(tmp_path: Path) -> None:
     from model.architectures import build_model
     from model.inference import Predictor
     from model.metrics import evaluate
-    from model.training import stratified_split
 
     rng = np.random.default_rng(12)
     x = rng.integers(0, 256, size=(240, 10, 128), dtype=np.uint8)
@@ -488,12 +500,7 @@ def test_cross_fit_targets_are_out_of_fold_predictions(tmp_path: Path) -> None:
     result = train(config, x, y, make_labels(3), tmp_path / "run")
     summary = artifact.verify(result.artifact).training["cross_fit"]
     assert summary["folds"] == 2 and len(summary["fold_maps"]) == 2
-    train_idx, _ = stratified_split(y, *config.validation_split)
-    fold_of = stratified_folds(y[train_idx], 2, config.seed)
-    soft = np.zeros((len(train_idx), 3), dtype=np.float32)
-    for fold in range(2):
-        with np.load(tmp_path / "run" / "folds" / f"fold-{fold}" / "predictions.npz") as saved:
-            soft[fold_of == fold] = saved["held"]
+    train_idx, fold_of, soft = out_of_fold_scores(config, y, tmp_path / "run")
 
     net = build_model("feature_level_attention", 3, 10, config.hidden_units, 0.0)
     net.load_weights(tmp_path / "run" / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
@@ -888,7 +895,6 @@ def test_masking_negatives_finds_planted_missing_labels_trains_and_resumes(tmp_p
     import keras
 
     from model.soft_targets import likely_missing
-    from model.training import stratified_split
 
     x, y_true = learnable_dataset(900, 4, seed=17)
     y = y_true.copy()
@@ -920,12 +926,7 @@ def test_masking_negatives_finds_planted_missing_labels_trains_and_resumes(tmp_p
     assert [h["iteration"] for h in result.history] == [20, 40, 60] and result.best_map > 0.6
 
     # The out-of-fold scores the run masked by find the planted misses far above their share of the negatives.
-    train_idx, _ = stratified_split(y, *config.validation_split)
-    fold_of = stratified_folds(y[train_idx], 2, config.seed)
-    soft = np.zeros((len(train_idx), 4), dtype=np.float32)
-    for fold in range(2):
-        with np.load(tmp_path / "run" / "folds" / f"fold-{fold}" / "predictions.npz") as saved:
-            soft[fold_of == fold] = saved["held"]
+    train_idx, _, soft = out_of_fold_scores(config, y, tmp_path / "run")
     missing = likely_missing(y[train_idx], soft, 0.3)
     recorded = artifact.verify(result.artifact).training
     assert recorded["masked_negatives"] == int(missing.sum()) > 0
