@@ -1,13 +1,14 @@
-"""``python -m benchmarks [--clips N] [--precision P,P] [--rss-clips N,N] [--queue-files N] [--skip-queue]``.
+"""``python -m benchmarks [--model DIR] [--clips N] [--precision P,P] [--rss-clips N,N] [--skip-queue] …``.
 
 Measures, in one run on one machine, and reports each figure as a ratio to forward-only:
-- forward only: the shipped model on in-memory arrays (the ceiling);
+- forward only: the model (the shipped one, or ``--model``) on in-memory arrays (the ceiling);
 - ``audioset score`` end to end on a local file (read, infer, write JSONL), top-5 and full scores;
 - the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end;
 - the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores);
 - through the queue: Celery with 1 and 2 worker processes against an HTTP S3 endpoint and Redis;
 - peak RSS of ``audioset score`` for large files;
-- training speed of the shipped recipe (iterations per second), float32 and bfloat16 mixed precision.
+- training speed of the model's recipe (iterations per second), float32 and bfloat16 mixed precision; for an
+  ensemble artifact, of each member's recipe.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from model.artifact import DEFAULT_ARTIFACT as MODEL
+from model.artifact import DEFAULT_ARTIFACT, Manifest
+from model.labels import ClassLabel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,17 +48,17 @@ def write_file(path: Path, clips: int, seed: int = 0) -> Path:
     return path
 
 
-def settings() -> Any:
-    """The benchmarked configuration: the environment's settings with the shipped model."""
+def settings(model: Path) -> Any:
+    """The benchmarked configuration: the environment's settings with the benchmarked model."""
     from audioset_batch.settings import load_settings
 
-    return load_settings(model_path=MODEL)
+    return load_settings(model_path=model)
 
 
-def forward_only(clips: int, precision: str = "float32") -> float:
+def forward_only(model: Path, clips: int, precision: str = "float32") -> float:
     from audioset_batch.pipeline import load_predictor
 
-    predictor = load_predictor(settings(), precision=precision)
+    predictor = load_predictor(settings(model), precision=precision)
     x = np.random.default_rng(1).integers(0, 256, size=(clips, 10, 128), dtype=np.uint8)
     predictor.predict(x[:2048])  # warm-up: trace and allocate
     start = time.perf_counter()
@@ -64,11 +66,11 @@ def forward_only(clips: int, precision: str = "float32") -> float:
     return clips / (time.perf_counter() - start)
 
 
-def score_end_to_end(path: Path, clips: int, full: bool, precision: str = "float32") -> float:
+def score_end_to_end(model: Path, path: Path, clips: int, full: bool, precision: str = "float32") -> float:
     """``audioset score``'s path: the scorer built from settings, as the CLI and the worker build it."""
     from audioset_batch.pipeline import ObjectScorer
 
-    scorer = ObjectScorer.from_settings(settings(), precision=precision, top_k=5, full_scores=full)
+    scorer = ObjectScorer.from_settings(settings(model), precision=precision, top_k=5, full_scores=full)
     scorer.predict(np.zeros((2048, 10, 128), np.uint8))
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
@@ -76,11 +78,11 @@ def score_end_to_end(path: Path, clips: int, full: bool, precision: str = "float
         return clips / (time.perf_counter() - start)
 
 
-def seed_way(path: Path, clips: int, full: bool = False) -> float:
+def seed_way(model: Path, path: Path, clips: int, full: bool = False) -> float:
     """The seed's inference: one Keras predict over the file, then a Python loop of json.dumps."""
     from model.artifact import load
 
-    keras_model, manifest = load(MODEL)
+    keras_model, manifest = load(model)
     names = [c.name for c in manifest.classes]
     start = time.perf_counter()
     with h5py.File(path, "r") as f:
@@ -100,7 +102,7 @@ def seed_way(path: Path, clips: int, full: bool = False) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def peak_rss_mb(path: Path, precision: str = "float32") -> dict[str, Any]:
+def peak_rss_mb(model: Path, path: Path, precision: str = "float32") -> dict[str, Any]:
     """Peak RSS of `audioset score` in its own process, and of a process that only loads the model.
 
     Read from VmHWM, the high-water mark of the process's own memory map. (``ru_maxrss``
@@ -115,10 +117,15 @@ def peak_rss_mb(path: Path, precision: str = "float32") -> dict[str, Any]:
     )
     load_only = (
         "import numpy as np\nfrom model.inference import Predictor\n"
-        f"p=Predictor.from_artifact({str(MODEL)!r}, precision={precision!r})\n"
+        f"p=Predictor.from_artifact({str(model)!r}, precision={precision!r})\n"
         "p.predict(np.zeros((1024,10,128),np.uint8))\n" + hwm
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AUDIOSET_PRECISION": precision}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "AUDIOSET_PRECISION": precision,
+        "AUDIOSET_MODEL_PATH": str(model),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         run = subprocess.run(
             [sys.executable, "-c", code % (str(path), str(Path(tmp) / "o.jsonl"))],
@@ -141,7 +148,7 @@ def peak_rss_mb(path: Path, precision: str = "float32") -> dict[str, Any]:
     }
 
 
-def through_queue(workers: int, files: int, clips: int, tmp: Path, threads: int = 0) -> float:
+def through_queue(model: Path, workers: int, files: int, clips: int, tmp: Path, threads: int = 0) -> float:
     """Clips per second through Redis + Celery + an HTTP S3 endpoint (moto) with N worker processes."""
     import uuid
 
@@ -170,6 +177,7 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path, threads: int 
         "AUDIOSET_TF_THREADS": str(threads),
         "AUDIOSET_QUEUE": "bench",
         "AUDIOSET_LOG_LEVEL": "WARNING",
+        "AUDIOSET_MODEL_PATH": str(model),
     }
     os.environ.update(env)
     from audioset_batch.cos_store import CosStore
@@ -218,7 +226,7 @@ def through_queue(workers: int, files: int, clips: int, tmp: Path, threads: int 
 
 
 def fast_precision(
-    precision: str, path: Path, clips: int, forward_clips: int, report: dict[str, Any]
+    model: Path, precision: str, path: Path, clips: int, forward_clips: int, report: dict[str, Any]
 ) -> dict[str, Any]:
     """One fast precision: forward-only and end to end, each against the same measurement in float32."""
     from model.inference import resolve_precision
@@ -226,7 +234,7 @@ def fast_precision(
     resolved = resolve_precision(precision)
     if resolved != precision:
         return {"skipped": f"resolved to {resolved} on this machine"}
-    forward = forward_only(forward_clips, precision)
+    forward = forward_only(model, forward_clips, precision)
     result: dict[str, Any] = {
         "forward_only": {
             "clips_per_second": round(forward, 1),
@@ -234,7 +242,7 @@ def fast_precision(
         }
     }
     for name, full in (("score_top5", False), ("score_full_scores", True)):
-        value = score_end_to_end(path, clips, full, precision)
+        value = score_end_to_end(model, path, clips, full, precision)
         result[name] = {
             "clips_per_second": round(value, 1),
             "ratio_to_own_forward_only": round(value / forward, 3),
@@ -243,21 +251,40 @@ def fast_precision(
     return result
 
 
-def training_speed(iterations: int, precision: str, tmp: Path) -> float:
-    """Iterations per second of the shipped model's recipe (batches of 500, EMA, weight decay), after warm-up."""
-    from model.artifact import read_manifest
+Recipe = tuple[str, int, int]  # architecture, hidden units, branches
+
+
+def training_recipes(manifest: Manifest) -> dict[str, Recipe]:
+    """What ``audioset train`` would run again: the model's own network, or each member's for an ensemble."""
+    from model.ensemble import ENSEMBLE
+
+    if manifest.architecture != ENSEMBLE:
+        return {manifest.tag: (manifest.architecture, manifest.hidden_units, manifest.branches)}
+    return {
+        member["artifact"]: (
+            member["architecture"],
+            member["hidden_units"],
+            member["training"].get("hyperparameters", {}).get("branches", 1),
+        )
+        for member in manifest.training["members"]
+    }
+
+
+def training_speed(recipe: Recipe, classes: list[ClassLabel], iterations: int, precision: str, folder: Path) -> float:
+    """Iterations per second of a recipe (batches of 500, EMA, weight decay), after warm-up."""
     from model.train_config import TrainConfig
     from model.training import Progress, train
 
-    manifest = read_manifest(MODEL)
+    architecture, hidden_units, branches = recipe
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(4000, 10, 128), dtype=np.uint8)
-    y = rng.random((4000, len(manifest.classes))) < 0.005
-    y[np.arange(4000), rng.integers(0, len(manifest.classes), 4000)] = True
+    y = rng.random((4000, len(classes))) < 0.005
+    y[np.arange(4000), rng.integers(0, len(classes), 4000)] = True
     warmup = 3
     config = TrainConfig(
-        architecture=manifest.architecture,
-        hidden_units=manifest.hidden_units,
+        architecture=architecture,
+        hidden_units=hidden_units,
+        branches=branches,
         batch_size=500,
         iterations=warmup + iterations,
         eval_every=warmup + iterations,
@@ -272,14 +299,39 @@ def training_speed(iterations: int, precision: str, tmp: Path) -> float:
         if p.iteration in (warmup, warmup + iterations):
             marks[p.iteration] = time.perf_counter()
 
-    train(config, x, y, manifest.classes, tmp / f"train-{precision}", on_progress=mark)
+    train(config, x, y, classes, folder, on_progress=mark)
     # The last iteration's mark follows its evaluation and checkpoint; with many iterations that cost is small.
     return iterations / (marks[warmup + iterations] - marks[warmup])
+
+
+def training_report(manifest: Manifest, iterations: int, tmp: Path) -> dict[str, Any]:
+    """Training speed in float32 and (where the CPU has it) bfloat16; per member for an ensemble."""
+    from model.inference import cpu_supports_bfloat16
+
+    classes = manifest.classes
+    reports: dict[str, dict[str, Any]] = {}
+    for index, (tag, recipe) in enumerate(training_recipes(manifest).items()):
+        fp32 = training_speed(recipe, classes, iterations, "float32", tmp / f"train-{index}-float32")
+        report: dict[str, Any] = {"float32_iterations_per_second": round(fp32, 2)}
+        if cpu_supports_bfloat16():
+            bf16 = training_speed(recipe, classes, iterations, "bfloat16", tmp / f"train-{index}-bfloat16")
+            report["bfloat16_iterations_per_second"] = round(bf16, 2)
+            report["bfloat16_speedup"] = round(bf16 / fp32, 2)
+        else:
+            report["bfloat16"] = {"skipped": "no avx512_bf16/AMX on this CPU"}
+        reports[tag] = report
+    return next(iter(reports.values())) if len(reports) == 1 else {"members": reports}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_ARTIFACT,
+        help="model artifact folder to measure (default: the shipped model)",
     )
     parser.add_argument("--clips", type=int, default=100_000, help="clips in the end-to-end file")
     parser.add_argument("--forward-clips", type=int, default=50_000)
@@ -300,39 +352,47 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from model.artifact import ArtifactError, read_manifest
+
+    model: Path = args.model.resolve()
+    try:
+        manifest = read_manifest(model)
+    except ArtifactError as exc:
+        parser.error(str(exc))
     report: dict[str, Any] = {
+        "model": {"tag": manifest.tag, "architecture": manifest.architecture, "path": str(model)},
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "processor": platform.processor() or platform.machine(),
-        }
+        },
     }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        forward = forward_only(args.forward_clips)
+        forward = forward_only(model, args.forward_clips)
         report["forward_only"] = {"clips_per_second": round(forward, 1), "ratio": 1.0}
 
         def entry(value: float, **extra: Any) -> dict[str, Any]:
             return {"clips_per_second": round(value, 1), "ratio": round(value / forward, 3), **extra}
 
         big = write_file(tmp / "big.h5", args.clips)
-        report["score_top5"] = entry(score_end_to_end(big, args.clips, full=False), clips=args.clips)
-        report["score_full_scores"] = entry(score_end_to_end(big, args.clips, full=True), clips=args.clips)
-        report["seed_way"] = entry(seed_way(big, args.clips), clips=args.clips)
-        report["seed_way_full_scores"] = entry(seed_way(big, args.clips, full=True), clips=args.clips)
+        report["score_top5"] = entry(score_end_to_end(model, big, args.clips, full=False), clips=args.clips)
+        report["score_full_scores"] = entry(score_end_to_end(model, big, args.clips, full=True), clips=args.clips)
+        report["seed_way"] = entry(seed_way(model, big, args.clips), clips=args.clips)
+        report["seed_way_full_scores"] = entry(seed_way(model, big, args.clips, full=True), clips=args.clips)
         for precision in (p for p in args.precision.split(",") if p):
-            report[precision] = fast_precision(precision, big, args.clips, args.forward_clips, report)
+            report[precision] = fast_precision(model, precision, big, args.clips, args.forward_clips, report)
         big.unlink()
         if not args.skip_queue:
             # one process limited to one core: the unit that N processes should scale from
             report["queue_1_worker_1_thread"] = entry(
-                through_queue(1, args.queue_files, args.queue_clips, tmp, threads=1),
+                through_queue(model, 1, args.queue_files, args.queue_clips, tmp, threads=1),
                 files=args.queue_files,
                 clips_per_file=args.queue_clips,
             )
             for n in (1, 2):
                 report[f"queue_{n}_workers"] = entry(
-                    through_queue(n, args.queue_files, args.queue_clips, tmp),
+                    through_queue(model, n, args.queue_files, args.queue_clips, tmp),
                     files=args.queue_files,
                     clips_per_file=args.queue_clips,
                 )
@@ -344,19 +404,10 @@ def main() -> None:
             )
         for size in (int(s) for s in args.rss_clips.split(",") if s):
             path = write_file(tmp / f"rss{size}.h5", size)
-            report[f"rss_{size}_clips"] = peak_rss_mb(path, args.rss_precision)
+            report[f"rss_{size}_clips"] = peak_rss_mb(model, path, args.rss_precision)
             path.unlink()
         if args.training_iterations:
-            from model.inference import cpu_supports_bfloat16
-
-            fp32 = training_speed(args.training_iterations, "float32", tmp)
-            report["training"] = {"float32_iterations_per_second": round(fp32, 2)}
-            if cpu_supports_bfloat16():
-                bf16 = training_speed(args.training_iterations, "bfloat16", tmp)
-                report["training"]["bfloat16_iterations_per_second"] = round(bf16, 2)
-                report["training"]["bfloat16_speedup"] = round(bf16 / fp32, 2)
-            else:
-                report["training"]["bfloat16"] = {"skipped": "no avx512_bf16/AMX on this CPU"}
+            report["training"] = training_report(manifest, args.training_iterations, tmp)
     report["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(report, indent=2))
 

@@ -36,10 +36,47 @@ def test_peak_rss_is_the_scoring_process_own_not_the_benchmark_process_peak(tmp_
     import numpy as np
 
     from benchmarks.__main__ import peak_rss_mb, write_file
+    from model.artifact import DEFAULT_ARTIFACT
 
     ballast = np.ones(3 * 1024**3, dtype=np.uint8)  # make this (parent) process's peak 3 GB, far above a scorer's
     parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert parent_peak_mb > 3000 and int(ballast[-1]) == 1
-    rss = peak_rss_mb(write_file(tmp_path / "small.h5", 500), "float32")
+    rss = peak_rss_mb(DEFAULT_ARTIFACT, write_file(tmp_path / "small.h5", 500), "float32")
     del ballast
     assert 0 < rss["model_loaded_rss_mb"] < parent_peak_mb - 500 and 0 < rss["peak_rss_mb"] < parent_peak_mb - 500
+
+
+def test_benchmark_measures_the_model_it_is_given_and_each_member_of_an_ensemble(tmp_path: Path) -> None:
+    from model.ensemble import combine_artifacts
+    from tests.helpers import build_artifact
+
+    members = [
+        build_artifact(tmp_path / "mla", architecture="decision_level_multi_attention", name="mla", version="1"),
+        build_artifact(tmp_path / "fsa", architecture="frame_self_attention", hidden_units=16, name="fsa", version="2"),
+    ]
+    combine_artifacts(members, tmp_path / "ens", name="ens", version="3")
+    args = ["--model", str(tmp_path / "ens"), "--clips", "400", "--forward-clips", "400", "--rss-clips", "300"]
+    args += ["--skip-queue", "--precision", "", "--training-iterations", "2"]
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True, timeout=500
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["model"]["tag"] == "ens@3" and report["model"]["architecture"] == "ensemble"
+    assert report["score_top5"]["clips_per_second"] > 0 and report["seed_way"]["clips_per_second"] > 0
+    assert report["rss_300_clips"]["model_loaded_rss_mb"] > 0
+    training = report["training"]["members"]
+    assert sorted(training) == ["fsa@2", "mla@1"]
+    assert all(member["float32_iterations_per_second"] > 0 for member in training.values())
+
+
+def test_benchmark_names_a_folder_that_is_not_a_model_in_one_line(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--model", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "nope: no manifest.json; is this a model artifact directory?" in run.stderr.strip().splitlines()[-1]
