@@ -77,8 +77,8 @@ def teacher_targets(
         else:
             total[:, 0] += predictor.predict(x)
         described.append({"model": predictor.tag, "sha256": predictor.manifest.sha256})
-    mean = total / len(teachers)
-    return (mean.astype(np.float16) if window else mean[:, 0]), described
+    total /= len(teachers)  # in place: with windows the sum is ~0.4 GB for 22k clips
+    return (total.astype(np.float16) if window else total[:, 0]), described
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -204,7 +204,7 @@ def likely_missing(
         windows = scores.shape[1]
         last = np.full(len(scores), windows - 1) if last_starts is None else np.asarray(last_starts)
         heard = np.arange(windows)[None, :] <= last[:, None]
-        scores = np.where(heard[:, :, None], scores.astype(np.float32), -np.inf).max(axis=1)
+        scores = np.where(heard[:, :, None], scores, -np.inf).max(axis=1)  # stays float16: half a float32 copy
     missing = np.zeros(labelled.shape, dtype=bool)
     for c in range(labelled.shape[1]):
         negatives = np.flatnonzero(~labelled[:, c])
