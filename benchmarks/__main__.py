@@ -4,7 +4,9 @@ Measures, in one run on one machine, and reports each figure as a ratio to forwa
 - forward only: the model (the shipped one, or ``--model``) on in-memory arrays (the ceiling);
 - ``audioset score`` end to end on a local file (read, infer, write JSONL), top-5 and full scores;
 - the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end;
-- the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores);
+- the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores),
+  with this model and with the seed's model (the serving budget: the model at the default precision end to end
+  against the seed's way with the seed's model in float32);
 - through the queue: Celery with 1 and 2 worker processes against an HTTP S3 endpoint and Redis;
 - peak RSS of ``audioset score`` for large files;
 - training speed of the model's recipe (iterations per second), float32 and bfloat16 mixed precision; for an
@@ -100,6 +102,28 @@ def seed_way(model: Path, path: Path, clips: int, full: bool = False) -> float:
                 record["scores"] = {names[c]: float(row[c]) for c in range(len(names))}
             out.write(json.dumps(record) + "\n")
     return clips / (time.perf_counter() - start)
+
+
+def seed_model(classes: list[ClassLabel], folder: Path) -> Path:
+    """The seed's network at the seed's size (decision-level multi-attention, 1,024 units): the serving baseline.
+
+    Its weights are a fresh initialisation: speed depends on the arithmetic, not on what was learnt.
+    """
+    from model.architectures import DEFAULT_ARCHITECTURE, build_model
+    from model.artifact import save
+
+    net = build_model(DEFAULT_ARCHITECTURE, classes=len(classes), hidden_units=1024, dropout=0.5)
+    manifest = Manifest(
+        name="seed-model",
+        version="0",
+        architecture=DEFAULT_ARCHITECTURE,
+        classes=classes,
+        frames=10,
+        hidden_units=1024,
+        training={"data": "random initialisation (serving-speed baseline)"},
+    )
+    save(net, manifest, folder)
+    return folder
 
 
 def peak_rss_mb(model: Path, path: Path, precision: str = "float32") -> dict[str, Any]:
@@ -251,6 +275,23 @@ def fast_precision(
     return result
 
 
+def serving_budget(report: dict[str, Any], baseline: float) -> dict[str, Any]:
+    """The model at the default precision (``auto``), end to end with top-5, against the seed's way with the seed's
+    model in float32: a ratio of at least 1 means serving it costs no more than the seed did."""
+    from model.inference import resolve_precision
+
+    default = resolve_precision("auto")
+    measured = report["score_top5"] if default == "float32" else report.get(default, {}).get("score_top5")
+    if measured is None:
+        return {"skipped": f"the default precision here is {default}; measure it with --precision {default}"}
+    return {
+        "default_precision": default,
+        "score_top5_clips_per_second": measured["clips_per_second"],
+        "seed_way_seed_model_clips_per_second": round(baseline, 1),
+        "ratio": round(measured["clips_per_second"] / baseline, 3),
+    }
+
+
 Recipe = tuple[str, int, int]  # architecture, hidden units, branches
 
 
@@ -382,6 +423,9 @@ def main() -> None:
         report["seed_way_full_scores"] = entry(seed_way(model, big, args.clips, full=True), clips=args.clips)
         for precision in (p for p in args.precision.split(",") if p):
             report[precision] = fast_precision(model, precision, big, args.clips, args.forward_clips, report)
+        baseline = seed_way(seed_model(manifest.classes, tmp / "seed-model"), big, args.clips)
+        report["seed_way_seed_model"] = entry(baseline, clips=args.clips)
+        report["serving_budget"] = serving_budget(report, baseline)
         big.unlink()
         if not args.skip_queue:
             # one process limited to one core: the unit that N processes should scale from

@@ -23,6 +23,11 @@ def test_benchmark_command_prints_every_figure_as_json() -> None:
         assert report[name]["clips_per_second"] > 0 and report[name]["ratio"] > 0, name
     int8 = report["int8"]
     assert "skipped" in int8 or all(int8[k]["speedup_vs_float32"] > 0 for k in ("forward_only", "score_top5"))
+    assert report["seed_way_seed_model"]["clips_per_second"] > 0
+    budget = report["serving_budget"]
+    assert "skipped" in budget or budget["ratio"] == round(
+        budget["score_top5_clips_per_second"] / budget["seed_way_seed_model_clips_per_second"], 3
+    )
     training = report["training"]
     assert training["float32_iterations_per_second"] > 0
     assert training.get("bfloat16_speedup", 0) > 0 or "skipped" in training["bfloat16"]
