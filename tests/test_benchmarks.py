@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,12 +27,14 @@ def test_benchmark_command_prints_every_figure_as_json() -> None:
     assert "skipped" in int8 or all(int8[k]["speedup_vs_float32"] > 0 for k in ("forward_only", "score_top5"))
     assert report["seed_way_seed_model"]["clips_per_second"] > 0
     budget = report["serving_budget"]
-    assert "skipped" in budget or budget["ratio"] == round(
-        budget["score_top5_clips_per_second"] / budget["seed_way_seed_model_clips_per_second"], 3
+    assert "skipped" in budget or budget["ratio"] == pytest.approx(
+        budget["score_top5_clips_per_second"] / budget["seed_way_seed_model_clips_per_second"], abs=0.01
     )
-    training = report["training"]
-    assert training["float32_iterations_per_second"] > 0
-    assert training.get("bfloat16_speedup", 0) > 0 or "skipped" in training["bfloat16"]
+    training = report["training"]["members"]  # the shipped model is an ensemble: each member's recipe is timed
+    assert sorted(training) == ["audioset-fla@3", "audioset-mla@1"]
+    for member in training.values():
+        assert member["float32_iterations_per_second"] > 0
+        assert member.get("bfloat16_speedup", 0) > 0 or "skipped" in member["bfloat16"]
     rss = report["rss_2000_clips"]
     assert rss["precision"] == "int8" and rss["peak_rss_mb"] > 0 and rss["model_loaded_rss_mb"] > 0
 
