@@ -11,7 +11,7 @@ import numpy as np
 
 from audioset_batch.errors import LocationError
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
-from audioset_batch.locations import inputs
+from audioset_batch.locations import Location, inputs
 from audioset_batch.object_store import ObjectURL, store_for
 from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
@@ -21,7 +21,12 @@ from audioset_batch.settings import Settings
 class Dataset:
     x: np.ndarray  # (clips, frames, 128) as stored (uint8 or float)
     y: np.ndarray  # (clips, classes) bool
-    sources: list[str]
+    sources: list[str]  # what a manifest records: see :func:`provenance`
+
+
+def provenance(location: Location) -> str:
+    """A local file by its name (this host's folders are not where the data came from), a bucket URL whole."""
+    return location.name if isinstance(location, Path) else str(location)
 
 
 def _read(path: Path, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +63,7 @@ def load_dataset(locations: Sequence[str], settings: Settings) -> Dataset:
             )
         xs.append(x)
         ys.append(y)
-        sources.append(name)
+        sources.append(provenance(location))
     if not xs:
         raise LocationError("no data files given")
     return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=sources)

@@ -206,9 +206,9 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             labels,
             workdir,
             on_progress=progress,
-            data_description=", ".join(spec.data),
+            data_description=", ".join(dataset.sources),
             validation=(held_out.x, held_out.y) if held_out else None,
-            validation_description=", ".join(spec.validation),
+            validation_description=", ".join(held_out.sources) if held_out else "",
         )
         output = on_worker(spec.output) if spec.output else ""
         record["artifact"] = _publish(result.artifact, output, run_id, spec.config.name, settings)

@@ -9,8 +9,8 @@ Measures, in one run on one machine, and reports each figure as a ratio to forwa
   against the seed's way with the seed's model in float32);
 - through the queue: Celery with 1 and 2 worker processes against an HTTP S3 endpoint and Redis;
 - peak RSS of ``audioset score`` for large files;
-- training speed of the model's recipe (iterations per second), float32 and bfloat16 mixed precision; for an
-  ensemble artifact, of each member's recipe.
+- training speed of the model's recipe (iterations per second), float32 and bfloat16 mixed precision, under
+  ``training.members`` by tag: the model's own, or each member's for an ensemble artifact.
 """
 
 from __future__ import annotations
@@ -109,21 +109,12 @@ def seed_model(classes: list[ClassLabel], folder: Path) -> Path:
 
     Its weights are a fresh initialisation: speed depends on the arithmetic, not on what was learnt.
     """
-    from model.architectures import DEFAULT_ARCHITECTURE, build_model
-    from model.artifact import save
+    from model.architectures import DEFAULT_ARCHITECTURE
+    from model.artifact import save_untrained
 
-    net = build_model(DEFAULT_ARCHITECTURE, classes=len(classes), hidden_units=1024, dropout=0.5)
-    manifest = Manifest(
-        name="seed-model",
-        version="0",
-        architecture=DEFAULT_ARCHITECTURE,
-        classes=classes,
-        frames=10,
-        hidden_units=1024,
-        training={"data": "random initialisation (serving-speed baseline)"},
+    return save_untrained(
+        folder, DEFAULT_ARCHITECTURE, classes, 1024, name="seed-model", version="0", why="serving-speed baseline"
     )
-    save(net, manifest, folder)
-    return folder
 
 
 def peak_rss_mb(model: Path, path: Path, precision: str = "float32") -> dict[str, Any]:
@@ -297,18 +288,9 @@ Recipe = tuple[str, int, int]  # architecture, hidden units, branches
 
 def training_recipes(manifest: Manifest) -> dict[str, Recipe]:
     """What ``audioset train`` would run again: the model's own network, or each member's for an ensemble."""
-    from model.ensemble import ENSEMBLE
+    from model.ensemble import trained_parts
 
-    if manifest.architecture != ENSEMBLE:
-        return {manifest.tag: (manifest.architecture, manifest.hidden_units, manifest.branches)}
-    return {
-        member["artifact"]: (
-            member["architecture"],
-            member["hidden_units"],
-            member["training"].get("hyperparameters", {}).get("branches", 1),
-        )
-        for member in manifest.training["members"]
-    }
+    return {part.tag: (part.architecture, part.hidden_units, part.branches) for part in trained_parts(manifest)}
 
 
 def training_speed(recipe: Recipe, classes: list[ClassLabel], iterations: int, precision: str, folder: Path) -> float:
@@ -346,7 +328,7 @@ def training_speed(recipe: Recipe, classes: list[ClassLabel], iterations: int, p
 
 
 def training_report(manifest: Manifest, iterations: int, tmp: Path) -> dict[str, Any]:
-    """Training speed in float32 and (where the CPU has it) bfloat16; per member for an ensemble."""
+    """Training speed in float32 and (where the CPU has it) bfloat16, by tag: one shape for one model or many."""
     from model.inference import cpu_supports_bfloat16
 
     classes = manifest.classes
@@ -361,7 +343,7 @@ def training_report(manifest: Manifest, iterations: int, tmp: Path) -> dict[str,
         else:
             report["bfloat16"] = {"skipped": "no avx512_bf16/AMX on this CPU"}
         reports[tag] = report
-    return next(iter(reports.values())) if len(reports) == 1 else {"members": reports}
+    return {"members": reports}
 
 
 def main() -> None:

@@ -240,3 +240,37 @@ def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> 
     manifest_tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
     os.replace(manifest_tmp, directory / MANIFEST_NAME)
     return manifest
+
+
+def save_untrained(
+    artifact: str | Path,
+    architecture: str,
+    classes: list[ClassLabel],
+    hidden_units: int,
+    *,
+    name: str,
+    version: str,
+    why: str,
+    dropout: float = 0.5,
+    seed: int | None = None,
+) -> Path:
+    """A freshly initialised artifact: what speed measurements and tests need, where nothing learnt matters."""
+    import_tensorflow()
+    import keras
+
+    from model.architectures import build_model
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    net = build_model(architecture, classes=len(classes), hidden_units=hidden_units, dropout=dropout)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        architecture=architecture,
+        classes=classes,
+        frames=10,
+        hidden_units=hidden_units,
+        training={"data": f"random initialisation ({why})"},
+    )
+    save(net, manifest, artifact)
+    return Path(artifact)

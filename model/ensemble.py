@@ -8,6 +8,7 @@ worker, ``audioset score``, ``audioset evaluate`` and the int8 path load it like
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,36 @@ MEMBER_MEAN = "member_mean"
 
 class EnsembleError(ArtifactError):
     """The members cannot be served as one model: fewer than two, or different inputs or classes."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedPart:
+    """One trained network behind an artifact, as its manifest records it."""
+
+    tag: str
+    architecture: str
+    hidden_units: int
+    branches: int
+    training: dict[str, Any]
+
+
+def trained_parts(manifest: Manifest) -> list[TrainedPart]:
+    """What ``audioset train`` made for an artifact: the model itself, or each member of an ensemble (nested too)."""
+    if manifest.architecture != ENSEMBLE:
+        return [
+            TrainedPart(
+                manifest.tag, manifest.architecture, manifest.hidden_units, manifest.branches, manifest.training
+            )
+        ]
+    return [part for member in manifest.training["members"] for part in _member_parts(member)]
+
+
+def _member_parts(member: dict[str, Any]) -> list[TrainedPart]:
+    training: dict[str, Any] = member["training"]
+    if member["architecture"] == ENSEMBLE:
+        return [part for inner in training["members"] for part in _member_parts(inner)]
+    branches = int(training.get("hyperparameters", {}).get("branches", 1))
+    return [TrainedPart(member["artifact"], member["architecture"], int(member["hidden_units"]), branches, training)]
 
 
 def combine(members: Sequence[keras.Model], name: str = ENSEMBLE) -> keras.Model:

@@ -71,24 +71,19 @@ def build_artifact(
     labels: list[ClassLabel] | None = None,
     seed: int = 0,
 ) -> Path:
-    import keras
+    from model.artifact import save_untrained
 
-    from model import artifact
-    from model.architectures import build_model
-
-    keras.utils.set_random_seed(seed)
-    net = build_model(architecture, classes=classes, hidden_units=hidden_units, dropout=0.1)
-    manifest = artifact.Manifest(
+    return save_untrained(
+        path,
+        architecture,
+        labels or make_labels(classes),
+        hidden_units,
         name=name,
         version=version,
-        architecture=architecture,
-        classes=labels or make_labels(classes),
-        frames=10,
-        hidden_units=hidden_units,
-        training={"data": "random initialisation (tests)"},
+        why="tests",
+        dropout=0.1,
+        seed=seed,
     )
-    artifact.save(net, manifest, path)
-    return path
 
 
 def wait_job(jobs: JobStore, job: str, timeout: float = 120) -> JobStatus:

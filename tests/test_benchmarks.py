@@ -77,6 +77,11 @@ def test_benchmark_measures_the_model_it_is_given_and_each_member_of_an_ensemble
     training = report["training"]["members"]
     assert sorted(training) == ["fsa@2", "mla@1"]
     assert all(member["float32_iterations_per_second"] > 0 for member in training.values())
+    from benchmarks.__main__ import training_recipes
+    from model.artifact import read_manifest
+
+    # one shape for one model too: the model is its own only member
+    assert training_recipes(read_manifest(members[0])) == {"mla@1": ("decision_level_multi_attention", 32, 1)}
 
 
 def test_benchmark_names_a_folder_that_is_not_a_model_in_one_line(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from audioset_batch.cli import main
 from audioset_batch.settings import get_settings
 from model.artifact import read_manifest
-from model.ensemble import ENSEMBLE, EnsembleError, combine_artifacts
+from model.ensemble import ENSEMBLE, EnsembleError, combine_artifacts, trained_parts
 from model.inference import Predictor
 from tests.helpers import build_artifact, make_labels, write_h5
 
@@ -52,6 +52,20 @@ def test_the_ensemble_serves_the_mean_of_its_members(members: list[Path], tmp_pa
     assert np.abs(int8.predict(x) - expected).max() < 0.02  # the int8 path converts the combined graph too
 
 
+def test_trained_parts_name_every_network_that_was_trained_even_in_nested_ensembles(
+    members: list[Path], tmp_path: Path
+) -> None:
+    single = read_manifest(members[0])
+    assert [(p.tag, p.architecture, p.hidden_units) for p in trained_parts(single)] == [
+        ("mla@1", "decision_level_multi_attention", 32)
+    ]
+    combine_artifacts(members, tmp_path / "pair", name="pair", version="1")
+    nested = combine_artifacts([tmp_path / "pair", members[0]], tmp_path / "nested", name="nested", version="1")
+    parts = trained_parts(nested)
+    assert [p.tag for p in parts] == ["mla@1", "fsa@2", "mla@1"]
+    assert parts[1].architecture == "frame_self_attention" and parts[1].training == read_manifest(members[1]).training
+
+
 def test_members_must_share_their_classes_and_be_at_least_two(members: list[Path], tmp_path: Path) -> None:
     other = build_artifact(tmp_path / "other", labels=make_labels(12, prefix="Other"))
     with pytest.raises(EnsembleError, match="classes differ"):
@@ -81,7 +95,7 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
     assert made.exit_code == 0, made.output
     assert json.loads(made.stdout)["model"] == "ens@1"
     recorded = read_manifest(out)
-    assert recorded.metrics["validation"]["clips"] == 5 and str(data) in recorded.training["validation_data"]
+    assert recorded.metrics["validation"]["clips"] == 5 and recorded.training["validation_data"] == "a.h5"
     assert json.loads(made.stdout)["validation_map"] == recorded.metrics["validation"]["mAP"]
 
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(out))

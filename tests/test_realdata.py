@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from audioset_batch.settings import DEFAULT_MODEL_PATH
 from model import artifact
-from model.ensemble import ENSEMBLE
+from model.ensemble import trained_parts
 from model.inference import Predictor
 from model.labels import load_labels
 from model.metrics import evaluate
@@ -27,13 +26,6 @@ def data_dir() -> Path:
     return Path(os.environ["AUDIOSET_DATA_DIR"])
 
 
-def trained_parts(manifest: artifact.Manifest) -> list[dict[str, Any]]:
-    """The training records behind an artifact: its own, or each member's for an ensemble."""
-    if manifest.architecture == ENSEMBLE:
-        return [member["training"] for member in manifest.training["members"]]
-    return [manifest.training]
-
-
 def test_every_part_of_the_shipped_model_was_trained_on_bal_train_only(
     eval_half: tuple[np.ndarray, np.ndarray],
 ) -> None:
@@ -41,8 +33,8 @@ def test_every_part_of_the_shipped_model_was_trained_on_bal_train_only(
     with h5py.File(data_dir() / "bal_train.h5", "r") as f:
         bal_train = data_fingerprint(f["x"][:], f["y"][:])
     eval_clips = data_fingerprint(*eval_half)
-    for training in trained_parts(manifest):
-        trained_on, _, validated_on = training["data_fingerprint"].partition("+")
+    for part in trained_parts(manifest):
+        trained_on, _, validated_on = part.training["data_fingerprint"].partition("+")
         assert trained_on == bal_train, "not the data the model was trained on"
         assert validated_on in ("", eval_clips), "selected on something other than a bal_train split or eval_half"
 
