@@ -114,6 +114,21 @@ def dequantize(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+class _InferenceCall:
+    """The model in inference mode, as its own callable per Predictor.
+
+    ``tf.function`` keeps its retracing statistics per code object: a lambda here would make every Predictor in a
+    process (tests, benchmarks, several models evaluated in turn) count as one function retracing, and TensorFlow
+    would warn about expensive retracing that is not happening.
+    """
+
+    def __init__(self, keras_model: keras.Model) -> None:
+        self.keras_model = keras_model
+
+    def __call__(self, x: Any) -> Any:
+        return self.keras_model(x, training=False)
+
+
 class Predictor:
     """A loaded model wrapped in a traced inference function.
 
@@ -142,7 +157,7 @@ class Predictor:
         keras_model = with_precision(keras_model, self.precision)
         self.model = keras_model
         signature = [tf.TensorSpec(shape=(None, self.frames, 128), dtype=tf.float32)]
-        self._forward = tf.function(lambda x: keras_model(x, training=False), input_signature=signature)
+        self._forward = tf.function(_InferenceCall(keras_model), input_signature=signature)
 
     @classmethod
     def from_artifact(cls, artifact: str | Path, batch_size: int = 1024, precision: str = "float32") -> Predictor:

@@ -141,3 +141,25 @@ def test_int8_results_on_stdout_are_clean_json_lines(
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 3 and all(orjson.loads(line)["model"] == "tiny@0+int8" for line in lines)
+
+
+def test_many_predictors_in_one_process_do_not_warn_of_retracing(tiny_model: Path) -> None:
+    """Each Predictor traces once; TensorFlow must not lump them together as one function retracing."""
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        x = np.random.default_rng(0).integers(0, 256, (70, 10, 128), dtype=np.uint8)
+        first = Predictor.from_artifact(tiny_model, batch_size=32).predict(x)
+        for batch_size in (32, 16, 64, 8, 50, 70, 32, 16):
+            np.testing.assert_allclose(
+                Predictor.from_artifact(tiny_model, batch_size=batch_size).predict(x), first, atol=1e-6
+            )
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [message for message in seen if "retracing" in message]
