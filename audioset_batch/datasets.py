@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audioset_batch.errors import LocationError
+from audioset_batch.errors import InputFileError, LocationError
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
 from audioset_batch.locations import Location, inputs
 from audioset_batch.object_store import ObjectURL, store_for
@@ -29,8 +29,18 @@ def provenance(location: Location) -> str:
     return location.name if isinstance(location, Path) else str(location)
 
 
-def _read(path: Path, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
-    with EmbeddingFile(path, limits) as data:
+def _read(path: Path, name: str, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The whole file; an unreadable one raises its own error class with the file's name in front."""
+    try:
+        return _read_all(path, name, limits, frames)
+    except InputFileError as exc:
+        if str(exc).startswith(f"{name}: "):
+            raise
+        raise type(exc)(f"{name}: {exc}") from exc
+
+
+def _read_all(path: Path, name: str, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
+    with EmbeddingFile(path, limits, frames=frames) as data:
         if data.y is None:
             raise LayoutError(f"{name}: dataset 'y' (labels) is required for training and evaluation")
         xs, ys = [], []
@@ -41,8 +51,14 @@ def _read(path: Path, name: str, limits: Limits) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def load_dataset(locations: Sequence[str], settings: Settings) -> Dataset:
-    """Concatenate files in order (a folder or prefix: its HDF5 files); all must agree on frames and classes."""
+def load_dataset(
+    locations: Sequence[str], settings: Settings, frames: int | None = None, classes: int | None = None
+) -> Dataset:
+    """Concatenate files in order (a folder or prefix: its HDF5 files); all must agree on frames and classes.
+
+    ``frames`` and ``classes`` are what a model takes and predicts: a file with other counts is refused by name
+    before the model sees it.
+    """
     limits = reader_limits(settings)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
@@ -53,9 +69,11 @@ def load_dataset(locations: Sequence[str], settings: Settings) -> Dataset:
             with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
                 store_for(location.scheme, settings).download(location.bucket, location.key, tmp)
                 tmp.flush()
-                x, y = _read(Path(tmp.name), name, limits)
+                x, y = _read(Path(tmp.name), name, limits, frames)
         else:
-            x, y = _read(location, name, limits)
+            x, y = _read(location, name, limits, frames)
+        if classes is not None and y.shape[1] != classes:
+            raise LayoutError(f"{name}: labels for {y.shape[1]} classes per clip; the model predicts {classes}")
         if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1] != ys[0].shape[1]):
             raise LayoutError(
                 f"{name}: shapes x{x.shape[1:]} y{y.shape[1:]} differ from the first file's "

@@ -117,5 +117,11 @@ def test_ensemble_command_errors_are_one_line(members: list[Path], tmp_path: Pat
     result = CliRunner().invoke(main, ["ensemble", str(members[0]), str(other), "--output", str(tmp_path / "e")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip().count("\n") == 0 and "EnsembleError" in result.stderr and str(other) in result.stderr
+    short = write_h5(tmp_path / "short.h5", frames=7, classes=12)
+    invalid = CliRunner().invoke(
+        main, ["ensemble", *map(str, members), "--output", str(tmp_path / "e"), "--validation", str(short)]
+    )
+    assert invalid.exit_code == 1 and "FrameCountError: " + str(short) + ": dataset 'x' has 7 frames" in invalid.stderr
+    assert not (tmp_path / "e").exists()  # refused before anything is written
     missing = CliRunner().invoke(main, ["ensemble", str(members[0]), "nowhere", "--output", str(tmp_path / "e")])
     assert missing.exit_code == 2 and "'nowhere' does not exist" in missing.stderr

@@ -132,6 +132,20 @@ def test_evaluate_creates_the_folders_of_its_outputs(newcomer: Path, tiny_model:
     assert (newcomer / "csv" / "ap.csv").read_text().startswith("index,mid,name")
 
 
+def test_evaluate_names_the_file_that_does_not_fit_the_model(newcomer: Path, tiny_model: Path) -> None:
+    write_h5(newcomer / "eval" / "good.h5", clips=6, classes=12)
+    write_h5(newcomer / "short.h5", clips=6, frames=7, classes=12)
+    write_h5(newcomer / "other.h5", clips=6, classes=5)
+    (newcomer / "junk.h5").write_bytes(b"not hdf5")
+    cases = {
+        "short.h5": "FrameCountError: short.h5: dataset 'x' has 7 frames per clip",
+        "other.h5": "LayoutError: other.h5: labels for 5 classes per clip; the model predicts 12",
+        "junk.h5": "NotHDF5Error: junk.h5: not an HDF5 file",
+    }
+    for name, expected in cases.items():
+        assert expected in one_line_error(run("evaluate", str(tiny_model), "eval/good.h5", name))
+
+
 def test_a_bucket_url_without_an_endpoint_says_which_setting_to_set(newcomer: Path) -> None:
     line = one_line_error(run("score", "cos://bucket/x.h5"), 2)
     assert "need AUDIOSET_COS_ENDPOINT" in line

@@ -230,9 +230,7 @@ def evaluate(
 
     settings = cli_settings()
     predictor = load_predictor(settings, model_path, precision)
-    dataset = load_dataset(list(data), settings)
-    if dataset.y.shape[1] != predictor.classes:
-        raise click.BadParameter(f"data has {dataset.y.shape[1]} classes, the model {predictor.classes}")
+    dataset = load_dataset(list(data), settings, frames=predictor.frames, classes=predictor.classes)
     result = compute(dataset.y, predictor.predict(dataset.x))
     classes = predictor.manifest.classes
     if per_class:

@@ -292,8 +292,10 @@ def ensemble(
     held_out = None
     if validation_data:
         from audioset_batch.datasets import load_dataset
+        from model.artifact import read_manifest
 
-        held_out = load_dataset(list(validation_data), cli_settings())
+        first = read_manifest(members[0])  # members share frames and classes, or combining refuses them
+        held_out = load_dataset(list(validation_data), cli_settings(), frames=first.frames, classes=len(first.classes))
     manifest = combine_artifacts(
         list(members),
         output,
