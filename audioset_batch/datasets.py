@@ -15,6 +15,9 @@ from audioset_batch.locations import Location, inputs
 from audioset_batch.object_store import ObjectURL, store_for
 from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
+from model.artifact import read_manifest
+from model.labels import ClassLabel, load_labels
+from model.train_config import TrainingDataError
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +88,17 @@ def load_dataset(
     if not xs:
         raise LocationError("no data files given")
     return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=sources)
+
+
+def class_list(labels_file: str | Path | None, classes: int, settings: Settings) -> list[ClassLabel]:
+    """The names of the data's classes: the CSV given, else the served model's when the data has as many."""
+    if labels_file:
+        return load_labels(labels_file)
+    default = read_manifest(settings.model_path).classes
+    if classes != len(default):
+        raise TrainingDataError(
+            f"the data is labelled with {classes} classes; name them in a class list CSV (index,mid,display_name) "
+            f"with --labels FILE (or labels: in a run spec). Without one, training uses the model's "
+            f"{len(default)} classes"
+        )
+    return default

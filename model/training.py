@@ -527,7 +527,7 @@ def train(
     if y.ndim != 2 or y.shape[0] != x.shape[0]:
         raise TrainingDataError(f"y must be (clips, classes) with {x.shape[0]} clips, got {y.shape}")
     if y.shape[1] != len(labels):
-        raise TrainingDataError(f"y has {y.shape[1]} classes but the label list has {len(labels)}")
+        raise TrainingDataError(f"the data is labelled with {y.shape[1]} classes, the class list names {len(labels)}")
     if config.teacher_window > x.shape[1]:
         window = config.teacher_window
         raise TrainingDataError(f"teacher_window {window} is longer than the clips ({x.shape[1]} frames)")

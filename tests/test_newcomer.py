@@ -209,6 +209,10 @@ def test_training_errors_are_one_line_and_a_changed_setting_is_named(newcomer: P
 
     (newcomer / "bad.csv").write_text("a,b\n1,2\n")
     assert "index,mid,display_name" in one_line_error(run(*base[:3], "run2", "--labels", "bad.csv"))
+    write_h5(newcomer / "own.h5", clips=40, classes=3)  # the user's own classes, and no class list given
+    own = one_line_error(run("train", "own.h5", "--output", "run3", "--iterations", "2"))
+    assert "labelled with 3 classes" in own and "--labels FILE" in own and f"the model's {classes} classes" in own
+    assert not (newcomer / "run3").exists()
 
 
 # --- 5. --wait --timeout, and a warning when nothing consumes the queue ----------------------------

@@ -228,7 +228,7 @@ def test_a_finished_run_can_be_extended_or_finished_now(tmp_path: Path) -> None:
 
 def test_label_count_must_match(tmp_path: Path) -> None:
     x, y = learnable_dataset(50, 3)
-    with pytest.raises(TrainingDataError, match="label list has 2"):
+    with pytest.raises(TrainingDataError, match="labelled with 3 classes, the class list names 2"):
         train(small_config(), x, y, make_labels(2), tmp_path / "run")
 
 
@@ -303,6 +303,7 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
     assert shown["artifact"] == f"cos://{stack.results_bucket}/{prefix}"
     manifest = json.loads(store.get_bytes(stack.results_bucket, prefix + "manifest.json") or b"{}")
     assert [c["name"] for c in manifest["classes"]] == ["Alpha", "Beta", "Gamma"]
+    assert manifest["training"]["data"] == f"cos://{stack.input_bucket}/training/train.h5"  # a bucket URL, whole
     assert store.get_bytes(stack.results_bucket, prefix + "model.keras")
 
 

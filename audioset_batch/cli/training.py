@@ -133,10 +133,8 @@ def train(
         return
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
-    from audioset_batch.datasets import load_dataset
+    from audioset_batch.datasets import class_list, load_dataset
     from model.architectures import ARCHITECTURES
-    from model.artifact import read_manifest
-    from model.labels import load_labels
     from model.training import Progress
     from model.training import train as run_training
 
@@ -148,8 +146,8 @@ def train(
         from worker.runtime import configure_tensorflow
 
         configure_tensorflow(settings.tf_threads)
-    labels = load_labels(labels_path) if labels_path else read_manifest(settings.model_path).classes
     dataset = load_dataset(list(data), settings)
+    labels = class_list(labels_path, dataset.y.shape[1], settings)
     held_out = load_dataset(list(validation_data), settings) if validation_data else None
     iterations = config.iterations
     bar = progress_bar(iterations, "train", "it", quiet)
