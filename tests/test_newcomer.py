@@ -103,6 +103,8 @@ def test_score_of_nothing_is_an_error_not_an_empty_success(newcomer: Path) -> No
 
 def test_search_defaults_to_the_configured_results_and_names_the_results_object(newcomer: Path) -> None:
     write_h5(newcomer / "buckets" / "incoming" / "a.h5", clips=4, classes=12)
+    before = one_line_error(run("search", "Class 1"))  # nothing scored yet: say where results were looked for
+    assert "file://results: no such bucket" in before and "point --results at a results folder" in before
     (newcomer / "buckets" / "results").mkdir(parents=True)
     scored = run("score", "buckets/incoming/a.h5", "-o", "buckets/results/predictions/incoming/a.h5.jsonl")
     assert scored.exit_code == 0, scored.output

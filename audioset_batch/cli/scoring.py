@@ -168,6 +168,7 @@ def search(
 
     Each hit names the clip (source file, index, YouTube link) and the results object it was read from.
     """
+    from audioset_batch.errors import ObjectNotFoundError
     from audioset_batch.locations import results_url
     from audioset_batch.object_store import store_for
     from audioset_batch.search import folder_records, resolve_label, result_records, search_records
@@ -180,7 +181,12 @@ def search(
     records = (
         folder_records(where) if isinstance(where, Path) else result_records(store_for(where.scheme, settings), where)
     )
-    hits = search_records(records, target, min_score, limit)
+    try:
+        hits = search_records(records, target, min_score, limit)
+    except ObjectNotFoundError as exc:
+        raise ObjectNotFoundError(
+            f"{exc}: no results there; point --results at a results folder or prefix, or score some files first"
+        ) from exc
     for hit in hits:
         if as_json:
             click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
