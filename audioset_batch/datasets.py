@@ -35,17 +35,15 @@ def provenance(location: Location) -> str:
 def _read(path: Path, name: str, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The whole file; an unreadable one raises its own error class with the file's name in front."""
     try:
-        return _read_all(path, name, limits, frames)
+        return _read_all(path, limits, frames)
     except InputFileError as exc:
-        if str(exc).startswith(f"{name}: "):
-            raise
         raise type(exc)(f"{name}: {exc}") from exc
 
 
-def _read_all(path: Path, name: str, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_all(path: Path, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
     with EmbeddingFile(path, limits, frames=frames) as data:
         if data.y is None:
-            raise LayoutError(f"{name}: dataset 'y' (labels) is required for training and evaluation")
+            raise LayoutError("dataset 'y' (labels) is required for training and evaluation")
         xs, ys = [], []
         for chunk in data.chunks(65536):
             xs.append(chunk.x)
