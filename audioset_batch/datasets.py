@@ -11,7 +11,7 @@ import numpy as np
 
 from audioset_batch.errors import InputFileError, LocationError
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
-from audioset_batch.locations import Location, inputs
+from audioset_batch.locations import Location, distinct_inputs, identity
 from audioset_batch.object_store import ObjectURL, store_for
 from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
@@ -25,6 +25,16 @@ class Dataset:
     x: np.ndarray  # (clips, frames, 128) as stored (uint8 or float)
     y: np.ndarray  # (clips, classes) bool
     sources: list[str]  # what a manifest records: see :func:`provenance`
+    files: dict[str, str]  # each file's identity (absolute path, URL) -> the name it was given by
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What ``audioset train`` and a queued run train on: one loader, so the two cannot check differently."""
+
+    train: Dataset
+    labels: list[ClassLabel]
+    held_out: Dataset | None
 
 
 def provenance(location: Location) -> str:
@@ -64,7 +74,13 @@ def load_dataset(
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     sources: list[str] = []
-    for location in (found for text in locations for found in inputs(text, settings)):
+    found, repeated = distinct_inputs(locations, settings)
+    if repeated:
+        raise LocationError(
+            f"{repeated[0]}: given more than once (by name, or inside a folder also given); its clips would count twice"
+        )
+    files = {identity(location): str(location) for location in found}
+    for location in found:
         name = str(location)
         if isinstance(location, ObjectURL):
             with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
@@ -85,7 +101,24 @@ def load_dataset(
         sources.append(provenance(location))
     if not xs:
         raise LocationError("no data files given")
-    return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=sources)
+    return Dataset(x=np.concatenate(xs), y=np.concatenate(ys), sources=sources, files=files)
+
+
+def load_training_data(
+    data: Sequence[str], validation: Sequence[str], labels_file: str | Path | None, settings: Settings
+) -> TrainingData:
+    """The training files, their class list and the validation files, which must not be training files too:
+    a checkpoint chosen on clips the model trained on is chosen on memory."""
+    train = load_dataset(data, settings)
+    labels = class_list(labels_file, train.y.shape[1], settings)
+    held_out = load_dataset(validation, settings) if validation else None
+    if held_out is not None and (both := sorted(train.files.keys() & held_out.files.keys())):
+        raise TrainingDataError(
+            f"{held_out.files[both[0]]} is both training and validation data; validate on files the model does "
+            "not train on "
+            "(or give no validation files: a stratified split of the training data is held out)"
+        )
+    return TrainingData(train, labels, held_out)
 
 
 def class_list(labels_file: str | Path | None, classes: int, settings: Settings) -> list[ClassLabel]:

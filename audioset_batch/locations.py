@@ -12,7 +12,7 @@ A folder or prefix stands for every ``.h5``/``.hdf5`` file under it (never resul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -84,6 +84,26 @@ def inputs(text: str, settings: Settings) -> list[Location]:
     if not found:
         raise LocationError(f"{text}: no .h5 or .hdf5 file there")
     return found
+
+
+def identity(location: Location) -> str:
+    """Which file a location is, however it was written: its absolute path, or its URL."""
+    return str(location.resolve()) if isinstance(location, Path) else str(location)
+
+
+def distinct_inputs(texts: Iterable[str], settings: Settings) -> tuple[list[Location], list[Location]]:
+    """The files several arguments name, each once in the order first named, and the ones named again
+    (a file given twice, or also inside a folder given)."""
+    found: dict[str, Location] = {}
+    repeated: list[Location] = []
+    for text in texts:
+        for location in inputs(text, settings):
+            key = identity(location)
+            if key in found:
+                repeated.append(location)
+            else:
+                found[key] = location
+    return list(found.values()), repeated
 
 
 def as_bucket_url(path: Path, settings: Settings) -> ObjectURL:

@@ -164,7 +164,7 @@ def _publish(artifact_dir: Path, output: str, run_id: str, name: str, settings: 
 
 def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: JobStore) -> dict[str, Any]:
     """Run one training job to completion, recording progress; never raises for a failed run."""
-    from audioset_batch.datasets import class_list, load_dataset
+    from audioset_batch.datasets import load_training_data
     from model.training import train
 
     check_run_id(run_id)
@@ -183,9 +183,13 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             return location if "://" in location else str(root / location)
 
         record["iterations"] = spec.config.iterations
-        dataset = load_dataset([on_worker(d) for d in spec.data], settings)
-        labels = class_list(on_worker(spec.labels) if spec.labels else None, dataset.y.shape[1], settings)
-        held_out = load_dataset([on_worker(v) for v in spec.validation], settings) if spec.validation else None
+        loaded = load_training_data(
+            [on_worker(d) for d in spec.data],
+            [on_worker(v) for v in spec.validation],
+            on_worker(spec.labels) if spec.labels else None,
+            settings,
+        )
+        dataset, labels, held_out = loaded.train, loaded.labels, loaded.held_out
         workdir = (settings.local_root / ".training" / run_id).resolve()
 
         def progress(p: Progress) -> None:

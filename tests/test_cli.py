@@ -35,12 +35,22 @@ def test_score_writes_the_worker_format(tmp_path: Path) -> None:
     assert lines[0]["labels"][0]["score"] == pytest.approx(max(lines[0]["scores"]), rel=1e-6)
 
 
+def test_a_file_named_twice_is_scored_once_and_said(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "in" / "a.h5", clips=4, classes=12)
+    out = tmp_path / "a.jsonl"
+    result = CliRunner().invoke(main, ["score", str(path), str(tmp_path / "in"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}: given more than once; scored once" in result.stderr
+    assert [orjson.loads(line)["index"] for line in out.read_bytes().splitlines()] == [0, 1, 2, 3]
+
+
 def test_score_reports_bad_input_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"nope")
     result = CliRunner().invoke(main, ["score", str(bad), "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 1
-    assert "NotHDF5Error" in result.output and not (tmp_path / "o.jsonl").exists()
+    assert "NotHDF5Error: " + str(bad) + ": not an HDF5 file" in result.output
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_bad_setting_stops_with_the_variable_name(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,6 +237,8 @@ def test_unknown_job_or_run_is_one_clear_line(tmp_path: Path, monkeypatch: pytes
     assert job.exit_code == 2 and job.output == "error: no job 'nope' (see `audioset jobs list`)\n"
     run = CliRunner().invoke(main, ["training", "show", "nope"])
     assert run.exit_code == 2 and run.output == "error: no training run 'nope' (see `audioset training list`)\n"
+    empty = CliRunner().invoke(main, ["training", "list"])  # nothing queued yet: said, not a blank screen
+    assert empty.exit_code == 0 and "no training runs in sqlite:///" in empty.output and "--submit" in empty.output
 
 
 def test_every_training_setting_is_a_train_option_with_its_help() -> None:

@@ -640,6 +640,43 @@ def test_train_command_takes_a_validation_file(tmp_path: Path) -> None:
     assert recorded == ("train.h5", "val.h5")  # file names: the folders of the host it trained on are not recorded
 
 
+def test_a_file_given_twice_or_as_both_training_and_validation_data_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting a file's clips twice, or choosing checkpoints on clips the model trained on, is one line, not a run."""
+    import h5py
+    from click.testing import CliRunner
+
+    from audioset_batch.cli import main
+    from audioset_batch.datasets import load_training_data
+    from audioset_batch.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    x, y = learnable_dataset(60, 3, seed=4)
+    (tmp_path / "data").mkdir()
+    for name, part in (("data/a.h5", slice(0, 30)), ("data/b.h5", slice(30, 60))):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["x"], f["y"] = x[part], y[part]
+    (tmp_path / "labels.csv").write_text("index,mid,display_name\n0,/x/a,Alpha\n1,/x/b,Beta\n2,/x/c,Gamma\n")
+
+    def train(*args: str) -> str:
+        run = CliRunner().invoke(main, ["train", *args, "--labels", "labels.csv", "--output", "run", "-q"])
+        assert run.exit_code == 1 and not (tmp_path / "run").exists(), run.output
+        return run.output
+
+    assert train("data/a.h5", "data/a.h5") == (
+        "error: LocationError: data/a.h5: given more than once (by name, or inside a folder also given); "
+        "its clips would count twice\n"
+    )
+    assert "data/b.h5: given more than once" in train("data", "data/b.h5")
+    overlap = train("data/a.h5", "data/b.h5", "--validation", "./data/b.h5")
+    assert overlap.startswith("error: TrainingDataError: data/b.h5 is both training and validation data")
+
+    loaded = load_training_data(["data/a.h5"], ["data/b.h5"], "labels.csv", load_settings())  # the queued run's path
+    assert (len(loaded.train.x), len(loaded.held_out.x) if loaded.held_out else 0) == (30, 30)
+    assert [c.name for c in loaded.labels] == ["Alpha", "Beta", "Gamma"]
+
+
 def test_asymmetric_loss_spares_easy_and_likely_missing_negatives_and_is_cross_entropy_without_them() -> None:
     import keras
 

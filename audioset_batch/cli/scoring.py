@@ -73,12 +73,14 @@ def score(
     that cannot be scored is reported and skipped; the exit code is then 1.
     """
     from audioset_batch.errors import InputFileError, StorageError
-    from audioset_batch.locations import inputs
+    from audioset_batch.locations import distinct_inputs
     from audioset_batch.object_store import ObjectURL, store_for
     from audioset_batch.pipeline import ObjectScorer
 
     settings = cli_settings()
-    found = [location for text in sources for location in inputs(text, settings)]  # nothing found: an error
+    found, repeated = distinct_inputs(sources, settings)  # an argument naming nothing: an error
+    for location in repeated:
+        note(f"{location}: given more than once; scored once")
     to_stdout = str(output) == "-"
     target = None if to_stdout else output_file(output)
     scorer = ObjectScorer.from_settings(
@@ -119,8 +121,10 @@ def score(
                 else:
                     score_one(location, name, out)
             except (InputFileError, StorageError) as exc:
+                if len(found) == 1 and isinstance(exc, InputFileError):
+                    fail(f"{type(exc).__name__}: {name}: {exc}")  # the reader saw a temporary file, not the name
                 if len(found) == 1:
-                    raise
+                    raise  # a storage error names its object itself
                 failed += 1
                 warn(f"{name}: {type(exc).__name__}: {exc} (skipped)")
         return failed

@@ -133,7 +133,7 @@ def train(
         return
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
-    from audioset_batch.datasets import class_list, load_dataset
+    from audioset_batch.datasets import load_training_data
     from model.architectures import ARCHITECTURES
     from model.training import Progress
     from model.training import train as run_training
@@ -146,9 +146,8 @@ def train(
         from worker.runtime import configure_tensorflow
 
         configure_tensorflow(settings.tf_threads)
-    dataset = load_dataset(list(data), settings)
-    labels = class_list(labels_path, dataset.y.shape[1], settings)
-    held_out = load_dataset(list(validation_data), settings) if validation_data else None
+    loaded = load_training_data(list(data), list(validation_data), labels_path, settings)
+    dataset, labels, held_out = loaded.train, loaded.labels, loaded.held_out
     iterations = config.iterations
     bar = progress_bar(iterations, "train", "it", quiet)
     last_map: list[float] = []
@@ -213,10 +212,18 @@ def _run_line(run: dict[str, Any]) -> str:
 @friendly_errors
 def training_list(limit: int, as_json: bool) -> None:
     """List the newest queued training runs: status, iteration, loss, validation mAP."""
-    runs = open_jobs(cli_settings()).list_runs(limit)
+    from audioset_batch.logs import mask_url
+
+    settings = cli_settings()
+    runs = open_jobs(settings).list_runs(limit)
     if as_json:
         click.echo(json.dumps({"runs": runs}))
         return
+    if not runs:
+        note(
+            f"no training runs in {mask_url(settings.effective_state_url)} "
+            "(queue one with `audioset train --submit SPEC.yml`)"
+        )
     for run in runs:
         click.echo(_run_line(run))
 
