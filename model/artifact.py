@@ -124,7 +124,9 @@ def read_manifest(artifact: str | Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ArtifactError(f"{artifact}: no {MANIFEST_NAME}; is this a model artifact directory?") from exc
+        inside = Path(artifact) / "model" / MANIFEST_NAME  # `audioset train --output RUN` writes RUN/model/
+        hint = f"the artifact is {inside.parent}" if inside.is_file() else "is this a model artifact directory?"
+        raise ArtifactError(f"{artifact}: no {MANIFEST_NAME}; {hint}") from exc
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
     return Manifest.from_json(data, source=str(path))

@@ -44,6 +44,16 @@ def test_a_file_named_twice_is_scored_once_and_said(tmp_path: Path) -> None:
     assert [orjson.loads(line)["index"] for line in out.read_bytes().splitlines()] == [0, 1, 2, 3]
 
 
+def test_a_training_run_folder_given_as_the_model_points_at_its_model(tmp_path: Path, tiny_model: Path) -> None:
+    import shutil
+
+    shutil.copytree(tiny_model, tmp_path / "run" / "model")  # what `audioset train --output run` leaves
+    path = write_h5(tmp_path / "a.h5", clips=2, classes=12)
+    result = CliRunner().invoke(main, ["score", str(path), "--model", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert result.output.endswith(f"run: no manifest.json; the artifact is {tmp_path / 'run' / 'model'}\n")
+
+
 def test_score_reports_bad_input_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"nope")
