@@ -206,7 +206,8 @@ def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     import_tensorflow()
     import keras
 
-    import model.attention_pooling  # noqa: F401  (registers the custom layers)
+    import model.attention_pooling  # registers the custom layers: the networks' and the ensembles' combiners
+    import model.ensemble_layers  # noqa: F401
 
     loaded = keras.models.load_model(Path(artifact) / WEIGHTS_NAME, compile=False, safe_mode=True)
     expected = (None, len(manifest.classes))

@@ -1,8 +1,9 @@
-"""Ensembles served as one model: the members' probabilities averaged inside one Keras graph.
+"""Ensembles served as one model: the members' predictions averaged inside one Keras graph.
 
 Members of different architectures make different mistakes, so their mean scores better
-than any one of them. Building the mean into a single artifact keeps one way to serve: the
-worker, ``audioset score``, ``audioset evaluate`` and the int8 path load it like any model.
+than any one of them; the mean is of probabilities (``mean``) or of log-odds (``logit-mean``).
+Building the mean into a single artifact keeps one way to serve: the worker,
+``audioset score``, ``audioset evaluate`` and the int8 path load it like any model.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 #: ``Manifest.architecture`` of a combined artifact; its members are listed under ``training["members"]``.
 ENSEMBLE = "ensemble"
 MEMBER_MEAN = "member_mean"
+#: How the members' probabilities become one: their mean, or the sigmoid of their log-odds' mean.
+Combine = Literal["mean", "logit-mean"]
+COMBINES: tuple[str, ...] = ("mean", "logit-mean")
 
 
 class EnsembleError(ArtifactError):
@@ -62,8 +66,10 @@ def _member_parts(member: dict[str, Any]) -> list[TrainedPart]:
     return [TrainedPart(member["artifact"], member["architecture"], int(member["hidden_units"]), branches, training)]
 
 
-def combine(members: Sequence[keras.Model], name: str = ENSEMBLE) -> keras.Model:
+def combine(members: Sequence[keras.Model], name: str = ENSEMBLE, method: Combine = "mean") -> keras.Model:
     """One model whose output is the mean of the members' outputs (each member a named sub-model)."""
+    if method not in COMBINES:
+        raise EnsembleError(f"combine must be one of {', '.join(COMBINES)}, got {method!r}")
     if len(members) < 2:
         raise EnsembleError(f"an ensemble needs at least two members, got {len(members)}")
     shapes = {(tuple(m.input_shape), tuple(m.output_shape)) for m in members}
@@ -73,6 +79,7 @@ def combine(members: Sequence[keras.Model], name: str = ENSEMBLE) -> keras.Model
     import keras
 
     import model.attention_pooling  # noqa: F401  (registers the custom layers)
+    from model.ensemble_layers import LogitMean
 
     inputs = keras.Input(shape=members[0].input_shape[1:], name="embeddings")
     outputs = []
@@ -82,7 +89,8 @@ def combine(members: Sequence[keras.Model], name: str = ENSEMBLE) -> keras.Model
         copy = keras.Model.from_config(config)
         copy.set_weights(member.get_weights())
         outputs.append(copy(inputs))
-    return keras.Model(inputs, keras.layers.Average(name=MEMBER_MEAN)(outputs), name=name)
+    mean = LogitMean(name=MEMBER_MEAN) if method == "logit-mean" else keras.layers.Average(name=MEMBER_MEAN)
+    return keras.Model(inputs, mean(outputs), name=name)
 
 
 def combine_artifacts(
@@ -92,8 +100,11 @@ def combine_artifacts(
     version: str,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     validation_description: str = "",
+    method: Combine = "mean",
 ) -> Manifest:
     """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes.
+
+    ``method`` is what is averaged (see :data:`Combine`); the manifest records it as ``training.combine``.
 
     With ``validation`` (embeddings, labels) the combined model is evaluated in float32 and the result
     recorded in the manifest, as training records a model's.
@@ -128,10 +139,10 @@ def combine_artifacts(
         classes=first.classes,
         frames=first.frames,
         hidden_units=max(m.hidden_units for _, m in loaded),
-        training={"members": members},
+        training={"members": members, "combine": method},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    combined = combine([net for net, _ in loaded], name=ENSEMBLE)
+    combined = combine([net for net, _ in loaded], name=ENSEMBLE, method=method)
     if validation is not None:
         x, y = validation
         if y.shape[1] != len(first.classes) or x.shape[1] != first.frames:

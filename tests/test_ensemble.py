@@ -39,7 +39,7 @@ def isolated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_ensemble_serves_the_mean_of_its_members(members: list[Path], tmp_path: Path) -> None:
     manifest = combine_artifacts(members, tmp_path / "ens", name="ens", version="3")
-    assert manifest.tag == "ens@3" and manifest.architecture == ENSEMBLE
+    assert manifest.tag == "ens@3" and manifest.architecture == ENSEMBLE and manifest.training["combine"] == "mean"
     stored = read_manifest(tmp_path / "ens")
     assert [m["artifact"] for m in stored.training["members"]] == ["mla@1", "fsa@2"]
     assert stored.classes == read_manifest(members[0]).classes and stored.sha256 == manifest.sha256
@@ -50,6 +50,35 @@ def test_the_ensemble_serves_the_mean_of_its_members(members: list[Path], tmp_pa
     int8 = Predictor.from_artifact(tmp_path / "ens", precision="int8")
     assert int8.tag == "ens@3+int8"
     assert np.abs(int8.predict(x) - expected).max() < 0.02  # the int8 path converts the combined graph too
+
+
+def test_a_logit_mean_ensemble_serves_the_sigmoid_of_its_members_mean_log_odds_at_every_precision(
+    members: list[Path], tmp_path: Path
+) -> None:
+    from model.ensemble_layers import LogitMean
+    from model.inference import dequantize, with_precision
+
+    manifest = combine_artifacts(members, tmp_path / "ens", name="ens", version="1", method="logit-mean")
+    assert manifest.training["combine"] == "logit-mean" and read_manifest(tmp_path / "ens").training["combine"]
+
+    x = np.random.default_rng(1).integers(0, 256, (64, 10, 128), dtype=np.uint8)
+    p = np.clip([Predictor.from_artifact(m).predict(x) for m in members], 1e-7, 1 - 1e-7)
+    expected = 1 / (1 + np.exp(-np.mean(np.log(p) - np.log1p(-p), axis=0)))
+    served = Predictor.from_artifact(tmp_path / "ens")  # loads in safe mode: the combiner is a registered layer
+    np.testing.assert_allclose(served.predict(x), expected, atol=1e-5)
+    assert np.abs(served.predict(x) - p.mean(axis=0)).max() > 1e-3  # not the probability mean under another name
+    int8 = Predictor.from_artifact(tmp_path / "ens", precision="int8")
+    assert np.abs(int8.predict(x) - expected).max() < 0.02
+    bf16 = with_precision(served.model, "bfloat16")
+    fast = np.asarray(bf16(dequantize(x))).astype(np.float32)
+    assert np.isfinite(fast).all() and np.abs(fast - expected).max() < 0.05
+    # Saturated members under a bfloat16 policy: the log-odds are taken in float32, where 1 - 1e-7 is not 1,
+    # so two members sure of opposite answers meet in the middle instead of making inf - inf = NaN.
+    sure = LogitMean(dtype="mixed_bfloat16")([np.array([[1.0, 0.0, 0.5, 1.0]]), np.array([[1.0, 0.0, 0.9, 0.0]])])
+    np.testing.assert_allclose(np.asarray(sure, dtype=np.float32), [[1, 0, 0.75, 0.5]], atol=0.03)
+
+    with pytest.raises(EnsembleError, match="combine must be one of mean, logit-mean"):
+        combine_artifacts(members, tmp_path / "bad", name="bad", version="1", method="median")  # type: ignore[arg-type]
 
 
 def test_trained_parts_name_every_network_that_was_trained_even_in_nested_ensembles(
@@ -97,6 +126,11 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
     recorded = read_manifest(out)
     assert recorded.metrics["validation"]["clips"] == 5 and recorded.training["validation_data"] == "a.h5"
     assert json.loads(made.stdout)["validation_map"] == recorded.metrics["validation"]["mAP"]
+    logit = runner.invoke(
+        main, ["ensemble", *map(str, members), "--output", str(tmp_path / "lm"), "--combine", "logit-mean"]
+    )
+    assert logit.exit_code == 0 and json.loads(logit.stdout)["combine"] == "logit-mean", logit.output
+    assert read_manifest(tmp_path / "lm").training["combine"] == "logit-mean"
 
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(out))
     monkeypatch.setenv("AUDIOSET_PRECISION", "float32")

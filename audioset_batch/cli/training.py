@@ -8,7 +8,7 @@ import time
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,9 @@ from audioset_batch.cli.common import (
     quiet_option,
 )
 from model.train_config import TrainConfig, TrainConfigError
+
+if TYPE_CHECKING:
+    from model.ensemble import Combine
 
 
 def train_options(command: F) -> F:
@@ -283,9 +286,22 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
     multiple=True,
     help="Labelled HDF5 file(s) (paths or URLs) to evaluate the ensemble on; the manifest records the result.",
 )
+@click.option(
+    "--combine",
+    "method",
+    type=click.Choice(["mean", "logit-mean"]),
+    default="mean",
+    show_default=True,
+    help="Average the members' probabilities, or their log-odds (better for members calibrated differently).",
+)
 @friendly_errors
 def ensemble(
-    members: tuple[Path, ...], output: Path, name: str, version: str, validation_data: tuple[str, ...]
+    members: tuple[Path, ...],
+    output: Path,
+    name: str,
+    version: str,
+    validation_data: tuple[str, ...],
+    method: Combine,
 ) -> None:
     """Combine trained artifacts into one that serves the mean of their predictions.
 
@@ -308,8 +324,14 @@ def ensemble(
         version=version,
         validation=(held_out.x, held_out.y) if held_out else None,
         validation_description=", ".join(held_out.sources) if held_out else "",
+        method=method,
     )
-    summary = {"artifact": str(output), "model": manifest.tag, "members": [str(m) for m in members]}
+    summary = {
+        "artifact": str(output),
+        "model": manifest.tag,
+        "members": [str(m) for m in members],
+        "combine": method,
+    }
     if "validation" in manifest.metrics:
         summary["validation_map"] = manifest.metrics["validation"]["mAP"]
     click.echo(json.dumps(summary))
