@@ -8,6 +8,7 @@ Building the mean into a single artifact keeps one way to serve: the worker,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, ArtifactError, Manifest, load, save
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, ArtifactError, Manifest, load, read_manifest, save
 from model.inference import Predictor
 from model.metrics import evaluate
 from model.native_logs import import_tensorflow
@@ -66,6 +67,14 @@ def _member_parts(member: dict[str, Any]) -> list[TrainedPart]:
     return [TrainedPart(member["artifact"], member["architecture"], int(member["hidden_units"]), branches, training)]
 
 
+def member_networks(ensemble: keras.Model) -> list[keras.Model]:
+    """An ensemble's members, in order: the sub-models of its graph."""
+    import_tensorflow()
+    import keras
+
+    return [layer for layer in ensemble.layers if isinstance(layer, keras.Model)]
+
+
 def combine(members: Sequence[keras.Model], name: str = ENSEMBLE, method: Combine = "mean") -> keras.Model:
     """One model whose output is the mean of the members' outputs (each member a named sub-model)."""
     if method not in COMBINES:
@@ -85,7 +94,8 @@ def combine(members: Sequence[keras.Model], name: str = ENSEMBLE, method: Combin
     outputs = []
     for k, member in enumerate(members):
         config = member.get_config()
-        config["name"] = f"member{k}_{member.name}"  # sub-model names must be unique in the graph
+        base = re.sub(r"^member\d+_", "", member.name)  # a rebuilt ensemble's members keep their own names
+        config["name"] = f"member{k}_{base}"  # sub-model names must be unique in the graph
         copy = keras.Model.from_config(config)
         copy.set_weights(member.get_weights())
         outputs.append(copy(inputs))
@@ -105,12 +115,17 @@ def combine_artifacts(
     """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes.
 
     ``method`` is what is averaged (see :data:`Combine`); the manifest records it as ``training.combine``.
+    A single ensemble artifact is rebuilt from its own members, so its rule can change without the members'
+    artifacts at hand.
 
     With ``validation`` (embeddings, labels) the combined model is evaluated in float32 and the result
     recorded in the manifest, as training records a model's.
     """
-    if len(artifacts) < 2:
-        raise EnsembleError(f"an ensemble needs at least two member artifacts, got {len(artifacts)}")
+    if len(artifacts) < 2 and not (artifacts and read_manifest(artifacts[0]).architecture == ENSEMBLE):
+        raise EnsembleError(
+            f"an ensemble needs at least two member artifacts, got {len(artifacts)} "
+            "(one is accepted only if it is an ensemble itself, to rebuild it with another --combine)"
+        )
     target = Path(output)
     if (target / MANIFEST_NAME).exists() or (target / WEIGHTS_NAME).exists():
         raise EnsembleError(f"{output} already holds an artifact; choose another output folder or delete it first")
@@ -121,28 +136,33 @@ def combine_artifacts(
             raise EnsembleError(f"{path}: its classes differ from {artifacts[0]}'s; members must share one class list")
         if manifest.frames != first.frames:
             raise EnsembleError(f"{path}: {manifest.frames} frames per clip, {artifacts[0]} has {first.frames}")
-    members: list[dict[str, Any]] = [
-        {
-            "artifact": manifest.tag,
-            "architecture": manifest.architecture,
-            "hidden_units": manifest.hidden_units,
-            "sha256": manifest.sha256,
-            "metrics": manifest.metrics,
-            "training": manifest.training,
-        }
-        for _, manifest in loaded
-    ]
+    if len(loaded) == 1:  # an ensemble rebuilt: its members as they are, their records as it keeps them
+        nets = member_networks(loaded[0][0])
+        members: list[dict[str, Any]] = list(first.training["members"])
+    else:
+        nets = [net for net, _ in loaded]
+        members = [
+            {
+                "artifact": manifest.tag,
+                "architecture": manifest.architecture,
+                "hidden_units": manifest.hidden_units,
+                "sha256": manifest.sha256,
+                "metrics": manifest.metrics,
+                "training": manifest.training,
+            }
+            for _, manifest in loaded
+        ]
     manifest = Manifest(
         name=name,
         version=version,
         architecture=ENSEMBLE,
         classes=first.classes,
         frames=first.frames,
-        hidden_units=max(m.hidden_units for _, m in loaded),
+        hidden_units=max(int(m["hidden_units"]) for m in members),
         training={"members": members, "combine": method},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    combined = combine([net for net, _ in loaded], name=ENSEMBLE, method=method)
+    combined = combine(nets, name=ENSEMBLE, method=method)
     if validation is not None:
         x, y = validation
         if y.shape[1] != len(first.classes) or x.shape[1] != first.frames:

@@ -77,6 +77,15 @@ def test_a_logit_mean_ensemble_serves_the_sigmoid_of_its_members_mean_log_odds_a
     sure = LogitMean(dtype="mixed_bfloat16")([np.array([[1.0, 0.0, 0.5, 1.0]]), np.array([[1.0, 0.0, 0.9, 0.0]])])
     np.testing.assert_allclose(np.asarray(sure, dtype=np.float32), [[1, 0, 0.75, 0.5]], atol=0.03)
 
+    # An ensemble rebuilt with another rule from its own members: no member artifact needed.
+    combine_artifacts(members, tmp_path / "mean", name="ens", version="1")
+    rebuilt = combine_artifacts([tmp_path / "mean"], tmp_path / "re", name="ens", version="2", method="logit-mean")
+    assert rebuilt.training["members"] == manifest.training["members"] and rebuilt.training["combine"] == "logit-mean"
+    np.testing.assert_allclose(Predictor.from_artifact(tmp_path / "re").predict(x), expected, atol=1e-5)
+    assert [p.tag for p in trained_parts(rebuilt)] == ["mla@1", "fsa@2"]
+    with pytest.raises(EnsembleError, match="one is accepted only if it is an ensemble itself"):
+        combine_artifacts(members[:1], tmp_path / "bad", name="bad", version="1")
+
     with pytest.raises(EnsembleError, match="combine must be one of mean, logit-mean"):
         combine_artifacts(members, tmp_path / "bad", name="bad", version="1", method="median")  # type: ignore[arg-type]
 

@@ -305,6 +305,8 @@ def ensemble(
 ) -> None:
     """Combine trained artifacts into one that serves the mean of their predictions.
 
+    One ensemble artifact given alone is rebuilt from its own members, e.g. to change --combine.
+
     The result is an ordinary artifact: point AUDIOSET_MODEL_PATH at it, or evaluate it with
     `audioset evaluate OUTPUT DATA`.
     """
