@@ -120,6 +120,17 @@ def _first_bad_clip(ok: np.ndarray) -> int | None:
     return None if clip_ok.all() else int(np.flatnonzero(~clip_ok)[0])
 
 
+def _first_code_clip(x: np.ndarray) -> int | None:
+    """Index of the first float clip made only of whole numbers in 0..255 (above 2 somewhere), or None.
+
+    Float embeddings are continuous, about [-2, 2]; uint8 codes cast to float are a conversion slip that would
+    otherwise be scored without dequantising, and every score would be wrong without a word.
+    """
+    flat = x.reshape(len(x), -1)
+    codes = ((flat == np.floor(flat)) & (flat >= 0) & (flat <= 255)).all(axis=1) & (flat.max(axis=1, initial=0) > 2)
+    return int(np.flatnonzero(codes)[0]) if codes.any() else None
+
+
 def _classify_open_error(path: Path, exc: OSError) -> InputFileError:
     size = path.stat().st_size if path.exists() else 0
     text = str(exc)
@@ -325,5 +336,11 @@ class EmbeddingFile:
                     raise NonFiniteError(
                         f"dataset 'x' has values beyond ±{self.limits.max_abs_value:g} (first at clip {start + bad}); "
                         "float embeddings are expected in about [-2, 2]"
+                    )
+                if (bad := _first_code_clip(x)) is not None:
+                    raise LayoutError(
+                        f"dataset 'x' is float but holds 8-bit codes (whole numbers 0-255, first at clip "
+                        f"{start + bad}): store x as uint8, as the AudioSet release does, or dequantise it as "
+                        "(x - 128) / 128"
                     )
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)

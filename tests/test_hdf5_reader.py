@@ -296,6 +296,19 @@ def test_float_values_beyond_range_are_refused(tmp_path: Path) -> None:
         list(f.chunks(10))
 
 
+def test_float_x_holding_uint8_codes_is_refused_not_scored_undequantised(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.5, (4, 10, 128)).astype(np.float32)
+    x[3] = rng.integers(0, 256, (10, 128))  # a clip converted with astype(float32) instead of (x - 128) / 128
+    x[1] = 0  # zero padding is not codes
+    path = _write(tmp_path / "codes.h5", x=x)
+    with EmbeddingFile(path) as f, pytest.raises(LayoutError, match=r"holds 8-bit codes .*first at clip 3\)"):
+        list(f.chunks(10))
+    x[3] = rng.normal(0, 0.5, (10, 128))
+    with EmbeddingFile(_write(tmp_path / "fine.h5", x=x)) as f:
+        assert sum(len(c.x) for c in f.chunks(10)) == 4
+
+
 def test_pinned_prefixes_point_at_an_empty_private_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in HDF5_PREFIX_VARIABLES:
         monkeypatch.delenv(name, raising=False)
