@@ -115,8 +115,7 @@ def load_training_data(
     if held_out is not None and (both := sorted(train.files.keys() & held_out.files.keys())):
         raise TrainingDataError(
             f"{held_out.files[both[0]]} is both training and validation data; validate on files the model does "
-            "not train on "
-            "(or give no validation files: a stratified split of the training data is held out)"
+            "not train on (or give no validation files: a stratified split of the training data is held out)"
         )
     return TrainingData(train, labels, held_out)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import orjson
 import pytest
@@ -153,6 +154,22 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
     summary = json.loads(evaluated.stdout)
     assert summary["model"] == "ens@1" and summary["clips"] == 5
     assert summary["mAP"] == pytest.approx(recorded.metrics["validation"]["mAP"], abs=1e-6)
+
+
+def test_the_commands_offer_exactly_the_rules_and_precisions_the_model_layer_knows() -> None:
+    """The CLI spells the choices out (importing the model layer at start-up would be slow); this keeps them true."""
+    from audioset_batch.cli.scoring import evaluate, score
+    from audioset_batch.cli.training import ensemble
+    from model.ensemble import COMBINES
+    from model.inference import PRECISIONS
+
+    def choices(command: click.Command, name: str) -> tuple[str, ...]:
+        param = next(p for p in command.params if p.name == name)
+        assert isinstance(param.type, click.Choice)
+        return tuple(param.type.choices)
+
+    assert choices(ensemble, "method") == COMBINES
+    assert choices(score, "precision") == choices(evaluate, "precision") == PRECISIONS
 
 
 def test_ensemble_command_errors_are_one_line(members: list[Path], tmp_path: Path) -> None:
