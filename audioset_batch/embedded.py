@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from audioset_batch.errors import ConfigError
 from audioset_batch.jobs import open_job_store
 from audioset_batch.local_store import LocalStore
 from audioset_batch.results import loads, result_keys
@@ -49,7 +50,13 @@ class EmbeddedService:
         self.root = root.resolve()
         self.env = embedded_environment(self.root)
         for bucket in (INCOMING, RESULTS):
-            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.root / bucket).mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise ConfigError(
+                    f"{self.root / bucket}: a file is in the way of the bucket folder; point AUDIOSET_LOCAL_ROOT "
+                    "(or --root) at a folder, or move the file"
+                ) from None
         os.environ.update(self.env)
         self.settings: Settings = load_settings()
         self.concurrency = concurrency

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 import orjson
+import pytest
 
 from tests.conftest import ROOT
 from tests.helpers import write_h5
@@ -122,3 +123,23 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
         log.close()
     assert code == 0
     assert "sent again" in (tmp_path / "run.log").read_text()
+
+
+def test_a_file_where_a_bucket_folder_goes_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from audioset_batch.cli import main
+    from audioset_batch.settings import get_settings
+
+    (tmp_path / "buckets").write_text("not a folder")
+    monkeypatch.setenv("AUDIOSET_LOCAL_ROOT", str(tmp_path / "buckets"))
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["run"])
+    get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: {tmp_path / 'buckets' / 'incoming'}: a file is in the way of the bucket folder; "
+        "point AUDIOSET_LOCAL_ROOT (or --root) at a folder, or move the file\n"
+    )
