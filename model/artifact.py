@@ -206,7 +206,8 @@ def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     import_tensorflow()
     import keras
 
-    import model.attention_pooling  # registers the custom layers: the networks' and the ensembles' combiners
+    # Registers the custom layers: the networks' pooling and the ensembles' combining rules.
+    import model.attention_pooling
     import model.ensemble_layers  # noqa: F401
 
     loaded = keras.models.load_model(Path(artifact) / WEIGHTS_NAME, compile=False, safe_mode=True)
