@@ -11,7 +11,7 @@ import numpy as np
 
 from audioset_batch.errors import InputFileError, LocationError
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
-from audioset_batch.locations import Location, distinct_inputs, identity
+from audioset_batch.locations import Location, distinct_inputs
 from audioset_batch.object_store import ObjectURL, store_for
 from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
@@ -79,8 +79,8 @@ def load_dataset(
         raise LocationError(
             f"{repeated[0]}: given more than once (by name, or inside a folder also given); its clips would count twice"
         )
-    files = {identity(location): str(location) for location in found}
-    for location in found:
+    files = {key: str(location) for key, location in found.items()}
+    for location in found.values():
         name = str(location)
         if isinstance(location, ObjectURL):
             with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:

@@ -180,8 +180,11 @@ class EmbeddingFile:
         link = self._file.get(name, getlink=True)
         if link is None:
             if required:
+                present = sorted(self._file.keys())
+                keras = {"layers", "model_weights"} & set(present)  # a training checkpoint under a folder scored
                 raise MissingDatasetError(
-                    f"dataset '{name}' is missing (datasets present: {sorted(self._file.keys())})"
+                    f"dataset '{name}' is missing (datasets present: {present})"
+                    + ("; this is a Keras weights file, not embeddings" if keras else "")
                 )
             return None
         if isinstance(link, h5py.ExternalLink):

@@ -86,24 +86,27 @@ def inputs(text: str, settings: Settings) -> list[Location]:
     return found
 
 
-def identity(location: Location) -> str:
-    """Which file a location is, however it was written: its absolute path, or its URL."""
+def identity(location: Location, settings: Settings) -> str:
+    """Which file a location is, however it was written: its absolute path (a ``file://bucket/key`` URL is the
+    file under ``AUDIOSET_LOCAL_ROOT`` it reads), or its URL."""
+    if isinstance(location, ObjectURL) and location.scheme == "file":
+        return str((settings.local_root / location.bucket / location.key).resolve())
     return str(location.resolve()) if isinstance(location, Path) else str(location)
 
 
-def distinct_inputs(texts: Iterable[str], settings: Settings) -> tuple[list[Location], list[Location]]:
-    """The files several arguments name, each once in the order first named, and the ones named again
-    (a file given twice, or also inside a folder given)."""
+def distinct_inputs(texts: Iterable[str], settings: Settings) -> tuple[dict[str, Location], list[Location]]:
+    """The files several arguments name, by :func:`identity`, each once in the order first named, and the ones
+    named again (a file given twice, also inside a folder given, or by its path and its ``file://`` URL)."""
     found: dict[str, Location] = {}
     repeated: list[Location] = []
     for text in texts:
         for location in inputs(text, settings):
-            key = identity(location)
+            key = identity(location, settings)
             if key in found:
                 repeated.append(location)
             else:
                 found[key] = location
-    return list(found.values()), repeated
+    return found, repeated
 
 
 def as_bucket_url(path: Path, settings: Settings) -> ObjectURL:

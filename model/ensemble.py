@@ -131,6 +131,14 @@ def combine_artifacts(
         raise EnsembleError(f"{output} already holds an artifact; choose another output folder or delete it first")
     loaded = [load(path) for path in artifacts]
     first = loaded[0][1]
+    named: dict[str, str | Path] = {}
+    for path, (_, manifest) in zip(artifacts, loaded, strict=True):
+        if manifest.sha256 in named:  # a mean over a model twice weights it double without saying so
+            raise EnsembleError(
+                f"{named[manifest.sha256]} and {path} are the same model (weights sha256 {manifest.sha256[:12]}); "
+                "name each member once"
+            )
+        named[manifest.sha256] = path
     for path, (_, manifest) in zip(artifacts, loaded, strict=True):
         if manifest.classes != first.classes:
             raise EnsembleError(f"{path}: its classes differ from {artifacts[0]}'s; members must share one class list")

@@ -44,6 +44,21 @@ def test_a_file_named_twice_is_scored_once_and_said(tmp_path: Path) -> None:
     assert [orjson.loads(line)["index"] for line in out.read_bytes().splitlines()] == [0, 1, 2, 3]
 
 
+def test_a_file_named_by_its_path_and_its_bucket_url_is_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audioset_batch.settings import get_settings
+
+    monkeypatch.setenv("AUDIOSET_LOCAL_ROOT", str(tmp_path))
+    get_settings.cache_clear()
+    path = write_h5(tmp_path / "incoming" / "a.h5", clips=3, classes=12)
+    out = tmp_path / "a.jsonl"
+    result = CliRunner().invoke(main, ["score", str(path), "file://incoming/a.h5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "file://incoming/a.h5: given more than once; scored once" in result.stderr
+    assert len(out.read_bytes().splitlines()) == 3
+
+
 def test_a_training_run_folder_given_as_the_model_points_at_its_model(tmp_path: Path, tiny_model: Path) -> None:
     import shutil
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import click
@@ -120,6 +122,16 @@ def test_members_must_share_their_classes_and_be_at_least_two(members: list[Path
     assert not (tmp_path / "bad").exists()
     with pytest.raises(EnsembleError, match="already holds an artifact"):  # never overwrites a model
         combine_artifacts(members, members[0], name="bad", version="1")
+
+
+def test_a_model_named_twice_is_refused_not_weighted_double(members: list[Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(members[0], copy)  # the same weights under another name count too
+    for twice in ([members[0], members[1], members[0]], [members[0], copy]):
+        said = f"{re.escape(str(twice[0]))} and {re.escape(str(twice[-1]))} are the same model .*name each member once"
+        with pytest.raises(EnsembleError, match=said):
+            combine_artifacts(twice, tmp_path / "bad", name="bad", version="1")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(

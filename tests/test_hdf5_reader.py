@@ -82,6 +82,18 @@ def test_missing_x(tmp_path: Path) -> None:
         EmbeddingFile(path)
 
 
+def test_a_keras_checkpoint_is_named_as_one(tmp_path: Path) -> None:
+    """`score runs/` walks into training checkpoints; the error says what the file is."""
+    import keras
+
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    net.save_weights(tmp_path / "best.weights.h5")
+    with pytest.raises(MissingDatasetError, match=r"'x' is missing .*; this is a Keras weights file, not embeddings"):
+        EmbeddingFile(tmp_path / "best.weights.h5")
+    with pytest.raises(MissingDatasetError, match=r"'x' is missing \(datasets present: \['y'\]\)$"):
+        EmbeddingFile(_write(tmp_path / "m.h5", y=np.zeros((3, 5))))
+
+
 def test_wrong_rank(tmp_path: Path) -> None:
     path = _write(tmp_path / "r.h5", x=np.zeros((3, 128), dtype=np.uint8))
     with pytest.raises(LayoutError, match="'x' has rank 2"):

@@ -110,7 +110,7 @@ def score(
 
     def score_all(out: IO[bytes]) -> int:
         failed = 0
-        for location in found:
+        for location in found.values():
             name = str(location)
             try:
                 if isinstance(location, ObjectURL):
