@@ -161,12 +161,12 @@ class Predictor:
 
     @classmethod
     def from_artifact(cls, artifact: str | Path, batch_size: int = 1024, precision: str = "float32") -> Predictor:
-        """The artifact's model served with batch normalisation folded into its Dense layers (its weights are
-        fixed, unlike a model in training, which is served as it is)."""
-        from model.batch_norm_folding import fold_batch_norm
+        """The artifact's model in its :func:`~model.serving_graph.serving_graph` (its weights are fixed, unlike a
+        model in training, which is served as it is)."""
+        from model.serving_graph import serving_graph
 
         keras_model, manifest = load(artifact)
-        return cls(fold_batch_norm(keras_model), manifest, batch_size=batch_size, precision=precision)
+        return cls(serving_graph(keras_model), manifest, batch_size=batch_size, precision=precision)
 
     @property
     def tag(self) -> str:

@@ -7,9 +7,9 @@ import pytest
 
 from model.architectures import ARCHITECTURES, build_model
 from model.artifact import load, read_manifest, save
-from model.batch_norm_folding import fold_batch_norm
 from model.ensemble import combine
-from model.inference import Predictor
+from model.inference import Predictor, dequantize, with_precision
+from model.serving_graph import FrameDense, serving_graph
 from tests.helpers import build_artifact
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -44,6 +44,20 @@ def _trained_statistics(net: object, seed: int) -> None:
             )
 
 
+def _frame_dense(net: object) -> tuple[int, int]:
+    """(FrameDense layers, plain Dense layers on frames) in a model and its members."""
+    import keras
+
+    assert isinstance(net, keras.Model)
+    counts = [0, 0]
+    for layer in net.layers:
+        if isinstance(layer, keras.Model):
+            counts = [a + b for a, b in zip(counts, _frame_dense(layer), strict=True)]
+        elif isinstance(layer, keras.layers.Dense) and len(layer.input.shape) == 3:
+            counts[0 if isinstance(layer, FrameDense) else 1] += 1
+    return counts[0], counts[1]
+
+
 X = np.random.default_rng(0).normal(0, 0.5, (48, 10, 128)).astype(np.float32)
 
 
@@ -53,11 +67,13 @@ def test_folding_keeps_every_architectures_predictions_and_leaves_only_unfoldabl
 ) -> None:
     net = build_model(architecture, classes=7, hidden_units=16, branches=2)
     _trained_statistics(net, seed=1)
-    folded = fold_batch_norm(net)
+    folded = serving_graph(net)
     np.testing.assert_allclose(folded(X, training=False), net(X, training=False), atol=2e-6)
     # Feature-level pooling is followed by a batch norm with no Dense before it: that one stays, per branch.
     kept = 2 if architecture in ("feature_level_attention", "frame_self_attention") else 0
     assert (_batch_norms(net), _batch_norms(folded)) == (kept + 6, kept)
+    per_frame = _frame_dense(net)[1]
+    assert per_frame >= 6 and _frame_dense(folded) == (per_frame, 0)  # every per-frame Dense is one 2-D product
 
 
 def test_an_ensembles_members_are_folded_inside_it() -> None:
@@ -65,22 +81,30 @@ def test_an_ensembles_members_are_folded_inside_it() -> None:
     for seed, member in enumerate(members):
         _trained_statistics(member, seed)
     ensemble = combine(members, method="logit-mean")
-    folded = fold_batch_norm(ensemble)
+    folded = serving_graph(ensemble)
     np.testing.assert_allclose(folded(X, training=False), ensemble(X, training=False), atol=2e-6)
     assert (_batch_norms(ensemble), _batch_norms(folded)) == (7, 1)
 
 
-def test_a_dense_layer_feeding_more_than_the_batch_norm_or_with_an_activation_is_left_alone() -> None:
+def test_a_dense_layer_feeding_more_than_the_batch_norm_or_with_an_activation_keeps_its_batch_norm() -> None:
     import keras
 
-    inputs = keras.Input((10, 128))
-    shared = keras.layers.Dense(8, name="shared")(inputs)
-    normed = keras.layers.BatchNormalization(name="shared_bn")(shared)
-    activated = keras.layers.Dense(8, activation="relu", name="activated")(inputs)
-    after_relu = keras.layers.BatchNormalization(name="after_relu_bn")(activated)
-    net = keras.Model(inputs, keras.layers.Concatenate()([normed, after_relu, shared]))
-    _trained_statistics(net, seed=3)
-    assert fold_batch_norm(net) is net  # nothing to fold: the model itself, not a copy
+    def build(shape: tuple[int, ...]) -> keras.Model:
+        inputs = keras.Input(shape)
+        shared = keras.layers.Dense(8, name="shared")(inputs)
+        normed = keras.layers.BatchNormalization(name="shared_bn")(shared)
+        activated = keras.layers.Dense(8, activation="relu", name="activated")(inputs)
+        after_relu = keras.layers.BatchNormalization(name="after_relu_bn")(activated)
+        net = keras.Model(inputs, keras.layers.Concatenate()([normed, after_relu, shared]))
+        _trained_statistics(net, seed=3)
+        return net
+
+    clips = build((128,))
+    assert serving_graph(clips) is clips  # nothing to fold or flatten: the model itself, not a copy
+    frames = build((10, 128))
+    served = serving_graph(frames)
+    assert _batch_norms(served) == 2 and _frame_dense(served) == (2, 0)
+    np.testing.assert_allclose(served(X, training=False), frames(X, training=False), atol=2e-6)
 
 
 def test_an_artifact_is_served_folded_with_the_same_predictions(tmp_path: Path) -> None:
@@ -93,6 +117,8 @@ def test_an_artifact_is_served_folded_with_the_same_predictions(tmp_path: Path) 
     np.testing.assert_allclose(served.predict(x), as_saved.predict(x), atol=2e-6)
     assert (_batch_norms(as_saved.model), _batch_norms(served.model)) == (4, 1)
     assert served.tag == read_manifest(tmp_path / "trained").tag  # the same model, served faster
+    bfloat16 = with_precision(served.model, "bfloat16")  # the precisions are built from the served graph
+    assert np.abs(np.asarray(bfloat16(dequantize(x)), dtype=np.float32) - as_saved.predict(x)).max() < 0.05
     int8 = Predictor.from_artifact(tmp_path / "trained", precision="int8")
     assert int8.model is not None and _batch_norms(int8.model) == 1  # what was quantised
     assert np.abs(int8.predict(x) - as_saved.predict(x)).max() < 0.02
