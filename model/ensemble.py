@@ -139,7 +139,6 @@ def combine_artifacts(
                 "name each member once"
             )
         named[manifest.sha256] = path
-    for path, (_, manifest) in zip(artifacts, loaded, strict=True):
         if manifest.classes != first.classes:
             raise EnsembleError(f"{path}: its classes differ from {artifacts[0]}'s; members must share one class list")
         if manifest.frames != first.frames:

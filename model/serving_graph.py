@@ -44,6 +44,11 @@ class FrameDense(keras.layers.Dense):
 _FRAME_DENSE = keras.saving.get_registered_name(FrameDense)
 
 
+def _is_model(layer: dict[str, Any]) -> bool:
+    """A nested functional model (an ensemble's member), whose own layers both rewrites visit."""
+    return layer["class_name"] in ("Functional", "Model") and "layers" in layer["config"]
+
+
 def serving_graph(keras_model: keras.Model) -> keras.Model:
     """A copy of the model with batch norms folded and per-frame Dense layers flattened (itself if neither
     applies)."""
@@ -65,21 +70,18 @@ def _fold_config(config: dict[str, Any]) -> dict[tuple[str, ...], dict[str, str]
     def visit(model_config: dict[str, Any], path: tuple[str, ...]) -> None:
         layers: list[dict[str, Any]] = model_config["layers"]
         for layer in layers:
-            if layer["class_name"] in ("Functional", "Model") and "layers" in layer["config"]:
+            if _is_model(layer):
                 visit(layer["config"], (*path, layer["name"]))
         pairs = _foldable_pairs(layers)
         if not pairs:
             return
         folds[path] = {dense: bn for bn, dense in pairs.items()}
-        replacement: dict[str, list[Any]] = {}
-        for layer in layers:
-            if layer["name"] in pairs:
-                replacement[layer["name"]] = list(_inputs(layer)[0])
+        replacement = {layer["name"]: list(_inputs(layer)[0]) for layer in layers if layer["name"] in pairs}
         model_config["layers"] = [layer for layer in layers if layer["name"] not in pairs]
         for layer in model_config["layers"]:
             if layer["name"] in folds[path]:
                 layer["config"]["use_bias"] = True
-            _rewire(layer.get("inbound_nodes", []), replacement)
+            layer["inbound_nodes"] = _rewire(layer.get("inbound_nodes", []), replacement)
         model_config["output_layers"] = _rewire(model_config["output_layers"], replacement)
 
     visit(config, ())
@@ -90,7 +92,7 @@ def _flatten_config(config: dict[str, Any]) -> int:
     """Make every Dense built on rank-3 input (clips, frames, features) a :class:`FrameDense`; returns how many."""
     count = 0
     for layer in config["layers"]:
-        if layer["class_name"] in ("Functional", "Model") and "layers" in layer["config"]:
+        if _is_model(layer):
             count += _flatten_config(layer["config"])
         elif layer["class_name"] == "Dense" and len(layer.get("build_config", {}).get("input_shape", ())) == 3:
             layer.update(class_name="FrameDense", module=None, registered_name=_FRAME_DENSE)
