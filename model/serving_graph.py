@@ -94,10 +94,24 @@ def _flatten_config(config: dict[str, Any]) -> int:
     for layer in config["layers"]:
         if _is_model(layer):
             count += _flatten_config(layer["config"])
-        elif layer["class_name"] == "Dense" and len(layer.get("build_config", {}).get("input_shape", ())) == 3:
+        elif _plain_dense(layer) and len(layer.get("build_config", {}).get("input_shape", ())) == 3:
             layer.update(class_name="FrameDense", module=None, registered_name=_FRAME_DENSE)
             count += 1
     return count
+
+
+def _plain_dense(layer: dict[str, Any]) -> bool:
+    """A Dense whose output is ``activation(x @ kernel + bias)``: with LoRA or quantized weights it is more than
+    its ``kernel``, and both rewrites leave it as it is."""
+    config = layer["config"]
+    dtype = config.get("dtype")
+    quantized = isinstance(dtype, dict) and str(dtype.get("class_name", "")).startswith("Quantized")
+    return (
+        layer["class_name"] == "Dense"
+        and not config.get("lora_rank")
+        and config.get("quantization_config") is None
+        and not quantized
+    )
 
 
 def _foldable_pairs(layers: list[dict[str, Any]]) -> dict[str, str]:
@@ -118,7 +132,7 @@ def _foldable_pairs(layers: list[dict[str, Any]]) -> dict[str, str]:
         dense = by_name.get(sources[0][0])
         if (
             dense is not None
-            and dense["class_name"] == "Dense"
+            and _plain_dense(dense)
             and dense["config"].get("activation") == "linear"
             and len(dense.get("inbound_nodes", [])) == 1
             and consumers.get(dense["name"]) == 1

@@ -107,6 +107,28 @@ def test_a_dense_layer_feeding_more_than_the_batch_norm_or_with_an_activation_ke
     np.testing.assert_allclose(served(X, training=False), frames(X, training=False), atol=2e-6)
 
 
+@pytest.mark.parametrize("variant", ["lora", "int8"])
+def test_a_dense_layer_with_lora_or_quantized_weights_is_left_as_it_is(variant: str) -> None:
+    import keras
+
+    inputs = keras.Input((10, 128))
+    special = keras.layers.Dense(8, name="special")
+    normed = keras.layers.BatchNormalization(name="special_bn")(special(inputs))
+    plain = keras.layers.Dense(8, name="plain")(inputs)
+    net = keras.Model(inputs, keras.layers.Concatenate()([normed, plain]))
+    _trained_statistics(net, seed=4)
+    if variant == "lora":
+        special.enable_lora(2)
+        down, up = special.lora_kernel_a, special.lora_kernel_b
+        up.assign(np.random.default_rng(5).normal(0, 1, up.shape).astype(np.float32))
+        assert float(np.abs(down.numpy() @ up.numpy()).max()) > 0.1  # the adapter changes the output
+    else:
+        special.quantize("int8")
+    served = serving_graph(net)
+    assert _batch_norms(served) == 1 and _frame_dense(served) == (1, 1)  # only the plain Dense is rewritten
+    np.testing.assert_allclose(served(X, training=False), net(X, training=False), atol=2e-5)
+
+
 def test_an_artifact_is_served_folded_with_the_same_predictions(tmp_path: Path) -> None:
     net, manifest = load(build_artifact(tmp_path / "fresh", architecture="feature_level_attention"))
     _trained_statistics(net, seed=4)
