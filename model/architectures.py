@@ -25,17 +25,10 @@ import_tensorflow()  # quietly, before Keras below loads it
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
+from model.architecture_names import ARCHITECTURES as ARCHITECTURES  # noqa: E402  (re-exported)
+from model.architecture_names import DEFAULT_ARCHITECTURE as DEFAULT_ARCHITECTURE  # noqa: E402
 from model.attention_pooling import AttentionPooling, AveragePooling, MaxPooling  # noqa: E402
 
-ARCHITECTURES = (
-    "decision_level_max_pooling",
-    "decision_level_average_pooling",
-    "decision_level_single_attention",
-    "decision_level_multi_attention",
-    "feature_level_attention",
-    "frame_self_attention",
-)
-DEFAULT_ARCHITECTURE = "decision_level_multi_attention"
 EMBEDDING_WIDTH = 128
 
 

@@ -126,7 +126,7 @@ def cross_fit_targets(
     other folds predicts each one. Unlike a teacher's predictions on its own training
     clips (which echo the labels), these carry what a model really believes about a clip,
     including labels the annotators missed. Fold models share every setting of the run
-    except their width (``fold_hidden_units``: a wide model can learn from cheaper folds).
+    except the ``fold_*`` ones (a wide or slow model can learn from cheaper folds, or from another kind).
     Each fold is a resumable run of its own under ``folder/fold-K`` (``fit_fold`` trains it,
     validated on ``val_idx``); a finished fold is not trained again.
 
@@ -141,8 +141,12 @@ def cross_fit_targets(
         config,
         cross_fit=0,
         teachers=[],
+        architecture=config.fold_architecture or config.architecture,
         hidden_units=config.fold_hidden_units or config.hidden_units,
+        iterations=config.fold_iterations or config.iterations,
         fold_hidden_units=None,
+        fold_architecture=None,
+        fold_iterations=None,
         teacher_window=0,
         mask_negatives=0.0,
     )

@@ -6,10 +6,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from model.architecture_names import ARCHITECTURES, DEFAULT_ARCHITECTURE
+
 LR_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("float32", "bfloat16")
 FRAME_MIX_TARGETS = ("share", "union")
 LOSSES = ("binary_crossentropy", "asymmetric")
+# Settings of the --cross-fit fold models only (None: as the model's own).
+FOLD_SETTINGS = ("fold_hidden_units", "fold_architecture", "fold_iterations")
 
 
 class TrainingDataError(ValueError):
@@ -35,7 +39,7 @@ def option(default: Any, help: str = "", **cli: Any) -> Any:
 
 def _out_of_range(value: Any, meta: Mapping[str, Any]) -> str:
     """What ``value`` must be under a field's ``choices``/``min``/``max`` metadata, or "" when it is."""
-    if "choices" in meta and value not in meta["choices"]:
+    if "choices" in meta and value is not None and value not in meta["choices"]:
         return f"one of {', '.join(meta['choices'])}, got {value!r}"
     if value is None or not ({"min", "max"} & set(meta)):
         return ""
@@ -53,7 +57,7 @@ def _out_of_range(value: Any, meta: Mapping[str, Any]) -> str:
 
 @dataclass(slots=True)
 class TrainConfig:
-    architecture: str = option("decision_level_multi_attention", "Network: one of model.architectures.ARCHITECTURES.")
+    architecture: str = option(DEFAULT_ARCHITECTURE, "Network.", choices=ARCHITECTURES)
     batch_size: int = option(500, "Clips per mini-batch.", min=1)
     learning_rate: float = option(1e-3, "Adam learning rate.", min=0, min_open=True)
     weight_decay: float = option(
@@ -94,6 +98,17 @@ class TrainConfig:
     fold_hidden_units: int | None = option(
         None,
         "Width of the --cross-fit fold models (default: --hidden-units): a wide model can learn from narrower folds.",
+        min=1,
+    )
+    fold_architecture: str | None = option(
+        None,
+        "Network of the --cross-fit fold models (default: --architecture): soft targets from another kind of model.",
+        choices=ARCHITECTURES,
+    )
+    fold_iterations: int | None = option(
+        None,
+        "Mini-batches for each --cross-fit fold model (default: --iterations), so one command trains short folds and "
+        "a long model.",
         min=1,
     )
     mask_negatives: float = option(
@@ -183,6 +198,10 @@ class TrainConfig:
                 "mask_negatives needs --teacher or --cross-fit (the models that find the likely missing labels), "
                 f"got {self.mask_negatives}"
             )
+        unused = [name for name in FOLD_SETTINGS if getattr(self, name) is not None and not self.cross_fit]
+        if unused:
+            verb = "needs" if len(unused) == 1 else "need"
+            raise TrainConfigError(f"{', '.join(unused)} {verb} --cross-fit (fold models exist only with it)")
         if self.cross_fit and self.teachers:
             raise TrainConfigError("cross_fit and teachers both set the soft targets; choose one")
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -550,6 +551,23 @@ def test_cross_fit_settings_are_checked() -> None:
         TrainConfig(cross_fit=3, teachers=["t"])
     with pytest.raises(TrainConfigError, match="fold_hidden_units"):
         TrainConfig(cross_fit=3, fold_hidden_units=0)
+    with pytest.raises(TrainConfigError, match="fold_iterations must be >= 1, got 0"):
+        TrainConfig(cross_fit=3, fold_iterations=0)
+    with pytest.raises(TrainConfigError, match=r"fold_architecture must be one of decision_level_max_pooling, .*'fla'"):
+        TrainConfig(cross_fit=3, fold_architecture="fla")
+    with pytest.raises(TrainConfigError, match=r"architecture must be one of .*got 'feature_level'"):
+        TrainConfig(architecture="feature_level")
+    # Set without --cross-fit they would shape nothing: refused, not ignored.
+    with pytest.raises(TrainConfigError, match="fold_hidden_units, fold_iterations need --cross-fit"):
+        TrainConfig(fold_hidden_units=16, fold_iterations=100)
+
+
+def test_a_queued_runs_architecture_is_checked_when_its_spec_is_read() -> None:
+    from audioset_batch.errors import ConfigError
+    from audioset_batch.training_runs import TrainingSpec
+
+    with pytest.raises(ConfigError, match=r"run\.yml: architecture must be one of .*got 'feature_level'"):
+        TrainingSpec.from_json({"data": ["x.h5"], "architecture": "feature_level"}, source="run.yml")
 
 
 def test_fold_models_can_be_narrower_than_the_model(tmp_path: Path) -> None:
@@ -567,6 +585,38 @@ def test_fold_models_can_be_narrower_than_the_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError):  # the folds really are 16 wide, not 48
         build_model("feature_level_attention", 3, 10, 48, 0.2).load_weights(fold_weights)
     assert artifact.verify(result.artifact).training["hyperparameters"]["fold_hidden_units"] == 16
+
+
+def test_fold_models_can_be_another_architecture_trained_for_fewer_iterations(tmp_path: Path) -> None:
+    from model.architectures import build_model
+
+    x, y = learnable_dataset(300, 3, seed=15)
+    config = small_config(
+        architecture="decision_level_multi_attention",
+        iterations=40,
+        cross_fit=2,
+        hidden_units=32,
+        fold_architecture="feature_level_attention",
+        fold_hidden_units=16,
+        fold_iterations=20,
+    )
+    result = train(config, x, y, make_labels(3), tmp_path / "run")
+    assert result.iterations_run == 40
+    for fold in (0, 1):
+        checkpoint = tmp_path / "run" / "folds" / f"fold-{fold}" / "checkpoint"
+        state = json.loads((checkpoint / "state.json").read_text())
+        assert [entry["iteration"] for entry in state["history"]] == [20]  # stopped at --fold-iterations
+        assert state["config"]["architecture"] == "feature_level_attention"
+        build_model("feature_level_attention", 3, 10, 16, 0.2).load_weights(checkpoint / "best.weights.h5")
+    manifest = artifact.load(result.artifact)[1]
+    assert manifest.architecture == "decision_level_multi_attention" and manifest.hidden_units == 32
+    recorded = artifact.verify(result.artifact).training["hyperparameters"]
+    assert (recorded["fold_architecture"], recorded["fold_iterations"]) == ("feature_level_attention", 20)
+    # Resuming to more iterations extends the model only: the folds stay at --fold-iterations.
+    more = train(replace(config, iterations=60), x, y, make_labels(3), tmp_path / "run")
+    assert more.iterations_run == 60
+    state = json.loads((tmp_path / "run" / "folds" / "fold-0" / "checkpoint" / "state.json").read_text())
+    assert [entry["iteration"] for entry in state["history"]] == [20]
 
 
 def test_a_separate_validation_file_selects_checkpoints_and_every_training_clip_is_trained_on(tmp_path: Path) -> None:

@@ -137,22 +137,17 @@ def train(
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
     from audioset_batch.datasets import load_training_data
-    from model.architectures import ARCHITECTURES
     from model.training import Progress
     from model.training import train as run_training
 
     config = config_from_options(options)  # checked before any data loads
-
-    if config.architecture not in ARCHITECTURES:
-        raise click.BadParameter(f"choose one of {', '.join(ARCHITECTURES)}", param_hint="--architecture")
     if settings.tf_threads:
         from worker.runtime import configure_tensorflow
 
         configure_tensorflow(settings.tf_threads)
     loaded = load_training_data(list(data), list(validation_data), labels_path, settings)
     dataset, labels, held_out = loaded.train, loaded.labels, loaded.held_out
-    iterations = config.iterations
-    bar = progress_bar(iterations, "train", "it", quiet)
+    bar = progress_bar(config.iterations, "train", "it", quiet)
     last_map: list[float] = []
     stage = [""]
 
@@ -160,7 +155,7 @@ def train(
         if p.stage != stage[0]:  # cross-fitting: one bar pass per fold, then the model itself
             stage[0] = p.stage
             last_map.clear()
-            bar.reset(total=iterations)
+            bar.reset(total=(config.fold_iterations or config.iterations) if p.stage else config.iterations)
             bar.set_description(p.stage or "train")
         if p.validation_map is not None:
             last_map.append(p.validation_map)
