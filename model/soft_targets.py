@@ -111,6 +111,23 @@ def _fold_scores(path: Path, held_shape: tuple[int, ...]) -> Any:
     return saved
 
 
+def fold_config(config: TrainConfig) -> TrainConfig:
+    """The settings of a run's --cross-fit fold models: the run's own, but for its ``fold_*`` ones, on hard labels."""
+    return replace(
+        config,
+        cross_fit=0,
+        teachers=[],
+        architecture=config.fold_architecture or config.architecture,
+        hidden_units=config.fold_hidden_units or config.hidden_units,
+        iterations=config.fold_iterations or config.iterations,
+        fold_hidden_units=None,
+        fold_architecture=None,
+        fold_iterations=None,
+        teacher_window=0,
+        mask_negatives=0.0,
+    )
+
+
 def cross_fit_targets(
     config: TrainConfig,
     x: np.ndarray,
@@ -137,19 +154,7 @@ def cross_fit_targets(
     from model.metrics import evaluate
 
     k = config.cross_fit
-    fold_config = replace(
-        config,
-        cross_fit=0,
-        teachers=[],
-        architecture=config.fold_architecture or config.architecture,
-        hidden_units=config.fold_hidden_units or config.hidden_units,
-        iterations=config.fold_iterations or config.iterations,
-        fold_hidden_units=None,
-        fold_architecture=None,
-        fold_iterations=None,
-        teacher_window=0,
-        mask_negatives=0.0,
-    )
+    folds_config = fold_config(config)
     window = config.teacher_window
     fold_of = stratified_folds(np.asarray(y[train_idx], dtype=bool), k, config.seed)
     soft = np.zeros((len(train_idx), y.shape[1]), dtype=np.float32)
@@ -163,7 +168,7 @@ def cross_fit_targets(
         windows_done = where / f"windows-{window}.npz"
         fitted = None
         if not done.exists() or (window and not windows_done.exists()):
-            fitted = fit_fold(fold_config, train_idx[fold_of != fold], where, f"fold {fold + 1}/{k}")
+            fitted = fit_fold(folds_config, train_idx[fold_of != fold], where, f"fold {fold + 1}/{k}")
         if fitted is not None and not done.exists():
             save_npz(
                 done,

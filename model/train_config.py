@@ -214,6 +214,25 @@ class TrainConfig:
         return self.validation_fraction, self.seed if self.split_seed is None else self.split_seed
 
 
+# Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
+RESUMABLE = frozenset({"iterations", "patience"})
+# Settings that only shape soft targets: a run without them (a cross-fit fold) does not depend on them.
+SOFT_TARGET_SETTINGS = frozenset({"distill_weight", "mask_negatives"})
+
+
+def resume_conflicts(
+    saved_config: dict[str, Any], config: TrainConfig, ignored: frozenset[str] = frozenset()
+) -> list[str]:
+    """The settings a resumed run may not change, each as ``name: saved -> wanted``."""
+    saved = {**TrainConfig().to_json(), **saved_config}  # a run saved before a setting existed ran with its default
+    wanted = config.to_json()
+    return [
+        f"{name.replace('_', '-')}: {saved.get(name)!r} -> {wanted.get(name)!r}"
+        for name in sorted(set(saved) | set(wanted))
+        if name not in RESUMABLE | ignored and saved.get(name) != wanted.get(name)
+    ]
+
+
 def validation_split_of(hyperparameters: dict[str, Any]) -> tuple[float, int]:
     """The hold-out a trained model's manifest records (older manifests split by ``seed``)."""
     split_seed = hyperparameters.get("split_seed")

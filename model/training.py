@@ -19,8 +19,14 @@ from model.atomic_files import save_npz, write_json
 from model.clip_windows import clip_lengths, last_window_starts, tile_windows, window_starts
 from model.labels import ClassLabel
 from model.native_logs import import_tensorflow
-from model.soft_targets import cross_fit_targets, hide_missing, likely_missing, teacher_targets
-from model.train_config import LR_SCHEDULES, TrainConfig, TrainingDataError
+from model.soft_targets import cross_fit_targets, fold_config, hide_missing, likely_missing, teacher_targets
+from model.train_config import (
+    LR_SCHEDULES,
+    SOFT_TARGET_SETTINGS,
+    TrainConfig,
+    TrainingDataError,
+    resume_conflicts,
+)
 
 CHECKPOINT_DIR = "checkpoint"
 FOLDS_DIR = "folds"
@@ -95,21 +101,6 @@ def frame_mix_batch(
         share = (k / frames).astype(np.float32)[:, None]
         mixed_y = (1.0 - share) * targets + share * targets[partner]
     return mixed_x, mixed_y.astype(np.float32)
-
-
-# Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
-RESUMABLE = frozenset({"iterations", "patience"})
-# Settings that only shape soft targets: a run without them (a cross-fit fold) does not depend on them.
-SOFT_TARGET_SETTINGS = frozenset({"distill_weight", "mask_negatives"})
-
-
-def resume_conflicts(saved: dict[str, Any], wanted: dict[str, Any], ignored: frozenset[str] = frozenset()) -> list[str]:
-    """The settings a resumed run may not change, each as ``name: saved -> wanted``."""
-    return [
-        f"{name.replace('_', '-')}: {saved.get(name)!r} -> {wanted.get(name)!r}"
-        for name in sorted(set(saved) | set(wanted))
-        if name not in RESUMABLE | ignored and saved.get(name) != wanted.get(name)
-    ]
 
 
 def evaluations_since_best(history: list[dict[str, float]], best_iteration: int) -> int:
@@ -335,6 +326,18 @@ class _Fitted:
     stopped_early: bool
 
 
+def _refuse_other_run(state: dict[str, Any], config: TrainConfig, fingerprint: str, folder: Path, hard: bool) -> None:
+    """A run folder is resumed only with its own data and settings (a run on hard labels ignores soft-target ones)."""
+    changed = resume_conflicts(state["config"], config, SOFT_TARGET_SETTINGS if hard else frozenset())
+    if state["fingerprint"] != fingerprint:
+        changed.insert(0, "the training data differ")
+    if changed:
+        raise TrainingDataError(
+            f"{folder} holds a run with other data or settings ({'; '.join(changed)}): "
+            "use the run's settings to resume it, or choose a new --output"
+        )
+
+
 def _fit(
     config: TrainConfig,
     x: np.ndarray,
@@ -372,16 +375,7 @@ def _fit(
     keras.utils.set_random_seed(config.seed)
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        # A run saved before a setting existed ran with that setting's default.
-        saved = {**TrainConfig().to_json(), **state["config"]}
-        changed = resume_conflicts(saved, config.to_json(), SOFT_TARGET_SETTINGS if soft is None else frozenset())
-        if state["fingerprint"] != fingerprint:
-            changed.insert(0, "the training data differ")
-        if changed:
-            raise TrainingDataError(
-                f"{checkpoint.parent} holds a run with other data or settings ({'; '.join(changed)}): "
-                "use the run's settings to resume it, or choose a new --output"
-            )
+        _refuse_other_run(state, config, fingerprint, checkpoint.parent, soft is None)
         state["config"] = config.to_json()
         import model.attention_pooling
         import model.losses  # noqa: F401  (registers the classes that safe-mode loading looks up)
@@ -582,6 +576,10 @@ def train(
                 fold_config, x, y, fold_idx, val_idx, None, checkpoint, fingerprint, manifest, on_progress, stage
             )
 
+        # A finished fold is reused, not trained again: only if it was trained as this run's folds would be.
+        for state_path in sorted((output / FOLDS_DIR).glob(f"fold-*/{CHECKPOINT_DIR}/{STATE_NAME}")):
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            _refuse_other_run(state, fold_config(config), fingerprint, state_path.parent.parent, hard=True)
         soft, cross_fit = cross_fit_targets(config, x, y, train_idx, val_idx, output / FOLDS_DIR, fit_fold)
     missing: np.ndarray | None = None
     if config.mask_negatives and soft is not None:

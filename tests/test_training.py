@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -617,6 +618,12 @@ def test_fold_models_can_be_another_architecture_trained_for_fewer_iterations(tm
     assert more.iterations_run == 60
     state = json.loads((tmp_path / "run" / "folds" / "fold-0" / "checkpoint" / "state.json").read_text())
     assert [entry["iteration"] for entry in state["history"]] == [20]
+    # Finished folds are reused, never trained again, so folds of other settings are refused, not used: even when
+    # the model itself has not started (its checkpoint would refuse the change too).
+    shutil.rmtree(tmp_path / "run" / "checkpoint")
+    other = replace(config, fold_architecture="decision_level_average_pooling")
+    with pytest.raises(TrainingDataError, match=r"fold-0 holds a run with other data or settings \(architecture: "):
+        train(other, x, y, make_labels(3), tmp_path / "run")
 
 
 def test_a_separate_validation_file_selects_checkpoints_and_every_training_clip_is_trained_on(tmp_path: Path) -> None:
@@ -872,8 +879,12 @@ def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(t
     assert result.best_map > 0.7
     recorded = artifact.verify(result.artifact).training
     assert recorded["hyperparameters"]["teacher_window"] == 2 and recorded["hyperparameters"]["cross_fit"] == 2
-    with pytest.raises(TrainingDataError, match=r"fold-0/predictions.npz does not match this data"):
+    with pytest.raises(TrainingDataError, match=r"fold-0 holds a run with other data or settings \(the training data"):
         train(clip_level, x[:500], y[:500], make_labels(4), tmp_path / "clips")  # other clips, the same folder
+    for fold in (0, 1):  # folds copied without their checkpoints (predictions only) are checked by their clips
+        shutil.rmtree(tmp_path / "clips" / "folds" / f"fold-{fold}" / "checkpoint")
+    with pytest.raises(TrainingDataError, match=r"fold-0/predictions.npz does not match this data"):
+        train(clip_level, x[:500], y[:500], make_labels(4), tmp_path / "clips")
 
 
 def test_a_teacher_trained_on_all_the_clips_or_on_the_validation_file_is_refused(tmp_path: Path) -> None:
