@@ -218,6 +218,8 @@ class TrainConfig:
 RESUMABLE = frozenset({"iterations", "patience"})
 # Settings that only shape soft targets: a run without them (a cross-fit fold) does not depend on them.
 SOFT_TARGET_SETTINGS = frozenset({"distill_weight", "mask_negatives"})
+# What a cross-fit fold model does not depend on: its folds can be reused by a run of another name or version.
+FOLD_INDEPENDENT = SOFT_TARGET_SETTINGS | {"name", "version"}
 
 
 def resume_conflicts(

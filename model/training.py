@@ -21,6 +21,7 @@ from model.labels import ClassLabel
 from model.native_logs import import_tensorflow
 from model.soft_targets import cross_fit_targets, fold_config, hide_missing, likely_missing, teacher_targets
 from model.train_config import (
+    FOLD_INDEPENDENT,
     LR_SCHEDULES,
     SOFT_TARGET_SETTINGS,
     TrainConfig,
@@ -326,9 +327,11 @@ class _Fitted:
     stopped_early: bool
 
 
-def _refuse_other_run(state: dict[str, Any], config: TrainConfig, fingerprint: str, folder: Path, hard: bool) -> None:
-    """A run folder is resumed only with its own data and settings (a run on hard labels ignores soft-target ones)."""
-    changed = resume_conflicts(state["config"], config, SOFT_TARGET_SETTINGS if hard else frozenset())
+def _refuse_other_run(
+    state: dict[str, Any], config: TrainConfig, fingerprint: str, folder: Path, ignored: frozenset[str]
+) -> None:
+    """A run folder is resumed (or its finished folds reused) only with its own data and settings."""
+    changed = resume_conflicts(state["config"], config, ignored)
     if state["fingerprint"] != fingerprint:
         changed.insert(0, "the training data differ")
     if changed:
@@ -375,7 +378,8 @@ def _fit(
     keras.utils.set_random_seed(config.seed)
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        _refuse_other_run(state, config, fingerprint, checkpoint.parent, soft is None)
+        ignored = FOLD_INDEPENDENT if stage else SOFT_TARGET_SETTINGS if soft is None else frozenset()
+        _refuse_other_run(state, config, fingerprint, checkpoint.parent, ignored)
         state["config"] = config.to_json()
         import model.attention_pooling
         import model.losses  # noqa: F401  (registers the classes that safe-mode loading looks up)
@@ -570,16 +574,14 @@ def train(
         )
     if config.cross_fit:
 
-        def fit_fold(fold_config: TrainConfig, fold_idx: np.ndarray, folder: Path, stage: str) -> _Fitted:
+        def fit_fold(settings: TrainConfig, fold_idx: np.ndarray, folder: Path, stage: str) -> _Fitted:
             checkpoint = folder / CHECKPOINT_DIR
-            return _fit(
-                fold_config, x, y, fold_idx, val_idx, None, checkpoint, fingerprint, manifest, on_progress, stage
-            )
+            return _fit(settings, x, y, fold_idx, val_idx, None, checkpoint, fingerprint, manifest, on_progress, stage)
 
         # A finished fold is reused, not trained again: only if it was trained as this run's folds would be.
         for state_path in sorted((output / FOLDS_DIR).glob(f"fold-*/{CHECKPOINT_DIR}/{STATE_NAME}")):
             state = json.loads(state_path.read_text(encoding="utf-8"))
-            _refuse_other_run(state, fold_config(config), fingerprint, state_path.parent.parent, hard=True)
+            _refuse_other_run(state, fold_config(config), fingerprint, state_path.parent.parent, FOLD_INDEPENDENT)
         soft, cross_fit = cross_fit_targets(config, x, y, train_idx, val_idx, output / FOLDS_DIR, fit_fold)
     missing: np.ndarray | None = None
     if config.mask_negatives and soft is not None:

@@ -624,6 +624,12 @@ def test_fold_models_can_be_another_architecture_trained_for_fewer_iterations(tm
     other = replace(config, fold_architecture="decision_level_average_pooling")
     with pytest.raises(TrainingDataError, match=r"fold-0 holds a run with other data or settings \(architecture: "):
         train(other, x, y, make_labels(3), tmp_path / "run")
+    predictions = tmp_path / "run" / "folds" / "fold-0" / "predictions.npz"
+    written = predictions.stat().st_mtime_ns
+    stages: set[str] = set()
+    renamed = replace(config, name="renamed", version="2")  # labels only: the folds do not depend on them
+    train(renamed, x, y, make_labels(3), tmp_path / "run", on_progress=lambda p: stages.add(p.stage))
+    assert stages == {""} and predictions.stat().st_mtime_ns == written  # reused, not trained again
 
 
 def test_a_separate_validation_file_selects_checkpoints_and_every_training_clip_is_trained_on(tmp_path: Path) -> None:
