@@ -579,9 +579,10 @@ def train(
             return _fit(settings, x, y, fold_idx, val_idx, None, checkpoint, fingerprint, manifest, on_progress, stage)
 
         # A finished fold is reused, not trained again: only if it was trained as this run's folds would be.
+        folds = fold_config(config)
         for state_path in sorted((output / FOLDS_DIR).glob(f"fold-*/{CHECKPOINT_DIR}/{STATE_NAME}")):
             state = json.loads(state_path.read_text(encoding="utf-8"))
-            _refuse_other_run(state, fold_config(config), fingerprint, state_path.parent.parent, FOLD_INDEPENDENT)
+            _refuse_other_run(state, folds, fingerprint, state_path.parent.parent, FOLD_INDEPENDENT)
         soft, cross_fit = cross_fit_targets(config, x, y, train_idx, val_idx, output / FOLDS_DIR, fit_fold)
     missing: np.ndarray | None = None
     if config.mask_negatives and soft is not None:

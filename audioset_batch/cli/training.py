@@ -137,6 +137,7 @@ def train(
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
     from audioset_batch.datasets import load_training_data
+    from model.soft_targets import fold_config
     from model.training import Progress
     from model.training import train as run_training
 
@@ -148,6 +149,7 @@ def train(
     loaded = load_training_data(list(data), list(validation_data), labels_path, settings)
     dataset, labels, held_out = loaded.train, loaded.labels, loaded.held_out
     bar = progress_bar(config.iterations, "train", "it", quiet)
+    fold_iterations = fold_config(config).iterations
     last_map: list[float] = []
     stage = [""]
 
@@ -155,7 +157,7 @@ def train(
         if p.stage != stage[0]:  # cross-fitting: one bar pass per fold, then the model itself
             stage[0] = p.stage
             last_map.clear()
-            bar.reset(total=(config.fold_iterations or config.iterations) if p.stage else config.iterations)
+            bar.reset(total=fold_iterations if p.stage else config.iterations)
             bar.set_description(p.stage or "train")
         if p.validation_map is not None:
             last_map.append(p.validation_map)
