@@ -88,6 +88,7 @@ def test_shipped_model_on_real_eval_clips_at_the_default_precision(
     manifest = artifact.read_manifest(DEFAULT_MODEL_PATH)
     assert manifest.training["validation_data"].endswith("eval_half.h5")
     assert float32_map == pytest.approx(manifest.metrics["validation"]["mAP"], abs=1e-4)
+    assert float32_map >= 0.320, "the shipped model must reach the 0.320 eval_half mAP it is documented to reach"
     fast = evaluate(y, Predictor.from_artifact(DEFAULT_MODEL_PATH, precision="int8").predict(x)).mean_average_precision
     assert abs(float32_map - fast) < 0.002
     card = MODEL_CARD.read_text(encoding="utf-8")
