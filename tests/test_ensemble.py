@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -94,14 +95,17 @@ def test_a_logit_mean_ensemble_serves_the_sigmoid_of_its_members_mean_log_odds_a
 
 
 def test_trained_parts_name_every_network_that_was_trained_even_in_nested_ensembles(
-    members: list[Path], tmp_path: Path
+    members: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     single = read_manifest(members[0])
     assert [(p.tag, p.architecture, p.hidden_units) for p in trained_parts(single)] == [
         ("mla@1", "decision_level_multi_attention", 32)
     ]
     combine_artifacts(members, tmp_path / "pair", name="pair", version="1")
-    nested = combine_artifacts([tmp_path / "pair", members[0]], tmp_path / "nested", name="nested", version="1")
+    with caplog.at_level(logging.WARNING, logger="audioset.ensemble"):
+        nested = combine_artifacts([tmp_path / "pair", members[0]], tmp_path / "nested", name="nested", version="1")
+    # Nesting is allowed, but the uneven vote it gives is said, not left for the user to work out.
+    assert "is an ensemble of 2 members: they share its one vote of 2, so each weighs 1/4 against 1/2" in caplog.text
     parts = trained_parts(nested)
     assert [p.tag for p in parts] == ["mla@1", "fsa@2", "mla@1"]
     assert parts[1].architecture == "frame_self_attention" and parts[1].training == read_manifest(members[1]).training

@@ -303,6 +303,7 @@ def ensemble(
     """Combine trained artifacts into one that serves the mean of their predictions.
 
     One ensemble artifact given alone is rebuilt from its own members, e.g. to change --combine.
+    Given beside other members, an ensemble keeps one vote for all its members (a warning says so).
 
     The result is an ordinary artifact: point AUDIOSET_MODEL_PATH at it, or evaluate it with
     `audioset evaluate OUTPUT DATA`.
