@@ -147,22 +147,22 @@ def combine_artifacts(
             raise EnsembleError(f"{path}: its classes differ from {artifacts[0]}'s; members must share one class list")
         if manifest.frames != first.frames:
             raise EnsembleError(f"{path}: {manifest.frames} frames per clip, {artifacts[0]} has {first.frames}")
-    for path, (_, manifest) in zip(artifacts, loaded, strict=True):
-        if len(loaded) > 1 and manifest.architecture == ENSEMBLE:  # nesting weighs networks unevenly: say so
-            inner = len(manifest.training["members"])
-            log.warning(
-                "%s is an ensemble of %d members: they share its one vote of %d, so each weighs 1/%d against 1/%d "
-                "for a single model; to weigh every network alike, name the members' own artifacts instead",
-                path,
-                inner,
-                len(loaded),
-                inner * len(loaded),
-                len(loaded),
-            )
     if len(loaded) == 1:  # an ensemble rebuilt: its members as they are, their records as it keeps them
         nets = member_networks(loaded[0][0])
         members: list[dict[str, Any]] = list(first.training["members"])
     else:
+        for path, (_, manifest) in zip(artifacts, loaded, strict=True):
+            if manifest.architecture == ENSEMBLE:  # nesting weighs networks unevenly: say so
+                inner = len(manifest.training["members"])
+                log.warning(
+                    "%s is an ensemble of %d members: they share its one vote of %d, so each weighs 1/%d against "
+                    "1/%d for a single model; to weigh every network alike, name the members' own artifacts instead",
+                    path,
+                    inner,
+                    len(loaded),
+                    inner * len(loaded),
+                    len(loaded),
+                )
         nets = [net for net, _ in loaded]
         members = [
             {
