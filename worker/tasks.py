@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from audioset_batch.backoff import backoff_delay
@@ -121,6 +121,35 @@ def _failed(
     return {"source": str(parsed), "status": "failed", "error": type(error).__name__}
 
 
+def _retry_or_fail(
+    task: Task,
+    scorer: ObjectScorer,
+    parsed: ObjectURL,
+    error: TransientStorageError,
+    delay: float,
+    attempt: int,
+    max_attempts: int,
+    job: str | None,
+    item: str,
+) -> dict[str, Any]:
+    """Send the file round again, or end it with a record if that cannot happen.
+
+    Celery's own cap is set from ``AUDIOSET_MAX_ATTEMPTS`` (``max_retries=None`` means the task's default of 3,
+    which once left files pending for ever), and a retry Celery refuses or cannot publish (the broker is down)
+    ends the file here: without this, the message is acked or rejected and the file is never finished.
+    """
+    try:
+        raise task.retry(exc=error, countdown=delay, max_retries=max_attempts)
+    except Retry:
+        raise
+    except Reject as exc:
+        reason: BaseException = TransientStorageError(f"{error} (and the retry could not be queued: {exc.reason})")
+    except Exception as exc:  # Celery refused the retry: it re-raises the error itself
+        reason = exc
+    log.error("cannot retry %s on attempt %d; ending it with an error record", parsed, attempt)
+    return _failed(scorer, parsed, reason, attempt, job, item)
+
+
 class ScoringTask(Task):  # type: ignore[misc]
     """Ends a file killed at the hard time limit like any other failure: an error record and a failed item.
 
@@ -207,7 +236,7 @@ def _score(
             delay,
             exc,
         )
-        raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+        return _retry_or_fail(self, scorer, parsed, exc, delay, attempt, settings.max_attempts, job, item)
     except SoftTimeLimitExceeded:
         return _failed(scorer, parsed, soft_time_limit_error(settings.soft_time_limit), attempt, job, item)
     except Exception as exc:

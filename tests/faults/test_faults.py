@@ -140,6 +140,57 @@ def test_transient_storage_faults_are_retried_with_backoff(stack: Stack, proxy: 
     assert "retrying in" in worker.text() and "TransientStorageError" in worker.text()
 
 
+def test_transient_faults_past_celerys_default_of_three_retries_still_end(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Many failed attempts, then the store recovers: a later attempt scores the file.
+
+    Celery's own retry cap defaulted to 3, so the fourth failure used to end the task with the file pending for ever.
+    """
+    inputs = upload(stack, tmp_path, "outlast", 1)
+    fast_retries = {"AUDIOSET_RETRY_BACKOFF": "0.1", "AUDIOSET_RETRY_BACKOFF_MAX": "0.2"}
+    env = {**stack.env, **fast_retries, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "15"}
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        proxy.fail_next(30, 503, "SlowDown")  # several attempts, each of several SDK tries
+        job = run_job(stack, "outlast")
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 240)
+    finally:
+        worker.stop()
+    row = tally(stack, "transient errors past 4 attempts, then fine", inputs)
+    assert (row.scored, row.errored, row.lost, row.duplicated) == (1, 0, 0, 0)
+    assert (status.scored, status.pending) == (1, 0)
+    assert worker.text().count("retrying in") >= 4  # past Celery's default cap of three retries
+
+
+def test_transient_faults_on_every_attempt_end_in_a_record_not_pending(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Reads fail for good, writes work: the last of five attempts writes the error record and fails the item."""
+    inputs = upload(stack, tmp_path, "never", 1)
+    proxy.rules.append(
+        lambda method, path: (503, "SlowDown") if "/never/" in path and "predictions" not in path else None
+    )
+    fast_retries = {"AUDIOSET_RETRY_BACKOFF": "0.1", "AUDIOSET_RETRY_BACKOFF_MAX": "0.2"}
+    env = {**stack.env, **fast_retries, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "5"}
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        job = run_job(stack, "never")
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 240)
+    finally:
+        worker.stop()
+    row = tally(stack, "transient errors on all 5 attempts", inputs)
+    assert (row.scored, row.errored, row.lost, row.duplicated) == (0, 1, 0, 0)
+    assert (status.failed, status.pending) == (1, 0)
+    record = orjson.loads(
+        CosStore(stack.settings()).get_bytes(
+            stack.results_bucket, "predictions/" + stack.input_bucket + "/never/f0000.h5.error.json"
+        )
+        or b"{}"
+    )
+    assert record["error"] == "TransientStorageError" and record["attempts"] == 5
+
+
 def test_transient_faults_past_the_attempt_cap_give_an_error_record(
     stack: Stack, proxy: FaultProxy, tmp_path: Path
 ) -> None:
