@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 import h5py
 import numpy as np
@@ -41,6 +42,7 @@ from audioset_batch.errors import (
     TruncatedFileError,
     VirtualDatasetError,
 )
+from audioset_batch.vlen_lengths import vlen_lengths
 
 EMBEDDING_WIDTH = 128
 __all__ = [
@@ -309,8 +311,9 @@ class EmbeddingFile:
     def clip_bytes(self) -> int:
         """Bytes one clip costs in memory across every dataset read."""
         size = self.frames * EMBEDDING_WIDTH * int(self.x.dtype.itemsize)
-        if self.video_ids is not None:
-            size += int(self.video_ids.dtype.itemsize) + 64
+        if self.video_ids is not None:  # a variable-length id costs up to its limit, not its 8-byte reference
+            vlen = self.video_ids.dtype.kind == "O"
+            size += (self.limits.max_id_bytes if vlen else int(self.video_ids.dtype.itemsize)) + 64
         if self.start_times is not None:
             size += 8
         if self.y is not None:
@@ -325,7 +328,7 @@ class EmbeddingFile:
             stop = min(start + size, self.clips)
             try:
                 x = self.x[start:stop]
-                ids = [_decode_id(v) for v in self.video_ids[start:stop]] if self.video_ids is not None else None
+                ids = self._read_ids(start, stop) if self.video_ids is not None else None
                 times = (
                     np.asarray(self.start_times[start:stop], dtype=np.float64) if self.start_times is not None else None
                 )
@@ -347,3 +350,35 @@ class EmbeddingFile:
                         "(x - 128) / 128"
                     )
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)
+
+    def _read_ids(self, start: int, stop: int) -> list[str | None]:
+        """Video ids of clips ``start..stop-1``, never decoding more than the id limit allows per clip.
+
+        Fixed-length ids were checked against the limit by their width. Variable-length ids are checked by their
+        stored lengths before any is decoded; where those cannot be read, in slices small enough that even ids
+        as long as the whole file stay within the read budget.
+        """
+        ds = self.video_ids
+        assert ds is not None
+        if ds.dtype.kind != "O":
+            return [_decode_id(v) for v in ds[start:stop]]
+        lengths = vlen_lengths(ds, str(self.path), start, stop)
+        if lengths is not None:
+            over = np.flatnonzero(lengths > self.limits.max_id_bytes)
+            if over.size:
+                self._oversize_id(start + int(over[0]), int(lengths[over[0]]))
+            return [_decode_id(v) for v in ds[start:stop]]
+        step = max(1, self.limits.max_read_bytes // max(self.path.stat().st_size, 1))
+        ids: list[str | None] = []
+        for first in range(start, stop, step):
+            for offset, value in enumerate(ds[first : min(first + step, stop)]):
+                if len(value) > self.limits.max_id_bytes:
+                    self._oversize_id(first + offset, len(value))
+                ids.append(_decode_id(value))
+        return ids
+
+    def _oversize_id(self, clip: int, size: int) -> NoReturn:
+        raise OversizeFieldError(
+            f"dataset 'video_id_list' holds a {size}-byte id at clip {clip}, over the "
+            f"{self.limits.max_id_bytes}-byte limit for a video id"
+        )

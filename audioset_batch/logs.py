@@ -101,15 +101,30 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-# Control characters (a newline in an object key) would split one record into several text lines.
-_ESCAPES = {i: f"\\x{i:02x}" for i in range(32) if i != 9} | {10: "\\n", 13: "\\r", 127: "\\x7f"}
+# Control characters (a newline in an object key) would split one record into several text lines, and
+# bidirectional controls (U+202E) would show a line's text in another order than it has.
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = (
+    {i: f"\\x{i:02x}" for i in range(32) if i != 9}
+    | {10: "\\n", 13: "\\r", 127: "\\x7f"}
+    | {i: f"\\x{i:02x}" for i in range(0x80, 0xA0)}
+    | {i: f"\\u{i:04x}" for i in _BIDI}
+)
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one terminal line: control, C1 and bidirectional characters escaped.
+
+    For anything read from an input file or a key (video ids, sources) before it is printed or logged as text.
+    """
+    return text.translate(_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
     """One record, one line: control characters in the message are escaped (tracebacks follow as they are)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_ESCAPES)
+        record.message = printable(record.message)
         return super().formatMessage(record)
 
 

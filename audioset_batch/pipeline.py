@@ -70,6 +70,36 @@ def soft_time_limit_error(seconds: float) -> LimitExceededError:
     return LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={seconds:g}s")
 
 
+OUTPUT_FLOOR_BYTES = 16 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class OutputCap:
+    """The most result bytes one file may produce: ``AUDIOSET_MAX_OUTPUT_RATIO`` times the bytes it stores.
+
+    Real embeddings barely compress, so their results stay a few times their size; 200,000 zero clips gzip to
+    270 KB and would write 100 MB. Checked on a projection from the clips scored so far, so such a file is refused
+    after its first chunk, not after all its CPU time.
+    """
+
+    limit: int
+    stored: int
+    ratio: float
+
+    @classmethod
+    def for_file(cls, stored: int, ratio: float) -> OutputCap:
+        return cls(max(OUTPUT_FLOOR_BYTES, int(stored * ratio)), stored, ratio)
+
+    def check(self, written: int, clips_done: int, clips_total: int) -> None:
+        projected = written * clips_total // max(clips_done, 1)
+        if projected > self.limit:
+            raise LimitExceededError(
+                f"its results would take about {projected} bytes for {clips_total} clips, over "
+                f"AUDIOSET_MAX_OUTPUT_RATIO={self.ratio:g} x the {self.stored} bytes the file stores "
+                f"(at least {OUTPUT_FLOOR_BYTES} bytes); a file of real embeddings stays far below it"
+            )
+
+
 def should_retry(error: BaseException, attempt: int, max_attempts: int) -> bool:
     """The one rule for a failed attempt: retry a transient error while attempts are left; anything else
     (and a transient error on the last attempt) ends the file with an error record."""
@@ -156,13 +186,17 @@ def score_file(
     metrics_max_clips: int = 200_000,
     deadline: Deadline | None = None,
     frames: int | None = None,
+    max_output_ratio: float | None = None,
 ) -> FileScore:
     """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``.
 
     Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is
     the model's frames per clip: a file with any other count is refused before the model sees it.
+    ``max_output_ratio`` bounds the bytes written (:class:`OutputCap`).
     """
     started = time.monotonic()
+    cap = OutputCap.for_file(path.stat().st_size, max_output_ratio) if max_output_ratio else None
+    written = 0
     notes: list[str] = []
     truths: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
@@ -191,6 +225,9 @@ def score_file(
                 start_times=chunk.start_times,
                 options=options,
             )
+            written += len(lines)
+            if cap is not None:
+                cap.check(written, chunk.start + len(scores), embeddings.clips)
             out.write(lines)
             if want_metrics and chunk.y is not None:
                 truths.append(chunk.y.astype(bool))
@@ -262,6 +299,7 @@ class ObjectScorer:
             metrics_max_clips=self.settings.metrics_max_clips,
             deadline=deadline,
             frames=self.frames,
+            max_output_ratio=self.settings.max_output_ratio,
         )
 
     def _store(self, url: ObjectURL) -> ObjectStore:

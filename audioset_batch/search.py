@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import difflib
 import heapq
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -42,7 +44,7 @@ class Hit:
         if not self.video_id:
             return None
         start = int(self.start_time_seconds or 0)
-        return f"https://www.youtube.com/watch?v={self.video_id}&t={start}"
+        return f"https://www.youtube.com/watch?v={quote(self.video_id, safe='')}&t={start}"
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "youtube_url": self.youtube_url}
@@ -63,12 +65,17 @@ def resolve_label(query: str, classes: list[ClassLabel]) -> ClassLabel:
 
 def clip_score(record: dict[str, Any], label: ClassLabel) -> float | None:
     scores = record.get("scores")
-    if isinstance(scores, list) and len(scores) > label.index:
+    if isinstance(scores, list) and len(scores) > label.index and isinstance(scores[label.index], int | float):
         return float(scores[label.index])
-    for entry in record.get("labels", []):
-        if entry.get("index") == label.index:
+    labels = record.get("labels")
+    for entry in labels if isinstance(labels, list) else []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("index") == label.index
+            and isinstance(entry.get("score"), int | float)
+        ):
             return float(entry["score"])
-    return None  # not in this clip's top-k: below every listed score
+    return None  # not in this clip's top-k (below every listed score), or not a score at all
 
 
 def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_score: float, limit: int) -> list[Hit]:
@@ -77,12 +84,13 @@ def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_sco
         score = clip_score(record, label)
         if score is None or score < min_score:
             continue
+        video_id, start = record.get("video_id"), record.get("start_time_seconds")
         hit = Hit(
             score,
             str(record.get("source")),
-            int(record.get("index", -1)),
-            record.get("video_id"),
-            record.get("start_time_seconds"),
+            index if isinstance(index := record.get("index", -1), int) else -1,
+            video_id if isinstance(video_id, str) else None,
+            float(start) if isinstance(start, int | float) else None,
             str(record.get(ORIGIN, "")),
         )
         if len(heap) < limit:
@@ -92,27 +100,53 @@ def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_sco
     return sorted(heap, reverse=True)
 
 
-def _lines(body: bytes, origin: str) -> Iterator[dict[str, Any]]:
-    for line in body.splitlines():
-        if line.strip():
+@dataclass(slots=True)
+class Skipped:
+    """Lines that were not result records (truncated, edited, foreign): counted, never fatal."""
+
+    lines: int = 0
+    first: str | None = None  # where the first one was, for the warning
+
+    def add(self, origin: str, number: int) -> None:
+        self.lines += 1
+        if self.first is None:
+            self.first = f"{origin} line {number}"
+
+
+def _lines(lines: Iterable[bytes], origin: str, skipped: Skipped | None) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
             record = orjson.loads(line)
-            record[ORIGIN] = origin
-            yield record
+        except orjson.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if skipped is not None:
+                skipped.add(origin, number)
+            continue
+        record[ORIGIN] = origin
+        yield record
 
 
-def result_records(store: ObjectStore, url: ObjectURL) -> Iterator[dict[str, Any]]:
-    """Every line of every ``.jsonl`` object under the URL's prefix, one object at a time.
+def result_records(store: ObjectStore, url: ObjectURL, skipped: Skipped | None = None) -> Iterator[dict[str, Any]]:
+    """Every line of every ``.jsonl`` object under the URL's prefix, one line at a time.
 
-    Each record carries the results object it came from under ``"results"``.
+    Each object is downloaded to a temporary file and read line by line, so memory follows the longest line, not
+    the largest object. Each record carries the results object it came from under ``"results"``.
     """
     for info in store.list(url.bucket, url.key):
         if not info.key.endswith(JSONL_SUFFIX):
             continue
-        yield from _lines(store.get_bytes(url.bucket, info.key) or b"", str(url.with_key(info.key)))
+        with tempfile.TemporaryFile() as fh:
+            store.download(url.bucket, info.key, fh)
+            fh.seek(0)
+            yield from _lines(fh, str(url.with_key(info.key)), skipped)
 
 
-def folder_records(folder: Path) -> Iterator[dict[str, Any]]:
+def folder_records(folder: Path, skipped: Skipped | None = None) -> Iterator[dict[str, Any]]:
     """The same over a local folder of results (downloaded, or a folder bucket given by path)."""
     for path in sorted(folder.rglob(f"*{JSONL_SUFFIX}")):
         if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
-            yield from _lines(path.read_bytes(), str(path))
+            with path.open("rb") as fh:
+                yield from _lines(fh, str(path), skipped)

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(
         256 * 1024**2, ge=1, description="Largest HDF5 chunk (decompressed) accepted: guards against compression bombs."
     )
+    max_output_ratio: float = Field(
+        20.0,
+        gt=0,
+        description="Result bytes one file may produce per byte it stores (at least 16 MiB): bounds the output and "
+        "the scoring time of a file that compresses far better than real embeddings.",
+    )
 
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -94,3 +94,28 @@ def wait_job(jobs: JobStore, job: str, timeout: float = 120) -> JobStatus:
             return status
         time.sleep(0.2)
     raise TimeoutError(f"job {job} not finished: {jobs.status(job)}")
+
+
+def write_shared_id_bomb(path: Path, clips: int, id_bytes: int, layout: str = "contiguous") -> Path:
+    """A file whose ``video_id_list`` references all name one stored id of ``id_bytes`` bytes.
+
+    h5py writes one heap object per element, so the references of elements 1.. are overwritten on disk with
+    element 0's: the file stores the id once, and reading every id decodes it ``clips`` times.
+    """
+    from audioset_batch.vlen_lengths import reference_size
+
+    kwargs: dict[str, Any] = {"chunks": (clips,)} if layout == "chunked" else {}
+    ids = np.array([b"i" * id_bytes] + [b"a"] * (clips - 1), dtype=object)
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((clips, 10, 128), dtype=np.uint8)
+        f.create_dataset("video_id_list", data=ids, dtype=h5py.string_dtype("ascii"), **kwargs)
+    with h5py.File(path, "r") as f:
+        ds = f["video_id_list"]
+        element = reference_size(f)
+        offset = ds.id.get_offset() if layout == "contiguous" else ds.id.get_chunk_info(0).byte_offset
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        first = fh.read(element)
+        fh.seek(offset)
+        fh.write(first * clips)
+    return path

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -29,7 +30,8 @@ from audioset_batch.hdf5_reader import (
     VirtualDatasetError,
     pin_external_prefixes,
 )
-from tests.helpers import write_h5
+from audioset_batch.vlen_lengths import vlen_lengths
+from tests.helpers import write_h5, write_shared_id_bomb
 
 
 def test_reads_all_clips_in_order_across_chunks(tmp_path: Path) -> None:
@@ -328,3 +330,53 @@ def test_pinned_prefixes_point_at_an_empty_private_folder(monkeypatch: pytest.Mo
     assert folder.is_dir() and not any(folder.iterdir())
     assert {os.environ[name] for name in HDF5_PREFIX_VARIABLES} == {str(folder)}
     assert pin_external_prefixes() == folder
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunked", "gzip-shuffle", "compact"])
+def test_variable_length_ids_read_in_every_layout(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "vlen.h5"
+    ids = [f"clip-{i}-" + "x" * (i % 40) for i in range(300)]
+    kwargs: dict[str, Any] = {
+        "contiguous": {},
+        "chunked": {"chunks": (64,)},
+        "gzip-shuffle": {"chunks": (64,), "compression": "gzip", "shuffle": True},
+        "compact": {},
+    }[layout]
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((300, 10, 128), dtype=np.uint8)
+        if layout == "compact":
+            space = h5py.h5s.create_simple((300,))
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            plist.set_layout(h5py.h5d.COMPACT)
+            tid = h5py.h5t.py_create(h5py.string_dtype(), logical=True)
+            h5py.h5d.create(f.id, b"video_id_list", tid, space, dcpl=plist)
+            f["video_id_list"][:] = np.array(ids, dtype=object)
+        else:
+            f.create_dataset("video_id_list", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(), **kwargs)
+    with EmbeddingFile(path) as data:
+        assert [i for c in data.chunks(50) for i in (c.video_ids or [])] == ids
+        if layout != "compact":  # the stored lengths are read without decoding a single id
+            assert list(vlen_lengths(data.video_ids, str(path), 10, 20)) == [len(i) for i in ids[10:20]]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunked"])
+def test_one_long_id_named_by_every_clip_is_refused_before_it_is_decoded(tmp_path: Path, layout: str) -> None:
+    """50 references to one stored 4 MB id: 4 MB on disk, 200 MB decoded (the reader peaked at 2.3 GB)."""
+    path = write_shared_id_bomb(tmp_path / "bomb.h5", clips=50, id_bytes=4_000_000, layout=layout)
+    assert path.stat().st_size < 5_000_000
+    with EmbeddingFile(path) as data, pytest.raises(OversizeFieldError, match="4000000-byte id at clip 0"):
+        list(data.chunks(8192))
+
+
+def test_long_variable_length_ids_are_refused_in_a_layout_whose_lengths_are_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "compact.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        space = h5py.h5s.create_simple((3,))
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_layout(h5py.h5d.COMPACT)
+        tid = h5py.h5t.py_create(h5py.string_dtype(), logical=True)
+        h5py.h5d.create(f.id, b"video_id_list", tid, space, dcpl=plist)
+        f["video_id_list"][:] = np.array(["a", "b" * 2_000_000, "c"], dtype=object)
+    with EmbeddingFile(path) as data, pytest.raises(OversizeFieldError, match="2000000-byte id at clip 1"):
+        list(data.chunks(8192))

@@ -107,6 +107,35 @@ def test_search_cli_over_local_results(tmp_path: Path, monkeypatch: pytest.Monke
     get_settings.cache_clear()
 
 
+def test_search_skips_and_counts_malformed_lines_and_prints_hostile_ids_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    """One bad line used to abort the whole search; an id with a newline forged a hit line, U+202E reordered it."""
+    from audioset_batch.settings import get_settings
+
+    results = tmp_path / "results" / "predictions"
+    results.mkdir(parents=True)
+    good = {"source": "in/a.h5", "index": 0, "labels": [{"index": 4, "score": 0.9}]}
+    forged = "\n0.999  forged #0\u202e"
+    hostile = {"source": f"in/b{forged}", "index": 1, "video_id": f"x{forged}", "labels": [{"index": 4, "score": 0.8}]}
+    lines = [orjson.dumps(good), b'{"truncated', b"[1, 2]", orjson.dumps({**good, "index": 2, "labels": "x"})]
+    (results / "a.h5.jsonl").write_bytes(b"\n".join([*lines, orjson.dumps(hostile)]) + b"\n")
+    for name in [n for n in os.environ if n.startswith("AUDIOSET_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AUDIOSET_LOCAL_ROOT", str(tmp_path))
+    monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
+    get_settings.cache_clear()
+    out = CliRunner().invoke(main, ["search", "class 4", "--results", str(results)])
+    get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    hits = out.stdout.splitlines()
+    assert len(hits) == 2 and hits[0].startswith("0.900") and hits[1].startswith("0.800")
+    assert "\u202e" not in out.stdout and "in/b\\n0.999  forged #0\\u202e" in hits[1]
+    assert "v=x%0A0.999%20%20forged%20%230%E2%80%AE&t=0" in hits[1]
+    assert "skipped 2 line(s) that are not result records, the first at" in out.stderr
+    assert "a.h5.jsonl line 2" in out.stderr
+
+
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "audioset_batch.cli", *args],

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import h5py
 import numpy as np
 import orjson
 import pytest
 
-from audioset_batch.errors import InvalidObjectKeyError
+from audioset_batch.errors import InvalidObjectKeyError, LimitExceededError
+from audioset_batch.pipeline import score_file
 from audioset_batch.results import result_keys
 from audioset_batch.scoring import OutputOptions, encode_records, score_chunk, top_k
 from model.inference import dequantize
-from tests.helpers import make_labels
+from tests.helpers import make_labels, write_h5
 
 
 def test_dequantize_maps_uint8_to_unit_range() -> None:
@@ -101,3 +106,47 @@ def test_result_keys_map_input_key_under_prefix() -> None:
 def test_result_keys_refuse_escaping_keys(key: str) -> None:
     with pytest.raises(InvalidObjectKeyError):
         result_keys("incoming", key, "predictions/")
+
+
+def test_a_file_that_compresses_far_better_than_embeddings_is_refused_after_its_first_chunk(tmp_path: Path) -> None:
+    """200,000 zero clips gzip to a few hundred KB; scored, they wrote 100 MB of JSON Lines (373x)."""
+    path = tmp_path / "zeros.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.zeros((200_000, 10, 128), np.uint8), chunks=(4096, 10, 128), compression="gzip")
+    assert path.stat().st_size < 1_000_000
+    calls: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return np.full((len(x), 4), 0.5, np.float32)
+
+    out = io.BytesIO()
+    with pytest.raises(LimitExceededError, match="AUDIOSET_MAX_OUTPUT_RATIO=20"):
+        score_file(
+            path,
+            out,
+            predict=predict,
+            classes=make_labels(4),
+            model="m",
+            source="s",
+            options=OutputOptions(top_k=2),
+            chunk_clips=8192,
+            max_output_ratio=20,
+        )
+    assert out.tell() == 0 and sum(calls) <= 2 * 8192  # refused on a projection, before writing or scoring the rest
+
+
+def test_the_output_cap_passes_full_scores_of_real_sized_files_at_its_default(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "real.h5", clips=4000, classes=527, seed=1)
+    rng = np.random.default_rng(0)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return rng.random((len(x), 527), dtype=np.float32)
+
+    options = OutputOptions(top_k=5, full_scores=True)
+    common = {"predict": predict, "classes": make_labels(527), "model": "m", "source": "s", "options": options}
+    out = io.BytesIO()
+    assert score_file(path, out, max_output_ratio=20, **common).clips == 4000  # type: ignore[arg-type]
+    assert out.tell() > 16 * 1024**2  # above the floor: the ratio, not the floor, let it through
+    with pytest.raises(LimitExceededError, match="AUDIOSET_MAX_OUTPUT_RATIO=1"):
+        score_file(path, io.BytesIO(), max_output_ratio=1, **common)  # type: ignore[arg-type]

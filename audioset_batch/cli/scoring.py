@@ -174,16 +174,20 @@ def search(
     """
     from audioset_batch.errors import ObjectNotFoundError
     from audioset_batch.locations import results_url
+    from audioset_batch.logs import printable
     from audioset_batch.object_store import store_for
-    from audioset_batch.search import folder_records, resolve_label, result_records, search_records
+    from audioset_batch.search import Skipped, folder_records, resolve_label, result_records, search_records
     from model.artifact import read_manifest
 
     settings = cli_settings()
     classes = read_manifest(model_path or settings.model_path).classes
     target = resolve_label(label, classes)
     where = results_url(results_location, settings)
+    skipped = Skipped()
     records = (
-        folder_records(where) if isinstance(where, Path) else result_records(store_for(where.scheme, settings), where)
+        folder_records(where, skipped)
+        if isinstance(where, Path)
+        else result_records(store_for(where.scheme, settings), where, skipped)
     )
     try:
         hits = search_records(records, target, min_score, limit)
@@ -196,7 +200,10 @@ def search(
             click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
         else:
             link = f"  {hit.youtube_url}" if hit.youtube_url else ""
-            click.echo(f"{hit.score:.3f}  {hit.source} #{hit.index}{link}  ({hit.results})")
+            click.echo(printable(f"{hit.score:.3f}  {hit.source} #{hit.index}{link}  ({hit.results})"))
+    if skipped.lines:
+        where_first = printable(skipped.first or "")
+        warn(f"skipped {skipped.lines} line(s) that are not result records, the first at {where_first}")
     if not hits:
         note(f"no clip with {target.name} >= {min_score} in {where}")
 

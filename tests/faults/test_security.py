@@ -19,7 +19,7 @@ from audioset_batch.jobs import open_job_store
 from tests.conftest import Stack, WorkerProcess
 from tests.faults.conftest import check, child_pids, tally
 from tests.faults.test_faults import run_job
-from tests.helpers import wait_job, write_h5
+from tests.helpers import wait_job, write_h5, write_shared_id_bomb
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,17 @@ def hostile_files(directory: Path, secret_path: Path) -> dict[str, str]:
         f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
         f.create_dataset("y", data=np.ones((3, 5_000_000), dtype=np.uint8), chunks=(1, 100_000), compression="gzip")
     expected["wide_y.h5"] = "OversizeFieldError"
+    with h5("vlen_ids.h5") as f:  # variable-length ids: the width check never saw them (6 MB of results)
+        f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
+        f.create_dataset(
+            "video_id_list", data=np.array([b"i" * 2_000_000] * 3, dtype=object), dtype=h5py.string_dtype()
+        )
+    expected["vlen_ids.h5"] = "OversizeFieldError"
+    write_shared_id_bomb(directory / "shared_id.h5", clips=50, id_bytes=4_000_000)  # 4 MB stored, 200 MB decoded
+    expected["shared_id.h5"] = "OversizeFieldError"
+    with h5("zeros.h5") as f:  # 100,000 zero clips in about 150 KB: 50 MB of results
+        f.create_dataset("x", data=np.zeros((100_000, 10, 128), np.uint8), chunks=(4096, 10, 128), compression="gzip")
+    expected["zeros.h5"] = "LimitExceededError"
     with h5("huge_floats.h5") as f:
         f["x"] = np.full((3, 10, 128), 1e300)
     expected["huge_floats.h5"] = "NonFiniteError"
