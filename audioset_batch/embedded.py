@@ -7,11 +7,17 @@ Celery worker process plus a folder watcher run until interrupted.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import ctypes
+import json
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +28,7 @@ from audioset_batch.errors import ConfigError
 from audioset_batch.jobs import open_job_store
 from audioset_batch.local_store import LocalStore
 from audioset_batch.results import loads, result_keys
+from audioset_batch.run_lock import RunLock
 from audioset_batch.settings import Settings, load_settings
 
 log = logging.getLogger("audioset.run")
@@ -64,6 +71,7 @@ class EmbeddedService:
         self.stop = threading.Event()
         self.worker: subprocess.Popen[bytes] | None = None
         self.thread: threading.Thread | None = None
+        self.lock = RunLock(self.root / ".run.lock")
 
     @property
     def temp_folder(self) -> Path:
@@ -97,12 +105,16 @@ class EmbeddedService:
             log.warning("%d file(s) left pending by an earlier run are sent again: %s", len(pending), pending[:5])
         return len(pending)
 
-    def start(self, log_file: Path | None = None) -> None:
-        """Start the worker process (its output to ``log_file`` if given) and the watcher thread."""
+    def start(self, log_file: Path | None = None, say: Callable[[str], None] | None = None) -> None:
+        """Start the worker process (its output to ``log_file`` if given) and the watcher thread.
+
+        Raises :class:`RunLockedError` while another run is live in this folder.
+        """
         from producers.watcher import Watcher
         from worker.app import make_app
         from worker.config import worker_command
 
+        self.lock.acquire(say=say)  # before recover(): it empties the queue and temp folder a live run would be using
         self.recover()
 
         command = worker_command(
@@ -113,7 +125,18 @@ class EmbeddedService:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             output = log_file.open("ab")
         env = {**os.environ, **self.env, "TMPDIR": str(self.temp_folder)}  # downloads land where recover() cleans
-        self.worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+        assert self.lock.fd is not None
+        # Its own process group: Ctrl-C reaches this process alone, which decides how the worker stops. The lock is
+        # inherited, so a worker outliving a killed run keeps the folder busy; and it is told when the run dies.
+        self.worker = subprocess.Popen(
+            command,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+            pass_fds=(self.lock.fd,),
+            preexec_fn=_stop_with_parent,
+        )
         watcher = Watcher(
             f"file://{INCOMING}/",
             self.settings,
@@ -138,18 +161,63 @@ class EmbeddedService:
             time.sleep(0.2)
         raise TimeoutError(f"no result for {key} after {timeout:.0f}s")
 
-    def shutdown(self) -> None:
-        self.stop.set()
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)  # warm shutdown: finish the file in hand
-            try:
-                self.worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
+    def in_hand(self) -> list[str]:
+        """Files the worker has taken and not finished: pending in the watch job, no longer in the queue folder
+        (the filesystem broker drops a message when a worker takes it)."""
+        from audioset_batch.jobs import UnknownJobError
+        from audioset_batch.object_store import ObjectURL
+        from producers.watcher import watch_job_id
 
-    def serve_forever(self, on_tick: Callable[[], None] | None = None) -> int:
-        """Block until SIGINT/SIGTERM or the worker dies."""
+        try:
+            jobs = open_job_store(self.settings.effective_state_url)
+            pending = list(jobs.items(watch_job_id(ObjectURL.parse(f"file://{INCOMING}/")), status="pending"))
+        except (UnknownJobError, OSError, sqlite3.Error):
+            return []
+        queued = {_queued_item(path) for path in (self.root / ".broker" / "queue").glob("*.msg")}
+        return [item.partition("#")[0].removeprefix("file://") for item in pending if item not in queued]
+
+    def shutdown(self, signals: list[int] | None = None, say: Callable[[str], None] | None = None) -> None:
+        """Stop the watcher, then the worker: at once when idle, after the file in hand when busy.
+
+        ``signals`` holds the stop signals received so far (the handler keeps appending): a second one kills the
+        worker at once, and the files in hand, still pending in the job, are sent again at the next start.
+        """
+        self.stop.set()
+        worker = self.worker
+        if worker is None or worker.poll() is not None:
+            self.lock.release()
+            return
+        say = say or log.warning
+        seen = len(signals) if signals else 0
+        hand = self.in_hand()
+        worker.send_signal(signal.SIGTERM)  # warm shutdown: finish the file in hand
+        if hand:
+            more = f" and {len(hand) - 3} more" if len(hand) > 3 else ""
+            say(
+                f"stopping: waiting for the worker to finish {', '.join(hand[:3])}{more}; "
+                "Ctrl-C again stops now (the file is scored at the next start)"
+            )
+        started = time.monotonic()
+        while worker.poll() is None:
+            if signals is not None and len(signals) > seen:  # another Ctrl-C (or SIGTERM) since the first
+                say(f"stopped at once; {len(hand) or 'any'} file(s) in hand are sent again at the next start")
+                break
+            if not hand and time.monotonic() - started > IDLE_STOP_SECONDS:
+                break  # idle: nothing to lose, and container runtimes send SIGKILL after 10 s
+            time.sleep(0.05)
+        self._kill_worker_group()
+        self.lock.release()
+
+    def _kill_worker_group(self) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool children
+        worker.wait()
+
+    def serve_forever(self, on_tick: Callable[[], None] | None = None, say: Callable[[str], None] | None = None) -> int:
+        """Block until SIGINT/SIGTERM or the worker dies; returns the exit code (130, 143, or 1 if the worker died)."""
         got: list[int] = []
 
         def handler(signum: int, _frame: Any) -> None:
@@ -161,8 +229,34 @@ class EmbeddedService:
         while not self.stop.is_set():
             if self.worker is not None and self.worker.poll() is not None:
                 log.error("worker exited with code %s", self.worker.returncode)
+                self.shutdown()
                 return 1
             if on_tick:
                 on_tick()
             self.stop.wait(1.0)
-        return 0
+        self.shutdown(got, say)
+        return 128 + got[0] if got else 0
+
+
+IDLE_STOP_SECONDS = 3.0
+
+
+def _queued_item(path: Path) -> str | None:
+    """The job item a queued filesystem-broker message carries, or None if it is not one of ours."""
+    try:
+        message = json.loads(path.read_bytes())
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        item = kwargs.get("item")
+        return item if isinstance(item, str) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _stop_with_parent() -> None:
+    """In the worker, before exec: a warm shutdown when the run dies (kill -9 included), on Linux."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,8 +105,9 @@ def pin_external_prefixes() -> Path:
     pinned = os.environ.get(HDF5_PREFIX_VARIABLES[0], "")
     if pinned and Path(pinned).name.startswith(_EMPTY_PREFIX) and Path(pinned).is_dir():
         return Path(pinned)  # already pinned in this process (or inherited from the parent)
-    empty = Path(tempfile.mkdtemp(prefix=_EMPTY_PREFIX))
+    empty = Path(tempfile.mkdtemp(prefix=f"{_EMPTY_PREFIX}{os.getpid()}-"))
     atexit.register(_remove_empty, empty)
+    _remove_orphans(empty.parent)
     for name in HDF5_PREFIX_VARIABLES:
         os.environ[name] = str(empty)
     return empty
@@ -114,6 +116,14 @@ def pin_external_prefixes() -> Path:
 def _remove_empty(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.rmdir()
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Remove the empty folders of processes that died without their exit handlers (kill -9)."""
+    for path in folder.glob(f"{_EMPTY_PREFIX}*-*"):
+        pid = path.name.removeprefix(_EMPTY_PREFIX).partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and sys.platform.startswith("linux"):
+            _remove_empty(path)  # rmdir: never removes a folder something was put in
 
 
 def _first_bad_clip(ok: np.ndarray) -> int | None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -61,7 +62,7 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
         process.send_signal(signal.SIGTERM)
         code = process.wait(90)
         log.close()
-    assert code == 0
+    assert code == 143  # 128 + SIGTERM, as a shell reports a process stopped by it
 
 
 def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> None:
@@ -121,7 +122,7 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
         process.send_signal(signal.SIGTERM)
         code = process.wait(90)
         log.close()
-    assert code == 0
+    assert code == 143  # 128 + SIGTERM, as a shell reports a process stopped by it
     assert "sent again" in (tmp_path / "run.log").read_text()
 
 
@@ -143,3 +144,120 @@ def test_a_file_where_a_bucket_folder_goes_is_one_line_naming_it(
         f"error: {tmp_path / 'buckets' / 'incoming'}: a file is in the way of the bucket folder; "
         "point AUDIOSET_LOCAL_ROOT (or --root) at a folder, or move the file\n"
     )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"the run exited with {process.returncode} before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.1)
+
+
+def worker_ready(tmp_path: Path) -> Callable[[], bool]:
+    return lambda: b" ready." in (tmp_path / "run.log").read_bytes()
+
+
+def test_a_second_run_in_the_same_folder_says_who_holds_it_and_leaves_the_first_alone(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    root = tmp_path / "buckets"
+    first, log = start_run(root, tmp_path, tiny_model)
+    try:
+        wait_for(worker_ready(tmp_path), 120, "worker ready", first)
+        queued = root / ".broker" / "queue" / "0_live.audioset.score.msg"
+        queued.write_text("{}")  # the first run's queue and temp files must survive the second start
+        download = root / ".tmp" / "audioset-live" / "input.h5"
+        download.parent.mkdir(parents=True)
+        download.write_bytes(b"in use")
+        second = subprocess.run(
+            [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
+            env=embedded_env(tiny_model),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [
+            f"error: RunLockedError: another `audioset run` is live in {root.resolve()} (pid {first.pid}, since "
+            + errors[0].split("since ", 1)[1]
+        ]
+        assert "Traceback" not in second.stderr and "sent again" not in second.stderr
+        assert queued.exists() and download.exists() and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        code = first.wait(60)
+        log.close()
+    assert code == 130
+
+
+def test_an_idle_run_stops_on_ctrl_c_at_once_and_a_killed_run_never_blocks_the_next(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    root = tmp_path / "buckets"
+    first, log = start_run(root, tmp_path, tiny_model)
+    wait_for(worker_ready(tmp_path), 120, "worker ready", first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    log.close()
+    again, log = start_run(root, tmp_path, tiny_model)  # its worker (told of the kill) may still be stopping
+    try:
+        wait_for(worker_ready(tmp_path), 120, "worker ready after kill -9", again)
+        started = time.monotonic()
+        again.send_signal(signal.SIGINT)
+        code = again.wait(60)
+        stopped_in = time.monotonic() - started
+    finally:
+        log.close()
+    assert code == 130
+    assert stopped_in < 15, f"an idle run took {stopped_in:.0f}s to stop (it took 60-70 s)"
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_worker_of(p, root)]
+
+
+def _is_worker_of(proc: Path, root: Path) -> bool:
+    try:
+        return b"celery" in (proc / "cmdline").read_bytes() and str(root).encode() in (proc / "environ").read_bytes()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_while_busy_says_what_it_waits_for_and_a_second_stops_at_once(tmp_path: Path, tiny_model: Path) -> None:
+    """The file in hand is named; a second Ctrl-C kills the worker; the next start scores the file whole."""
+    root = tmp_path / "buckets"
+    env = {"AUDIOSET_READ_CHUNK_CLIPS": "1"}  # one clip per read: a 20,000-clip file takes a while
+    log = (tmp_path / "run.log").open("wb")
+    command = [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)]
+    process = subprocess.Popen(
+        command, env={**embedded_env(tiny_model), **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(worker_ready(tmp_path), 120, "worker ready", process)
+        write_h5(tmp_path / "slow.h5", clips=20_000, seed=4).rename(root / "incoming" / "slow.h5")
+        wait_for(lambda: any((root / ".tmp").glob("audioset-*/input.h5")), 60, "the file in hand", process)
+        process.send_signal(signal.SIGINT)
+        wait_for(
+            lambda: b"waiting for the worker to finish" in (tmp_path / "run.log").read_bytes(), 20, "note", process
+        )
+        process.send_signal(signal.SIGINT)
+        code = process.wait(20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    text = (tmp_path / "run.log").read_text()
+    assert code == 130
+    assert "waiting for the worker to finish incoming/slow.h5" in text
+    assert "stopped at once; 1 file(s) in hand are sent again at the next start" in text
+    result = root / "results" / "predictions" / "incoming" / "slow.h5.jsonl"
+    assert not result.exists()
+    (tmp_path / "again").mkdir()
+    again, log = start_run(root, tmp_path / "again", tiny_model)
+    try:
+        wait_for(result.exists, 180, "the result after the restart", again)
+        assert len(result.read_bytes().splitlines()) == 20_000
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(60)
+        log.close()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +332,25 @@ def test_pinned_prefixes_point_at_an_empty_private_folder(monkeypatch: pytest.Mo
     assert folder.is_dir() and not any(folder.iterdir())
     assert {os.environ[name] for name in HDF5_PREFIX_VARIABLES} == {str(folder)}
     assert pin_external_prefixes() == folder
+
+
+def test_a_process_killed_with_kill_9_leaves_no_pinned_folder_behind(tmp_path: Path) -> None:
+    """kill -9 skips the exit handler that removes the empty folder; the next process to start removes it."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for name in HDF5_PREFIX_VARIABLES:
+        env.pop(name, None)
+    script = (
+        "from audioset_batch.hdf5_reader import pin_external_prefixes as p; import os, signal; "
+        "p(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", script], env=env, check=False)
+    assert len(list(tmp_path.glob("audioset-hdf5-nothing-*"))) == 1  # what kill -9 leaves
+    keep = tmp_path / "audioset-hdf5-nothing-1-live"  # pid 1 is alive: never touched
+    keep.mkdir()
+    survivor = "from audioset_batch.hdf5_reader import pin_external_prefixes as p; print(p())"
+    mine = subprocess.run([sys.executable, "-c", survivor], env=env, capture_output=True, text=True, check=True)
+    assert sorted(p.name for p in tmp_path.glob("audioset-hdf5-nothing-*")) == ["audioset-hdf5-nothing-1-live"]
+    assert mine.stdout.strip().startswith(str(tmp_path / "audioset-hdf5-nothing-"))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "chunked", "gzip-shuffle", "compact"])

@@ -169,11 +169,11 @@ def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None
     note(f"incoming: {service.root / INCOMING}")
     note(f"results:  {service.root / RESULTS / service.settings.results_prefix}")
     worker_log = service.root / ".logs" / "worker.log" if demo else None
-    service.start(log_file=worker_log)
+    service.start(log_file=worker_log, say=note)
     try:
         if not demo:
             note("copy .h5 files into the incoming folder; Ctrl-C stops")
-            sys.exit(service.serve_forever())
+            sys.exit(service.serve_forever(say=note))
         key = "demo/sample.h5"
         origin = write_sample(service.root / INCOMING / key)
         etag = LocalStore(service.root).stat(INCOMING, key).etag
