@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from audioset_batch.settings import Settings
+from audioset_batch.settings import Settings, mask_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ def check_storage(settings: Settings, scheme: str) -> list[Check]:
         store = store_for(scheme, settings)
         if scheme == "file" and not settings.local_root.is_dir():
             raise FileNotFoundError(f"{settings.local_root} is not a folder")
-        return f"{scheme} store at {settings.cos_endpoint if scheme != 'file' else settings.local_root}"
+        return f"{scheme} store at {mask_url(settings.cos_endpoint or '') if scheme != 'file' else settings.local_root}"
 
     checks.append(_run("object store", hint, connect))
     if store is None or not checks[-1].ok:

@@ -8,14 +8,12 @@ import os
 import sys
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from audioset_batch.settings import ENV_PREFIX, Settings
+from audioset_batch.settings import ENV_PREFIX, MASK, Settings, url_password
 from model.native_logs import show_native_logs
 
-MASK = "***"
 #: Fields (job, source, attempt, task_id) attached to every log record emitted while a task runs.
 log_context: ContextVar[dict[str, Any] | None] = ContextVar("audioset_log_context", default=None)
 
@@ -40,22 +38,10 @@ def secrets_of(settings: Settings) -> list[str]:
         )
         if s is not None
     ]
-    for url in (settings.broker_url, settings.state_url):
-        if url:
-            password = urlsplit(url).password
-            if password:
-                values.append(password)
+    for url in (settings.broker_url, settings.state_url, settings.cos_endpoint, settings.cos_auth_endpoint):
+        if url and (password := url_password(url)):
+            values.append(password)
     return [v for v in values if len(v) >= 4]
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (``redis://:***@host:6379/0``)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:{MASK}@{hostinfo}").geturl()
 
 
 #: Variables with the prefix that are not settings but are read elsewhere (tests, the notebook).

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in {"redis", "rediss", "filesystem"}:
             raise ValueError(
-                f"unsupported broker {value.split('://', 1)[0] + '://' if scheme else repr(value)}; "
+                f"unsupported broker {value.split('://', 1)[0] + '://' if scheme else repr(mask_url(value))}; "
                 "use redis://[:password@]host:port/db, rediss://… (TLS) or filesystem:// (one machine)"
             )
         if scheme != "filesystem":
@@ -176,7 +176,7 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(
-                f"{value!r} is not an http(s) URL, e.g. https://s3.us-south.cloud-object-storage.appdomain.cloud"
+                f"{mask_url(value)!r} is not an http(s) URL, e.g. https://s3.us-south.cloud-object-storage.appdomain.cloud"
             )
         return value
 
@@ -218,15 +218,45 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.local_root / '.state.db').resolve()}"
 
 
+MASK = "***"
+
+
+def _userinfo(url: str) -> tuple[str, str, str, str] | None:
+    """``(scheme, user, password, rest)`` of a URL with ``user:password@``, parsed by hand: it must work on
+    URLs that ``urlsplit`` refuses (a bad port), since those are the ones an error message repeats."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return None
+    user, _, password = userinfo.partition(":")
+    return scheme, user, password, f"{host}{slash}{path}"
+
+
+def url_password(url: str) -> str | None:
+    """The password inside a URL, if any (a Redis URL's ``:password@``, an endpoint's ``user:password@``)."""
+    parts = _userinfo(url)
+    return parts[2] if parts and parts[2] else None
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (``redis://:***@host:6379/0``), valid URL or not."""
+    parts = _userinfo(url)
+    if parts is None or not parts[2]:
+        return url
+    scheme, user, _password, rest = parts
+    return f"{scheme}://{user}:{MASK}@{rest}"
+
+
 def _check_url(value: str, example: str) -> str:
     """A URL with a host and, if given, a numeric port (``urlsplit`` only fails on the port when asked)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
     except ValueError as exc:
-        raise ValueError(f"{value!r} is not a valid URL ({exc}), e.g. {example}") from None
+        raise ValueError(f"{mask_url(value)!r} is not a valid URL ({exc}), e.g. {example}") from None
     if not parts.hostname and not parts.path:
-        raise ValueError(f"{value!r} names no host, e.g. {example}")
+        raise ValueError(f"{mask_url(value)!r} names no host, e.g. {example}")
     return value
 
 

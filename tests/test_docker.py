@@ -89,3 +89,18 @@ def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:
     for line in copies:
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), source
+
+
+def test_services_get_their_own_cos_keys_as_secret_files_not_the_root_login_in_their_environment() -> None:
+    services = compose()["services"]
+    text = COMPOSE.read_text(encoding="utf-8")
+    for name in ("worker", "listener"):
+        environment = services[name]["environment"]
+        assert environment["AUDIOSET_SECRETS_DIR"] == "/run/secrets", name
+        assert not {"AUDIOSET_COS_ACCESS_KEY_ID", "AUDIOSET_COS_SECRET_ACCESS_KEY"} & set(environment), name
+        assert set(services[name]["secrets"]) == {"AUDIOSET_COS_ACCESS_KEY_ID", "AUDIOSET_COS_SECRET_ACCESS_KEY"}
+    for name, service in services.items():  # the root login reaches MinIO and the setup job only
+        if "MINIO_ROOT_PASSWORD" in str(service.get("environment", "")):
+            assert name in {"minio", "minio-setup"}, name
+    assert set(compose()["secrets"]) == {"AUDIOSET_COS_ACCESS_KEY_ID", "AUDIOSET_COS_SECRET_ACCESS_KEY"}
+    assert "mc admin user add local" in text and "audioset-service" in text

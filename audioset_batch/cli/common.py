@@ -165,7 +165,7 @@ def open_jobs(settings: Settings) -> JobStore:
     ``AUDIOSET_LOCAL_ROOT`` is read instead, and a line says so.
     """
     from audioset_batch.jobs import open_job_store
-    from audioset_batch.logs import mask_url
+    from audioset_batch.settings import mask_url
 
     url = settings.effective_state_url
     local = local_state(settings)
@@ -202,7 +202,7 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _unreachable_message(exc: BaseException) -> str:
-    from audioset_batch.logs import mask_url
+    from audioset_batch.settings import mask_url
 
     settings = get_settings()
     where = mask_url(settings.effective_state_url)

@@ -42,14 +42,15 @@ def doctor(scheme: str) -> None:
 @friendly_errors
 def show_config(as_json: bool) -> None:
     """Print the effective settings (secrets masked) and exit non-zero if they are invalid."""
-    from audioset_batch.logs import MASK, mask_url
+    from audioset_batch.settings import MASK, mask_url
 
     settings = cli_settings()
 
     def shown(name: str, value: object) -> object:
         if "Secret" in type(value).__name__:
             return MASK
-        return mask_url(value) if name in {"broker_url", "state_url"} and isinstance(value, str) else value
+        urls = {"broker_url", "state_url", "cos_endpoint", "cos_auth_endpoint"}
+        return mask_url(value) if name in urls and isinstance(value, str) else value
 
     values = {f"AUDIOSET_{name.upper()}": shown(name, value) for name, value in settings}
     if as_json:

@@ -215,7 +215,7 @@ def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_f
 @friendly_errors
 def jobs_list(limit: int, as_json: bool) -> None:
     """List the newest jobs and the producers' counters."""
-    from audioset_batch.logs import mask_url
+    from audioset_batch.settings import mask_url
 
     settings = cli_settings()
     store = open_jobs(settings)

@@ -212,7 +212,7 @@ def _run_line(run: dict[str, Any]) -> str:
 @friendly_errors
 def training_list(limit: int, as_json: bool) -> None:
     """List the newest queued training runs: status, iteration, loss, validation mAP."""
-    from audioset_batch.logs import mask_url
+    from audioset_batch.settings import mask_url
 
     settings = cli_settings()
     runs = open_jobs(settings).list_runs(limit)

@@ -197,3 +197,37 @@ def test_enqueue_refuses_a_bucket_outside_the_allow_list_before_listing_it(tmp_p
     (tmp_path / "other").mkdir()
     observed = outcome(lambda: expand("file://other/", settings))
     assert check("enqueue of a bucket outside the allow-list", "SourceNotAllowedError", observed).ok
+
+
+def test_no_message_repeats_a_password_in_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker URL with a bad port was echoed whole in the error; `config` and `doctor` printed an endpoint's
+    ``user:pass@``; logs masked Redis passwords only."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from audioset_batch.cli import main
+    from audioset_batch.logs import RedactingFilter, secrets_of
+    from audioset_batch.settings import get_settings
+
+    secret = "s3cret-in-url"
+    for bad in (f"redis://:{secret}@localhost:99999/0", f"redis://user:{secret}@:x/0", f"amqp://u:{secret}@h/"):
+        with pytest.raises(ConfigError) as error:
+            load_settings(broker_url=bad)
+        observed = "leaked" if secret in str(error.value) else "password masked"
+        assert check(f"invalid broker URL {bad.split(secret)[0]}…", "password masked", observed).ok
+    with pytest.raises(ConfigError) as error:
+        load_settings(cos_endpoint=f"ftp://user:{secret}@minio:9000")
+    assert secret not in str(error.value) and "user:***@minio" in str(error.value)
+
+    for name in ("AUDIOSET_BROKER_URL", "AUDIOSET_STATE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AUDIOSET_COS_ENDPOINT", f"http://user:{secret}@127.0.0.1:1")
+    get_settings.cache_clear()
+    shown = CliRunner().invoke(main, ["config"])
+    assert "AUDIOSET_COS_ENDPOINT=http://user:***@127.0.0.1:1" in shown.output and secret not in shown.output
+    settings = get_settings()
+    get_settings.cache_clear()
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "endpoint %s down", (settings.cos_endpoint,), None)
+    RedactingFilter(secrets_of(settings)).filter(record)
+    assert check("COS endpoint password in a log line", "masked", "masked" if secret not in record.msg else "leaked").ok
