@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from model.labels import ClassLabel, labels_from_json, labels_to_json
 from model.native_logs import import_tensorflow
@@ -95,7 +96,7 @@ class Manifest:
                 version=str(data["version"]),
                 architecture=str(data["architecture"]),
                 classes=labels_from_json(data["classes"]),
-                frames=int(data["frames"]),
+                frames=_frames(data["frames"], source),
                 sha256=str(data["sha256"]),
                 hidden_units=int(data.get("hidden_units", 1024)),
                 branches=int(data.get("branches", 1)),
@@ -108,6 +109,13 @@ class Manifest:
             if isinstance(exc, ArtifactError):
                 raise
             raise ArtifactError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _frames(value: Any, source: str) -> int:
+    frames = int(value)
+    if not 1 <= frames <= MAX_FRAMES:
+        raise ArtifactError(f"{source}: frames={frames} is not a frame count (1..{MAX_FRAMES}; AudioSet clips have 10)")
+    return frames
 
 
 def sha256_file(path: Path) -> str:
@@ -132,14 +140,21 @@ def read_manifest(artifact: str | Path) -> Manifest:
     return Manifest.from_json(data, source=str(path))
 
 
-def _check_weights_h5(data: bytes, where: str) -> None:
+#: The most each archive member may hold once extracted. The shipped weights are 29 MB; ten times the widest
+#: network trained here still fits. A member declaring more is refused before a byte of it is read.
+MEMBER_LIMITS = {"metadata.json": 1024**2, "config.json": 64 * 1024**2, "model.weights.h5": 4 * 1024**3}
+#: Keras stores members uncompressed and weights barely compress; a member expanding more is a zip bomb.
+MAX_COMPRESSION_RATIO = 50
+#: Frames per clip a manifest may declare (AudioSet clips have 10).
+MAX_FRAMES = 100_000
+
+
+def _check_weights_h5(fileobj: IO[bytes], where: str) -> None:
     """Every dataset's bytes in the weights file itself: no external storage, virtual datasets or links.
 
     The visitors return a finding instead of raising: h5py turns an exception raised inside a visit
     into a SystemError.
     """
-    import io
-
     import h5py
 
     def link_finding(name: str, link: object) -> str | None:
@@ -152,29 +167,73 @@ def _check_weights_h5(data: bytes, where: str) -> None:
             return f"dataset '{name}' stores its data in other files"
         return None
 
-    with h5py.File(io.BytesIO(data), "r") as f:
+    with h5py.File(fileobj, "r") as f:
         finding = f.visititems_links(link_finding) or f.visititems(data_finding)
     if finding:
         raise UnsafeArtifactError(f"{where}: {finding}; refusing to load")
 
 
-def check_archive(path: Path) -> None:
-    """Refuse a ``.keras`` archive whose members are paths or unexpected files, or whose weights reach other files."""
+def check_archive(path: Path, manifest: Manifest | None = None) -> None:
+    """Refuse a ``.keras`` archive whose members are paths, unexpected files or larger than :data:`MEMBER_LIMITS`,
+    whose weights reach other files, or whose input does not take the manifest's frames.
+
+    Members are streamed (the weights through a temporary file), so memory stays flat whatever an archive
+    declares; every failure is an :class:`ArtifactError`.
+    """
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            members = archive.infolist()
+            names = [m.filename for m in members]
             unexpected = sorted(set(names) - ARCHIVE_MEMBERS)
             if unexpected or len(names) != len(set(names)):
                 raise UnsafeArtifactError(
                     f"{path}: unexpected archive members {unexpected or names}; a .keras archive holds "
                     f"only {sorted(ARCHIVE_MEMBERS)}"
                 )
+            for member in members:
+                if member.file_size > MEMBER_LIMITS[member.filename]:
+                    raise UnsafeArtifactError(
+                        f"{path}: member {member.filename} declares {member.file_size} bytes, over the "
+                        f"{MEMBER_LIMITS[member.filename]}-byte limit for it"
+                    )
+                if member.file_size > MAX_COMPRESSION_RATIO * member.compress_size + 1024**2:
+                    raise UnsafeArtifactError(
+                        f"{path}: member {member.filename} expands {member.compress_size} bytes to "
+                        f"{member.file_size} (over {MAX_COMPRESSION_RATIO}:1), which no saved model does; "
+                        "refusing a possible zip bomb"
+                    )
+            if manifest is not None and "config.json" in names:
+                with archive.open("config.json") as fh:
+                    _check_input(json.loads(fh.read(MEMBER_LIMITS["config.json"] + 1)), manifest, path)
             if "model.weights.h5" in names:
-                _check_weights_h5(archive.read("model.weights.h5"), f"{path}:model.weights.h5")
+                with archive.open("model.weights.h5") as member_fh, tempfile.TemporaryFile() as copy:
+                    shutil.copyfileobj(member_fh, copy, 1 << 20)  # the archive's CRC and size checks still run
+                    copy.seek(0)
+                    _check_weights_h5(copy, f"{path}:model.weights.h5")
+    except ArtifactError:
+        raise
     except zipfile.BadZipFile as exc:
         raise ArtifactError(f"{path}: not a .keras archive ({exc})") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, zipfile.LargeZipFile) as exc:
+        raise ArtifactError(f"{path}: cannot check the archive ({type(exc).__name__}: {exc})") from None
+
+
+def _check_input(config: Any, manifest: Manifest, path: Path) -> None:
+    """The model's input must take the manifest's frames x 128: a mismatch would fail every file it is given."""
+    layers = config.get("config", {}).get("layers", []) if isinstance(config, dict) else []
+    shapes = [
+        layer["config"].get("batch_shape")
+        for layer in layers
+        if isinstance(layer, dict) and layer.get("class_name") == "InputLayer" and isinstance(layer.get("config"), dict)
+    ]
+    expected = [None, manifest.frames, 128]
+    if shapes and any(list(shape or []) != expected for shape in shapes):
+        raise ArtifactError(
+            f"{path}: the model takes input {shapes[0]} but the manifest declares frames={manifest.frames} "
+            f"(input {expected}); the manifest does not describe this model"
+        )
 
 
 def _regular_file(path: Path, artifact: str | Path) -> None:
@@ -202,7 +261,7 @@ def verify(artifact: str | Path) -> Manifest:
 def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     """Verify, then load with Keras safe mode. Imports TensorFlow: call in worker children only."""
     manifest = verify(artifact)
-    check_archive(Path(artifact) / WEIGHTS_NAME)
+    check_archive(Path(artifact) / WEIGHTS_NAME, manifest)
     import_tensorflow()
     import keras
 
@@ -210,11 +269,18 @@ def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     import model.attention_pooling
     import model.ensemble_layers  # noqa: F401
 
-    loaded = keras.models.load_model(Path(artifact) / WEIGHTS_NAME, compile=False, safe_mode=True)
+    try:
+        loaded = keras.models.load_model(Path(artifact) / WEIGHTS_NAME, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, TypeError, OSError…: one class for the caller
+        raise ArtifactError(f"{artifact}: Keras could not load {WEIGHTS_NAME} ({type(exc).__name__}: {exc})") from exc
     expected = (None, len(manifest.classes))
     if tuple(loaded.output_shape) != expected:
         raise ArtifactError(
             f"{artifact}: model outputs {loaded.output_shape} but the manifest declares {len(manifest.classes)} classes"
+        )
+    if tuple(loaded.input_shape) != (None, manifest.frames, 128):
+        raise ArtifactError(
+            f"{artifact}: model takes {loaded.input_shape} but the manifest declares frames={manifest.frames}"
         )
     return loaded, manifest
 

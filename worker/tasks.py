@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import (
@@ -43,11 +43,27 @@ def _check_model_before_forking(**_: Any) -> None:
     """
     settings = get_settings()
     try:
-        verify(settings.model_path)
-        check_archive(settings.model_path / WEIGHTS_NAME)
-    except ArtifactError as exc:
-        log.critical("cannot start: the model at AUDIOSET_MODEL_PATH=%s is unusable: %s", settings.model_path, exc)
+        check_archive(settings.model_path / WEIGHTS_NAME, verify(settings.model_path))
+    except Exception as exc:  # Celery logs and ignores an exception from a signal handler: exit here instead
+        reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        log.critical("cannot start: the model at AUDIOSET_MODEL_PATH=%s is unusable: %s", settings.model_path, reason)
         raise SystemExit(1) from None
+
+
+_controller: list[Any] = []  # the WorkController of this (parent) process, for its exit code
+
+
+@worker_init.connect
+def _remember_controller(sender: Any = None, **_: Any) -> None:
+    _controller[:] = [sender]
+
+
+@worker_shutting_down.connect
+def _keep_a_failing_exit_code(exitcode: int | None = None, how: str = "", **_: Any) -> None:
+    """A cold shutdown (SIGQUIT, sent by a child whose model failed to load) means exit 1; Celery's own
+    WorkController drops that code on the cold path and exits 0, which a supervisor reads as a clean stop."""
+    if how == "Cold" and exitcode and _controller and _controller[0] is not None:
+        _controller[0].exitcode = exitcode
 
 
 @worker_process_init.connect
@@ -56,13 +72,14 @@ def _load_model_in_child(**_: Any) -> None:
     try:
         scorer = load_scorer()
     except Exception as exc:
-        # Stop the whole worker: a child without a model would take tasks and never finish them.
+        # Stop the whole worker: a child without a model would take tasks and never finish them. SIGQUIT is
+        # Celery's cold shutdown, which exits 1 (SIGTERM's warm shutdown exits 0, as if all were well).
         log.critical(
             "cannot start: the model failed to load in a worker process (%s: %s); stopping the worker",
             type(exc).__name__,
             exc,
         )
-        os.kill(os.getppid(), signal.SIGTERM)
+        os.kill(os.getppid(), signal.SIGQUIT)
         os._exit(1)
     if metrics.enabled():
         metrics.metrics().model.labels(scorer.model).set(1)

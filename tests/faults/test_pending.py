@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import re
+import resource
 import shutil
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from audioset_batch.local_store import LocalStore
 from audioset_batch.object_store import ObjectURL, translate_os_error
 from audioset_batch.pipeline import ObjectScorer
 from audioset_batch.settings import load_settings
-from model.artifact import MANIFEST_NAME
+from model.artifact import MANIFEST_NAME, ArtifactError, UnsafeArtifactError, check_archive, sha256_file, verify
 from tests.conftest import ROOT, Stack, WorkerProcess, cos_env
 from tests.faults.conftest import check
 from tests.helpers import make_labels, wait_job, write_h5
@@ -69,9 +72,51 @@ def test_a_worker_whose_model_fails_to_load_in_its_child_stops(stack: Stack, tin
     (broken / MANIFEST_NAME).write_text(json.dumps(manifest))
     code, text = start_worker_expecting_exit({**stack.env, "AUDIOSET_MODEL_PATH": str(broken)}, tmp_path / "w.log")
     assert code != -999, "the worker kept running without a model"
+    assert code != 0, "a worker that could not load its model exited 0, as if all were well"
     assert "cannot start: the model failed to load in a worker process" in text
     assert "model outputs" in text
     check("model that fails to load in the worker child", "worker stops", "worker stops")
+
+
+def _resign(artifact: Path, members: dict[str, bytes], compress: dict[str, int] | None = None) -> None:
+    """Rewrite model.keras with these members and re-sign the manifest, as an attacker with write access would."""
+    weights = artifact / "model.keras"
+    with zipfile.ZipFile(weights, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data, compress_type=(compress or {}).get(name, zipfile.ZIP_STORED))
+    manifest = json.loads((artifact / MANIFEST_NAME).read_text())
+    manifest["sha256"] = sha256_file(weights)
+    (artifact / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_a_zip_bomb_model_is_refused_in_bounded_memory(tiny_model: Path, tmp_path: Path) -> None:
+    """A 300 KB model.keras holding a 300 MB weights member: check_archive read it whole (and a 1.5 GB one
+    raised a raw OSError that skipped the worker's pre-fork check)."""
+    bomb = tmp_path / "bomb"
+    shutil.copytree(tiny_model, bomb)
+    with zipfile.ZipFile(bomb / "model.keras") as archive:
+        members = {name: archive.read(name) for name in ("metadata.json", "config.json")}
+    members["model.weights.h5"] = bytes(300 * 1024**2)
+    _resign(bomb, members, {"model.weights.h5": zipfile.ZIP_DEFLATED})
+    assert (bomb / "model.keras").stat().st_size < 2 * 1024**2
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UnsafeArtifactError, match="possible zip bomb"):
+        check_archive(bomb / "model.keras", verify(bomb))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing expanded
+    check("model.keras zip bomb (300 MB in 300 KB)", "UnsafeArtifactError", "UnsafeArtifactError")
+
+
+def test_manifest_frames_must_match_the_model_before_any_worker_starts(tiny_model: Path, tmp_path: Path) -> None:
+    """frames 0 or 5 in the manifest loaded, and then every file failed."""
+    for frames, error in ((5, "the model takes input [None, 10, 128]"), (0, "is not a frame count")):
+        wrong = tmp_path / f"frames{frames}"
+        shutil.copytree(tiny_model, wrong)
+        manifest = json.loads((wrong / MANIFEST_NAME).read_text())
+        manifest["frames"] = frames
+        (wrong / MANIFEST_NAME).write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match=re.escape(error)):
+            check_archive(wrong / "model.keras", verify(wrong))
+        check(f"manifest frames={frames} for a 10-frame model", "ArtifactError", "ArtifactError")
 
 
 @pytest.mark.integration
