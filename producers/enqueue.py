@@ -13,6 +13,7 @@ from audioset_batch.jobs import JobStore
 from audioset_batch.locations import object_inputs, queue_url
 from audioset_batch.object_store import ObjectURL, check_source
 from audioset_batch.settings import Settings
+from audioset_batch.task_messages import ScoreMessage
 from audioset_batch.task_names import SCORE_TASK
 
 log = logging.getLogger("audioset.producer")
@@ -59,7 +60,7 @@ def send(
                 app.send_task(
                     SCORE_TASK,
                     args=[batch[item]],
-                    kwargs={"job": job, "item": item, "force": force},
+                    kwargs=ScoreMessage(url=batch[item], job=job, item=item, force=force).kwargs(),
                     queue=settings.queue,
                 )
             except BaseException:

@@ -4,6 +4,7 @@ and the fault suite; these pin each decision the task makes."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,30 @@ def test_an_unexpected_error_reloads_the_model_for_the_next_file(
     assert runtime.load_scorer() is not broken  # the next file gets a freshly loaded model ...
     status, _ = run(f"cos://{stack.input_bucket}/u/two.h5", jobs, task_id="t-two")
     assert status == "scored"  # ... and is scored
+
+
+def test_scoring_messages_follow_one_versioned_schema() -> None:
+    from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
+
+    sent = ScoreMessage(url="cos://in/a.h5", job="j1", item="cos://in/a.h5#e", force=True)
+    assert ScoreMessage.parse([sent.url], sent.kwargs()) == sent and sent.kwargs()["v"] == 1
+    assert ScoreMessage.parse(["cos://in/a.h5"], {"job": "j1"}).v == 1  # sent before the version field existed
+    for args, kwargs, says in [
+        (["cos://in/a.h5"], {"v": 2}, "v: Input should be 1"),
+        ([12345], {}, "url: Input should be a valid string"),
+        (["cos://in/a.h5"], {"force": "yes"}, "force: Input should be a valid boolean"),
+        (["cos://in/a.h5"], {"job": "j" * 201}, "job: String should have at most 200 characters"),
+        (["a", "b"], {}, "one positional argument"),
+        ([], {}, "url: Field required"),
+    ]:
+        with pytest.raises(MalformedMessageError, match=re.escape(says)):
+            ScoreMessage.parse(args, kwargs)
+
+
+def test_a_hand_written_message_gets_the_routing_kombu_needs() -> None:
+    from worker.redis_transport import repaired
+
+    fixed = repaired({"body": "x", "properties": {"delivery_info": {"exchange": 3}}}, "q")
+    assert fixed is not None and fixed["properties"]["delivery_info"] == {"exchange": "q", "routing_key": "q"}
+    assert isinstance(fixed["properties"]["delivery_tag"], str)
+    assert repaired(["not", "a", "message"], "q") is None and repaired({"properties": "x"}, "q") is None

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import celeryd_init, setup_logging
 
 from audioset_batch.settings import Settings, get_settings
-from worker.config import celery_config
+from worker.config import TRAINING_QUEUE, celery_config
 
 
 @setup_logging.connect
@@ -21,6 +21,15 @@ def _configure_logging(**_: Any) -> None:
 
     configure_logging(get_settings())
     warn_unknown_variables()
+
+
+@celeryd_init.connect
+def _training_lane(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """Register the training task in a worker that consumes the training queue, and in no other."""
+    queues = (options or {}).get("queues") or []
+    names = queues.split(",") if isinstance(queues, str) else [str(q) for q in queues]
+    if TRAINING_QUEUE in {name.strip() for name in names}:
+        import worker.training_task  # noqa: F401
 
 
 def make_app(settings: Settings | None = None) -> Celery:

@@ -67,8 +67,19 @@ def broker_ssl(url: str) -> dict[str, Any] | None:
     return options
 
 
+def use_guarded_redis_transport() -> None:
+    """``redis://`` and ``rediss://`` name kombu's Redis transport guarded against hand-written messages that lack
+    its routing fields (``worker/redis_transport.py``), in this process, under the names users know."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = "worker.redis_transport:Transport"
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     options = transport_options(settings)
+    if not settings.broker_url.startswith("filesystem"):
+        use_guarded_redis_transport()
     return {
         "broker_use_ssl": broker_ssl(settings.broker_url),
         # The filesystem transport needs no host; naming one keeps kombu from warning that none was supplied.

@@ -26,9 +26,10 @@ from audioset_batch.logs import log_context
 from audioset_batch.object_store import ObjectURL, check_source
 from audioset_batch.pipeline import ObjectScorer, record_failure, soft_time_limit_error
 from audioset_batch.settings import Settings, get_settings
+from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
 from worker import metrics
-from worker.config import SCORE_TASK, TRAIN_TASK, TRAINING_QUEUE
+from worker.config import SCORE_TASK
 from worker.runtime import job_store, load_scorer, reset_scorer
 
 log = logging.getLogger("audioset.worker")
@@ -200,11 +201,17 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
 
 # ``throws``: a failed file is an expected outcome: Celery logs it in one line, without a traceback.
 @shared_task(bind=True, name=SCORE_TASK, base=ScoringTask, throws=(FileFailedError,))
-def score_object(
-    self: Task, url: str, job: str | None = None, force: bool = False, item: str | None = None
-) -> dict[str, Any]:
+def score_object(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``score_object(url, job=…, item=…, force=…, v=1)``; the arguments are checked against
+    :class:`ScoreMessage` before anything else, since anyone with the broker's password can write a message."""
+    try:
+        message = ScoreMessage.parse(args, kwargs)
+    except MalformedMessageError as exc:
+        log.error("refused a malformed scoring message (task %s): %s", self.request.id, exc)
+        return {"status": "refused", "error": type(exc).__name__, "message": str(exc)}
     settings = get_settings()
-    item = item or url
+    url, job, force = message.url, message.job, message.force
+    item = message.item or url
     attempt = with_state_retry("counting deliveries", lambda: job_store().count_delivery(self.request.id or url))
     token = log_context.set({"job": job, "source": url, "attempt": attempt, "task_id": self.request.id})
     try:
@@ -264,29 +271,3 @@ def _score(
     if metrics.enabled():
         metrics.record_file(outcome.status, outcome.clips, time.monotonic() - started, outcome.error)
     return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}
-
-
-TRAINING_TIME_LIMIT = 14 * 24 * 3600
-
-
-# Acked on receipt, unlike scoring: a multi-hour run must not be redelivered to a second worker when
-# the Redis visibility timeout passes. A lost run is resumed from its checkpoint by resubmitting.
-@shared_task(
-    bind=True,
-    name=TRAIN_TASK,
-    acks_late=False,
-    soft_time_limit=TRAINING_TIME_LIMIT,
-    time_limit=TRAINING_TIME_LIMIT + 60,
-)
-def train_model(self: Task, run_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from audioset_batch.training_runs import execute
-
-    lane = (self.request.delivery_info or {}).get("routing_key")
-    if lane is not None and lane != TRAINING_QUEUE:
-        # A scoring worker is sized, limited and secured for scoring; hours of training there would starve it.
-        log.error(
-            "refused training run %r delivered on queue %r; training runs only on %r", run_id, lane, TRAINING_QUEUE
-        )
-        return {"id": run_id, "status": "refused", "error": f"training tasks run only on the {TRAINING_QUEUE!r} queue"}
-    record = execute(run_id, spec, get_settings(), job_store())
-    return {"id": run_id, "status": record["status"], "artifact": record.get("artifact")}

@@ -135,15 +135,14 @@ def test_training_task_on_the_scoring_queue_is_refused(stack: Stack, worker: Wor
     run_id = new_run_id()
     spec = TrainingSpec.from_json({"data": ["x.h5"], "iterations": 1}).to_json()
     result = make_app(stack.settings()).send_task(TRAIN_TASK, args=[run_id, spec], queue=stack.env["AUDIOSET_QUEUE"])
+    refused = "Received unregistered task of type 'audioset.train_model'"  # a scoring worker does not know it
     deadline = time.monotonic() + 60
-    while "refused training run" not in worker.text() and time.monotonic() < deadline:
+    while refused not in worker.text() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert check(
-        "training task sent to the scoring queue",
-        "refused",
-        "refused" if "refused training run" in worker.text() else "ran",
+        "training task sent to the scoring queue", "refused", "refused" if refused in worker.text() else "ran"
     ).ok
-    assert result.id and "training run" not in worker.text().split("refused training run")[0]
+    assert result.id and "[tasks]\n  . audioset.score_object\n\n" in worker.text()  # the only task registered
 
 
 def test_watcher_never_lists_or_reads_through_symlinks(tmp_path: Path) -> None:
@@ -231,3 +230,73 @@ def test_no_message_repeats_a_password_in_a_url(tmp_path: Path, monkeypatch: pyt
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "endpoint %s down", (settings.cos_endpoint,), None)
     RedactingFilter(secrets_of(settings)).filter(record)
     assert check("COS endpoint password in a log line", "masked", "masked" if secret not in record.msg else "leaked").ok
+
+
+def raw_message(task: str, args: list[object], kwargs: dict[str, object], delivery_info: dict[str, str]) -> bytes:
+    """A Celery message as it sits in the Redis list, written by hand: anyone with the Redis password can."""
+    import base64
+    import uuid
+
+    task_id = uuid.uuid4().hex
+    body = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    return json.dumps(
+        {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0},
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_mode": 2,
+                "delivery_info": delivery_info,
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": uuid.uuid4().hex,
+            },
+        }
+    ).encode()
+
+
+@pytest.mark.integration
+def test_forged_and_malformed_messages_are_refused_and_the_worker_goes_on(
+    stack: Stack, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """A training message forged with routing_key 'training' trained on a scoring worker; one with no routing key
+    crashed the consumer (KeyError) and was dropped; malformed arguments reached the task."""
+    import redis
+
+    from tests.faults.test_faults import run_job, upload
+    from tests.helpers import wait_job
+
+    queue = stack.env["AUDIOSET_QUEUE"]
+    run_id = new_run_id()
+    spec = TrainingSpec.from_json({"data": ["x.h5"], "iterations": 1}).to_json()
+    client = redis.Redis.from_url(stack.env["AUDIOSET_BROKER_URL"])
+    forged = {
+        "training forged onto the scoring queue": raw_message(
+            TRAIN_TASK, [run_id, spec], {}, {"exchange": queue, "routing_key": "training"}
+        ),
+        "training with no routing key": raw_message(TRAIN_TASK, [run_id, spec], {}, {"exchange": queue}),
+        "scoring with no routing key": raw_message(
+            "audioset.score_object", [f"cos://{stack.input_bucket}/nothing.h5"], {}, {"exchange": queue}
+        ),
+        "scoring with a number for a URL": raw_message(
+            "audioset.score_object", [12345], {"job": ["x"]}, {"exchange": queue, "routing_key": queue}
+        ),
+        "scoring with unknown arguments": raw_message(
+            "audioset.score_object", ["cos://a/b.h5"], {"shell": "rm -rf /"}, {"exchange": queue, "routing_key": queue}
+        ),
+    }
+    for payload in forged.values():
+        client.lpush(queue, payload)
+    inputs = upload(stack, tmp_path, "after-forged", 2)
+    status = wait_job(open_job_store(stack.settings().effective_state_url), run_job(stack, "after-forged"), 120)
+    text = worker.text()
+    assert status.scored == len(inputs), text[-3000:]
+    assert text.count("Received unregistered task of type 'audioset.train_model'") == 2  # not even known here
+    assert "Connection to broker lost" not in text and "KeyError('routing_key')" not in text
+    assert text.count("refused a malformed scoring message") == 2
+    assert "url: Input should be a valid string" in text and "shell: Extra inputs are not permitted" in text
+    assert "nothing.h5: ObjectNotFoundError" in text  # the one with no routing key was still handled, not dropped
+    for case in forged:
+        check(f"message: {case}", "refused, worker goes on", "refused, worker goes on")
