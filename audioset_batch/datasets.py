@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +10,7 @@ import numpy as np
 
 from audioset_batch.errors import InputFileError, LocationError
 from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
-from audioset_batch.locations import Location, distinct_inputs
-from audioset_batch.object_store import ObjectURL, store_for
+from audioset_batch.locations import Location, distinct_inputs, local_file, parse
 from audioset_batch.pipeline import reader_limits
 from audioset_batch.settings import Settings
 from model.artifact import read_manifest
@@ -82,13 +80,8 @@ def load_dataset(
     files = {key: str(location) for key, location in found.items()}
     for location in found.values():
         name = str(location)
-        if isinstance(location, ObjectURL):
-            with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
-                store_for(location.scheme, settings).download(location.bucket, location.key, tmp)
-                tmp.flush()
-                x, y = _read(Path(tmp.name), name, limits, frames)
-        else:
-            x, y = _read(location, name, limits, frames)
+        with local_file(location, settings, suffix=".h5") as path:
+            x, y = _read(path, name, limits, frames)
         if classes is not None and y.shape[1] != classes:
             raise LayoutError(f"{name}: labels for {y.shape[1]} classes per clip; the model predicts {classes}")
         if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1] != ys[0].shape[1]):
@@ -122,8 +115,10 @@ def load_training_data(
 
 def class_list(labels_file: str | Path | None, classes: int, settings: Settings) -> list[ClassLabel]:
     """The names of the data's classes: the CSV given, else the served model's when the data has as many."""
-    if labels_file:
-        return load_labels(labels_file)
+    if labels_file:  # by the one location rule: a path, file://bucket/key, cos://… or s3://…
+        location = labels_file if isinstance(labels_file, Path) else parse(labels_file, settings)
+        with local_file(location, settings, suffix=".csv") as path:
+            return load_labels(path)
     default = read_manifest(settings.model_path).classes
     if classes != len(default):
         raise TrainingDataError(

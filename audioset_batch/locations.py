@@ -12,7 +12,9 @@ A folder or prefix stands for every ``.h5``/``.hdf5`` file under it (never resul
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -142,3 +144,16 @@ def results_url(text: str | None, settings: Settings) -> Location:
     if isinstance(where, Path) and not where.is_dir():
         raise LocationError(f"{text}: not a folder of results")
     return where
+
+
+@contextmanager
+def local_file(location: Location, settings: Settings, suffix: str = "") -> Iterator[Path]:
+    """A local path holding the location's bytes: the file itself, or a temporary copy of the object,
+    removed when the block ends."""
+    if isinstance(location, Path):
+        yield location
+        return
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        store_for(location.scheme, settings).download(location.bucket, location.key, tmp)
+        tmp.flush()
+        yield Path(tmp.name)

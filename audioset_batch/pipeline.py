@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
@@ -21,7 +22,7 @@ from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, 
 from audioset_batch.scoring import OutputOptions, Predict, encode_records
 from audioset_batch.settings import Settings
 from model.labels import ClassLabel
-from model.metrics import evaluate
+from model.metrics import StreamedEvaluation
 
 if TYPE_CHECKING:
     from model.inference import Predictor
@@ -198,9 +199,10 @@ def score_file(
     cap = OutputCap.for_file(path.stat().st_size, max_output_ratio) if max_output_ratio else None
     written = 0
     notes: list[str] = []
-    truths: list[np.ndarray] = []
-    predictions: list[np.ndarray] = []
-    with EmbeddingFile(path, limits or Limits(), frames=frames) as embeddings:
+    streamed: StreamedEvaluation | None = None
+    metrics = None
+    with contextlib.ExitStack() as resources:
+        embeddings = resources.enter_context(EmbeddingFile(path, limits or Limits(), frames=frames))
         want_metrics = embeddings.y is not None
         if want_metrics and embeddings.classes != len(classes):
             notes.append(f"metrics skipped: y has {embeddings.classes} classes, the model {len(classes)}")
@@ -210,7 +212,9 @@ def score_file(
                 f"metrics skipped: {embeddings.clips} clips exceed AUDIOSET_METRICS_MAX_CLIPS={metrics_max_clips}"
             )
             want_metrics = False
-        if not want_metrics:
+        if want_metrics:  # scores and labels go to temporary files, not memory: see StreamedEvaluation
+            streamed = resources.enter_context(StreamedEvaluation(len(classes)))
+        else:
             embeddings.skip_labels()
         for chunk, scores in predicted(prefetched(embeddings.chunks(chunk_clips)), predict):
             if deadline is not None:
@@ -229,17 +233,14 @@ def score_file(
             if cap is not None:
                 cap.check(written, chunk.start + len(scores), embeddings.clips)
             out.write(lines)
-            if want_metrics and chunk.y is not None:
-                truths.append(chunk.y.astype(bool))
-                predictions.append(scores)
+            if streamed is not None and chunk.y is not None:
+                streamed.add(chunk.y.astype(bool), scores)
         clips = embeddings.clips
-    metrics = None
-    if want_metrics:
-        truth = np.concatenate(truths)
-        if truth.any():
-            metrics = evaluate(truth, np.concatenate(predictions)).summary()
-        else:
-            notes.append("metrics skipped: y has no positive labels")
+        if streamed is not None:
+            try:
+                metrics = streamed.result().summary()
+            except ValueError:  # no class has a positive clip
+                notes.append("metrics skipped: y has no positive labels")
     return FileScore(clips=clips, metrics=metrics, seconds=time.monotonic() - started, notes=notes)
 
 

@@ -10,10 +10,12 @@ import contextlib
 import logging
 import re
 import shutil
+import threading
 import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,6 @@ from model.training import Progress
 log = logging.getLogger("audioset.training")
 SPEC_KEYS = {"data", "labels", "output", "validation"}
 RUN_ID = re.compile(r"^train-\d{8}-\d{6}-[0-9a-f]{6}$")
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(slots=True)
@@ -68,10 +69,6 @@ class TrainingSpec:
             config = TrainConfig(**{k: v for k, v in raw.items() if k in config_keys})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        if not MODEL_NAME.match(str(config.name)):
-            raise ConfigError(
-                f"{source}: name {config.name!r} must be letters, digits, '.', '_' or '-' (it names a folder)"
-            )
         validation = raw.get("validation") or []
         if isinstance(validation, str):
             validation = [validation]
@@ -149,7 +146,7 @@ def submit(spec: TrainingSpec, app: Any, store: JobStore, queue: str) -> str:
 def _publish(artifact_dir: Path, output: str, run_id: str, name: str, settings: Settings) -> str:
     """Copy the artifact to ``<output>/<run id>/models/<name>/`` (a bucket URL or a local folder)."""
     if "://" in output or not output:
-        base = ObjectURL.parse(output) if output else ObjectURL("cos", settings.results_bucket, "")
+        base = ObjectURL.parse(output) if output else ObjectURL(settings.store_scheme, settings.results_bucket, "")
         prefix = base.key if not base.key or base.key.endswith("/") else base.key + "/"
         store = store_for(base.scheme, settings)
         key_prefix = f"{prefix}{run_id}/models/{name}/"
@@ -171,9 +168,10 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
     record: dict[str, Any] = {"id": run_id, "created": time.time(), "iteration": 0}
     with contextlib.suppress(KeyError):
         record = store.get_run(run_id)
-    record.update(status="running", started=time.time(), spec=raw_spec)
+    record.update(status="running", started=time.time(), heartbeat=time.time(), spec=raw_spec)
     store.put_run(run_id, record)
     last_write = 0.0
+    beating = Heartbeat(store, run_id, record)
     try:
         spec = TrainingSpec.from_json(raw_spec, source=run_id)
         check_queued_locations(spec, settings)
@@ -194,11 +192,12 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
 
         def progress(p: Progress) -> None:
             nonlocal last_write
-            record["iteration"], record["loss"], record["stage"] = p.iteration, p.loss, p.stage
-            if p.validation_map is not None:
-                record["validation_map"], record["best_map"] = p.validation_map, p.best_map
+            with beating.lock:
+                record["iteration"], record["loss"], record["stage"] = p.iteration, p.loss, p.stage
+                if p.validation_map is not None:
+                    record["validation_map"], record["best_map"] = p.validation_map, p.best_map
             if p.validation_map is not None or time.monotonic() - last_write > 2.0:
-                store.put_run(run_id, record)
+                beating.write()
                 last_write = time.monotonic()
 
         result = train(
@@ -228,5 +227,58 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             traceback=traceback.format_exc(limit=5),
         )
         log.error("training run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+    finally:
+        beating.stop()
     store.put_run(run_id, record)
     return record
+
+
+HEARTBEAT_SECONDS = 30.0
+#: A ``running`` run whose heartbeat is older than this lost its worker (killed, its machine gone).
+STALE_AFTER_SECONDS = 300.0
+
+
+class Heartbeat:
+    """Writes the run's record with a fresh ``heartbeat`` every :data:`HEARTBEAT_SECONDS`, from a thread, so a run
+    loading data or evaluating for minutes is still seen alive, and one whose worker died is seen lost."""
+
+    def __init__(self, store: JobStore, run_id: str, record: dict[str, Any]) -> None:
+        self.store, self.run_id, self.record = store, run_id, record
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.write()
+            except Exception as exc:  # the job store is briefly away: the next beat tries again
+                log.warning("training run %s: heartbeat not written (%s: %s)", self.run_id, type(exc).__name__, exc)
+
+    def write(self) -> None:
+        with self.lock:
+            self.record["heartbeat"] = time.time()
+            self.store.put_run(self.run_id, dict(self.record))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def observed(store: JobStore, run: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """The run as it really is: a ``running`` run whose heartbeat stopped is ``lost`` (and recorded so), so that
+    ``training list``, ``show`` and ``monitor`` do not show it running for ever."""
+    now = time.time() if now is None else now
+    beat = run.get("heartbeat") or run.get("started") or 0
+    if run.get("status") != "running" or now - float(beat) <= STALE_AFTER_SECONDS:
+        return run
+    since = datetime.fromtimestamp(float(beat), UTC).isoformat(timespec="seconds")
+    lost = {
+        **run,
+        "status": "lost",
+        "finished": now,
+        "error": f"its worker stopped (no heartbeat since {since}); submit the spec again",
+    }
+    store.put_run(str(run["id"]), lost)
+    return lost

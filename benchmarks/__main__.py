@@ -37,14 +37,22 @@ from model.labels import ClassLabel
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_file(path: Path, clips: int, seed: int = 0) -> Path:
-    """A synthetic AudioSet-layout file, written in chunks so the writer's memory stays flat."""
+def write_file(path: Path, clips: int, seed: int = 0, classes: int = 0) -> Path:
+    """A synthetic AudioSet-layout file, written in chunks so the writer's memory stays flat; with ``classes``,
+    labels ``y`` too (about 2 per clip, as in AudioSet), so scoring it computes the summary's metrics."""
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
         x = f.create_dataset("x", shape=(clips, 10, 128), dtype=np.uint8, chunks=(min(clips, 4096), 10, 128))
+        y = (
+            f.create_dataset("y", shape=(clips, classes), dtype=bool, chunks=(min(clips, 4096), classes))
+            if classes
+            else None
+        )
         for start in range(0, clips, 65536):
             stop = min(clips, start + 65536)
             x[start:stop] = rng.integers(0, 256, size=(stop - start, 10, 128), dtype=np.uint8)
+            if y is not None:
+                y[start:stop] = rng.random((stop - start, classes)) < 2 / classes
         f["video_id_list"] = np.array([f"v{i:010d}".encode() for i in range(clips)])
         f["start_time_seconds"] = np.zeros(clips, dtype=np.float32)
     return path
@@ -161,6 +169,59 @@ def peak_rss_mb(model: Path, path: Path, precision: str = "float32") -> dict[str
         "model_loaded_rss_mb": round(loaded, 1),
         "above_loaded_model_mb": round(scored - loaded, 1),
     }
+
+
+def worker_child_peak_rss_mb(model: Path, path: Path, tmp: Path) -> float:
+    """Peak RSS of the worker child that scores ``path``, through ``audioset run`` (a real Celery worker on the
+    embedded broker): read from each pool process's VmHWM once the result is written."""
+    root = tmp / "rss-run"
+    shutil.rmtree(root, ignore_errors=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AUDIOSET_MODEL_PATH": str(model)}
+    with (tmp / "rss-run.log").open("wb") as log:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            result = root / "results" / "predictions" / "incoming" / "rss.h5.summary.json"
+            deadline = time.monotonic() + 3600
+            while not (root / "incoming").is_dir():
+                time.sleep(0.2)
+            shutil.copy(path, root / "incoming" / ".rss.h5.part")
+            (root / "incoming" / ".rss.h5.part").rename(root / "incoming" / "rss.h5")
+            while not result.exists() and time.monotonic() < deadline and run.poll() is None:
+                time.sleep(0.5)
+            peaks = [_hwm_kib(pid) for pid in _descendants(run.pid)]
+        finally:
+            run.send_signal(2)
+            run.wait(120)
+    return round(max(peaks) / 1024, 1)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(entry.name))
+                        frontier.append(int(entry.name))
+                except (OSError, ValueError):
+                    continue
+    return found
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def through_queue(model: Path, workers: int, files: int, clips: int, tmp: Path, threads: int = 0) -> float:
@@ -358,7 +419,9 @@ def main() -> None:
     )
     parser.add_argument("--clips", type=int, default=100_000, help="clips in the end-to-end file")
     parser.add_argument("--forward-clips", type=int, default=50_000)
-    parser.add_argument("--rss-clips", default="100000,1000000", help="comma-separated file sizes for peak RSS")
+    parser.add_argument(
+        "--rss-clips", default="200000,1000000", help="comma-separated sizes of the labelled files for peak RSS"
+    )
     parser.add_argument(
         "--rss-precision", default="float32", help="precision of the peak-RSS runs (int8 makes the 1M-clip run short)"
     )
@@ -429,8 +492,11 @@ def main() -> None:
                 3,
             )
         for size in (int(s) for s in args.rss_clips.split(",") if s):
-            path = write_file(tmp / f"rss{size}.h5", size)
+            # labelled: the summary's metrics over every clip are the largest thing scoring holds
+            path = write_file(tmp / f"rss{size}.h5", size, classes=len(manifest.classes))
             report[f"rss_{size}_clips"] = peak_rss_mb(model, path, args.rss_precision)
+            if not args.skip_queue and size == min(int(s) for s in args.rss_clips.split(",") if s):
+                report[f"rss_{size}_clips"]["worker_child_peak_rss_mb"] = worker_child_peak_rss_mb(model, path, tmp)
             path.unlink()
         if args.training_iterations:
             report["training"] = training_report(manifest, args.training_iterations, tmp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,6 +32,20 @@ WEIGHTS_NAME = "model.keras"
 FORMAT_VERSION = 1
 #: The pretrained model shipped in the repository (and in the wheel); the default AUDIOSET_MODEL_PATH.
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "pretrained" / "audioset-default"
+
+
+#: What a model name or version may be: it is written into every result line, log line and folder name.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def name_problem(value: str, what: str = "name") -> str | None:
+    """Why ``value`` cannot be a model name (or version), or None if it can."""
+    if MODEL_NAME.match(value) and ".." not in value:
+        return None
+    return (
+        f"{what} {value!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+        "(it is written into every result and names folders)"
+    )
 
 
 class ArtifactError(Exception):
@@ -91,6 +106,9 @@ class Manifest:
         try:
             if int(data["format_version"]) > FORMAT_VERSION:
                 raise ArtifactError(f"{source}: format_version {data['format_version']} is newer than this release")
+            for what in ("name", "version"):
+                if problem := name_problem(str(data[what]), what):
+                    raise ArtifactError(f"{source}: {problem}")
             return cls(
                 name=str(data["name"]),
                 version=str(data["version"]),
@@ -287,6 +305,9 @@ def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
 
 def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> Manifest:
     """Write ``model.keras`` and a manifest carrying its sha256, atomically per file."""
+    for what in ("name", "version"):
+        if problem := name_problem(getattr(manifest, what), what):
+            raise ArtifactError(problem)
     directory = Path(artifact)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=directory, suffix=".keras")

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, ArtifactError, Manifest, load, read_manifest, save
+from model.artifact import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    ArtifactError,
+    Manifest,
+    load,
+    name_problem,
+    read_manifest,
+    save,
+)
 from model.inference import Predictor
 from model.metrics import evaluate
 from model.native_logs import import_tensorflow
@@ -130,6 +139,9 @@ def combine_artifacts(
             f"an ensemble needs at least two member artifacts, got {len(artifacts)} "
             "(one is accepted only if it is an ensemble itself, to rebuild it with another --combine)"
         )
+    for what, value in (("name", name), ("version", version)):
+        if problem := name_problem(value, what):
+            raise EnsembleError(problem)  # before any member loads
     target = Path(output)
     if (target / MANIFEST_NAME).exists() or (target / WEIGHTS_NAME).exists():
         raise EnsembleError(f"{output} already holds an artifact; choose another output folder or delete it first")

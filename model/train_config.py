@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from model.architecture_names import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from model.artifact import name_problem
 
 LR_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("float32", "bfloat16")
@@ -37,6 +38,20 @@ def option(default: Any, help: str = "", **cli: Any) -> Any:
     return field(default=default, metadata=metadata)
 
 
+def _wrong_type(value: Any, annotation: str) -> str:
+    """What ``value`` must be for a field annotated ``annotation``, or "" when it is: a queued run's YAML can say
+    ``iterations: 1e14`` (a float) or ``batch_size: "many"``, which no click option would let through."""
+    if value is None and "None" in annotation:
+        return ""
+    if annotation.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"a whole number, got {value!r}"
+    if annotation.startswith("float") and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return f"a number, got {value!r}"
+    if annotation.startswith("str") and not isinstance(value, str):
+        return f"text, got {value!r}"
+    return ""
+
+
 def _out_of_range(value: Any, meta: Mapping[str, Any]) -> str:
     """What ``value`` must be under a field's ``choices``/``min``/``max`` metadata, or "" when it is."""
     if "choices" in meta and value is not None and value not in meta["choices"]:
@@ -58,16 +73,19 @@ def _out_of_range(value: Any, meta: Mapping[str, Any]) -> str:
 @dataclass(slots=True)
 class TrainConfig:
     architecture: str = option(DEFAULT_ARCHITECTURE, "Network.", choices=ARCHITECTURES)
-    batch_size: int = option(500, "Clips per mini-batch.", min=1)
+    batch_size: int = option(500, "Clips per mini-batch.", min=1, max=65_536)
     learning_rate: float = option(1e-3, "Adam learning rate.", min=0, min_open=True)
     weight_decay: float = option(
         0.0, "Decoupled weight decay (AdamW): each step shrinks every weight by learning-rate x this; 0 = off.", min=0
     )
-    iterations: int = option(4000, "Mini-batches to train for.", min=1)
+    iterations: int = option(4000, "Mini-batches to train for.", min=1, max=10_000_000)
     dropout: float = option(0.5, "Dropout after each dense block.", min=0, max=1, max_open=True)
-    hidden_units: int = option(1024, "Width of each branch.", min=1)
+    hidden_units: int = option(1024, "Width of each branch.", min=1, max=16_384)
     branches: int = option(
-        1, "Independent copies trained side by side and served as their mean (an ensemble in one model).", min=1
+        1,
+        "Independent copies trained side by side and served as their mean (an ensemble in one model).",
+        min=1,
+        max=32,
     )
     ema_decay: float = option(
         0.0,
@@ -93,12 +111,16 @@ class TrainConfig:
         0.5, "Weight of the soft targets (--teacher or --cross-fit) against the labels.", min=0, max=1
     )
     cross_fit: int = option(
-        0, "Train K fold models first; each clip's out-of-fold prediction becomes its soft target. 0 = off.", min=0
+        0,
+        "Train K fold models first; each clip's out-of-fold prediction becomes its soft target. 0 = off.",
+        min=0,
+        max=20,
     )
     fold_hidden_units: int | None = option(
         None,
         "Width of the --cross-fit fold models (default: --hidden-units): a wide model can learn from narrower folds.",
         min=1,
+        max=16_384,
     )
     fold_architecture: str | None = option(
         None,
@@ -110,6 +132,7 @@ class TrainConfig:
         "Mini-batches for each --cross-fit fold model (default: --iterations), so one command trains short folds and "
         "a long model.",
         min=1,
+        max=10_000_000,
     )
     mask_negatives: float = option(
         0.0,
@@ -183,9 +206,14 @@ class TrainConfig:
         # The limits and choices are the ones `audioset train` enforces, read from the same field metadata,
         # so a queued run's YAML or a library caller is held to exactly what the command line is.
         for spec in fields(self):
-            problem = _out_of_range(getattr(self, spec.name), spec.metadata)
+            problem = _wrong_type(getattr(self, spec.name), str(spec.type)) or _out_of_range(
+                getattr(self, spec.name), spec.metadata
+            )
             if problem:
                 raise TrainConfigError(f"{spec.name} must be {problem}")
+        for what in ("name", "version"):
+            if bad_name := name_problem(str(getattr(self, what)), what):
+                raise TrainConfigError(bad_name)
         if self.cross_fit == 1:
             raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
         if self.teacher_window and not (self.teachers or self.cross_fit):

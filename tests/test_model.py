@@ -188,3 +188,19 @@ def test_label_csv_parsing() -> None:
         parse_labels("index,mid,display_name\n0,/m/a,A\n2,/m/b,B\n")
     with pytest.raises(LabelFileError, match="header"):
         parse_labels("a,b\n1,2\n")
+
+
+def test_streamed_evaluation_gives_exactly_the_dense_figures_in_blocks() -> None:
+    from model.metrics import StreamedEvaluation
+
+    rng = np.random.default_rng(3)
+    labels = rng.random((1000, 37)) < 0.1
+    labels[:, 5] = False  # a class without positives is left out, as evaluate() does
+    scores = rng.random((1000, 37)).astype(np.float32)
+    dense = evaluate(labels, scores)
+    with StreamedEvaluation(37, block_bytes=5 * 1000 * 4, read_rows=64) as streamed:  # 4 classes a block
+        for start in range(0, 1000, 300):
+            streamed.add(labels[start : start + 300], scores[start : start + 300])
+        result = streamed.result()
+    assert result.summary() == dense.summary() and result.per_class == dense.per_class
+    assert result.per_class[5].average_precision is None and result.classes_evaluated == 36

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -255,12 +256,15 @@ def test_no_tensorflow_noise_and_json_logs_are_json_only(newcomer: Path, tiny_mo
 
     text = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr
-    assert [json.loads(line)["clips"] for line in text.stderr.splitlines()] == [3], text.stderr
+    ours = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING) audioset\.model MainProcess: ")
+    lines = [line for line in text.stderr.splitlines() if not ours.match(line)]  # e.g. int8 on a CPU without VNNI
+    assert [json.loads(line)["clips"] for line in lines] == [3], text.stderr
 
     env |= {"AUDIOSET_LOG_FORMAT": "json", "AUDIOSET_TOPK": "3"}
     as_json = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert as_json.returncode == 0, as_json.stderr
     lines = [json.loads(line) for line in as_json.stderr.splitlines()]  # every line is JSON
+    lines = [line for line in lines if line.get("logger") != "audioset.model"]  # the CPU's own notes, if any
     assert [line["level"] for line in lines] == ["WARNING", "INFO"], lines
     assert "did you mean AUDIOSET_TOP_K?" in lines[0]["message"] and lines[1]["clips"] == 3
 
@@ -268,7 +272,8 @@ def test_no_tensorflow_noise_and_json_logs_are_json_only(newcomer: Path, tiny_mo
         [*command[:4], "missing.h5"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert failing.returncode == 1
-    assert [json.loads(line)["level"] for line in failing.stderr.splitlines()] == ["WARNING", "ERROR"]
+    levels = [json.loads(line) for line in failing.stderr.splitlines()]
+    assert [line["level"] for line in levels if line.get("logger") != "audioset.model"] == ["WARNING", "ERROR"]
 
 
 # --- 7. local mode connects ------------------------------------------------------------------------

@@ -213,9 +213,11 @@ def _run_line(run: dict[str, Any]) -> str:
 def training_list(limit: int, as_json: bool) -> None:
     """List the newest queued training runs: status, iteration, loss, validation mAP."""
     from audioset_batch.settings import mask_url
+    from audioset_batch.training_runs import observed
 
     settings = cli_settings()
-    runs = open_jobs(settings).list_runs(limit)
+    store = open_jobs(settings)
+    runs = [observed(store, run) for run in store.list_runs(limit)]
     if as_json:
         click.echo(json.dumps({"runs": runs}))
         return
@@ -233,8 +235,10 @@ def training_list(limit: int, as_json: bool) -> None:
 @friendly_errors
 def training_show(run_id: str) -> None:
     """Print a training run's full record as JSON, including where its artifact landed."""
-    run = open_jobs(cli_settings()).get_run(run_id)
-    click.echo(json.dumps(run, indent=2, default=str))
+    from audioset_batch.training_runs import observed
+
+    store = open_jobs(cli_settings())
+    click.echo(json.dumps(observed(store, store.get_run(run_id)), indent=2, default=str))
 
 
 @training.command("monitor")
@@ -243,12 +247,14 @@ def training_show(run_id: str) -> None:
 @quiet_option
 @friendly_errors
 def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
-    """Follow a run until it completes or fails; exit 1 if it failed."""
+    """Follow a run until it completes, fails or is lost (its worker stopped); exit 1 unless it completed."""
     store = open_jobs(cli_settings())
     run = store.get_run(run_id)
     bar = progress_bar(run.get("iterations") or 0, run_id, "it", quiet)
+    from audioset_batch.training_runs import observed
+
     while True:
-        run = store.get_run(run_id)
+        run = observed(store, store.get_run(run_id))
         bar.total = run.get("iterations") or bar.total
         bar.n = int(run.get("iteration") or 0)
         best = run.get("best_map")
@@ -259,7 +265,7 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
             refresh=False,
         )
         bar.refresh()
-        if run.get("status") in {"completed", "failed"}:
+        if run.get("status") in {"completed", "failed", "lost"}:
             break
         time.sleep(interval)
     bar.close()

@@ -300,3 +300,61 @@ def test_forged_and_malformed_messages_are_refused_and_the_worker_goes_on(
     assert "nothing.h5: ObjectNotFoundError" in text  # the one with no routing key was still handled, not dropped
     for case in forged:
         check(f"message: {case}", "refused, worker goes on", "refused, worker goes on")
+
+
+def test_queued_training_limits_names_and_runs_whose_worker_died(tmp_path: Path) -> None:
+    """`iterations: 1e14` and `batch_size: 1e9` were accepted (a hang at full CPU); `audioset ensemble --name`
+    took '../' and newlines; a run whose worker died stayed `running` for ever."""
+    from model.artifact import name_problem
+    from model.train_config import TrainConfig, TrainConfigError
+
+    for case, raw in {
+        "iterations: 1e14": {"iterations": 1e14},
+        "batch_size: 1e9": {"batch_size": 10**9},
+        "hidden_units: 10**7": {"hidden_units": 10**7},
+        "name: ../../x": {"name": "../../x"},
+        "version with a newline": {"version": "1\nFAKE"},
+    }.items():
+        assert check(f"training spec {case}", "ConfigError", outcome(lambda raw=raw: spec_from(raw))).ok
+        with pytest.raises(TrainConfigError):
+            TrainConfig(**raw)
+    for bad in ("../x", "a\nb", "\x1b[31mred", "a" * 101, "..", ""):
+        assert name_problem(bad) is not None, bad
+    assert name_problem("audioset-fla-mla") is None and name_problem("7", "version") is None
+
+    from audioset_batch.training_runs import STALE_AFTER_SECONDS, observed
+
+    store = open_job_store(f"sqlite:///{tmp_path / 'state.db'}")
+    run_id = new_run_id()
+    store.put_run(run_id, {"id": run_id, "status": "running", "heartbeat": 1000.0})
+    assert observed(store, store.get_run(run_id), now=1000.0 + STALE_AFTER_SECONDS - 1)["status"] == "running"
+    lost = observed(store, store.get_run(run_id), now=1000.0 + STALE_AFTER_SECONDS + 1)
+    assert lost["status"] == "lost" and "no heartbeat since 1970-01-01T00:16:40" in lost["error"]
+    assert store.get_run(run_id)["status"] == "lost"  # recorded, so every reader agrees
+
+
+def spec_from(raw: dict[str, object]) -> object:
+    return TrainingSpec.from_json({"data": ["x.h5"], **raw})
+
+
+def test_ensemble_refuses_a_name_that_is_no_name(tiny_model: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from audioset_batch.cli import main
+
+    out = CliRunner().invoke(
+        main, ["ensemble", str(tiny_model), str(tiny_model), "--output", str(tmp_path / "e"), "--name", "../x\n"]
+    )
+    assert out.exit_code == 1 and "must be 1-100 letters" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_class_list_named_by_url_is_read_through_the_one_location_rule(tmp_path: Path) -> None:
+    """`labels: file://incoming/labels.csv` in a queued spec failed with FileNotFoundError 'file:/incoming/…'."""
+    from audioset_batch.datasets import class_list
+
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "labels.csv").write_text("index,mid,display_name\n0,/m/a,Alpha\n1,/m/b,Beta\n")
+    settings = load_settings(local_root=tmp_path)
+    for location in ("file://incoming/labels.csv", str(tmp_path / "incoming" / "labels.csv")):
+        assert [c.name for c in class_list(location, 2, settings)] == ["Alpha", "Beta"]
