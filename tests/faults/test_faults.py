@@ -7,7 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -19,7 +19,7 @@ from audioset_batch.cos_store import CosStore
 from audioset_batch.jobs import JobStatus, open_job_store
 from producers.enqueue import enqueue
 from tests.conftest import RedisServer, Stack, WorkerProcess, start_redis
-from tests.faults.conftest import child_pids, tally
+from tests.faults.conftest import Tally, child_pids, tally
 from tests.faults.proxy import FaultProxy
 from tests.helpers import wait_job as wait_finished
 from tests.helpers import write_h5
@@ -140,6 +140,26 @@ def test_transient_storage_faults_are_retried_with_backoff(stack: Stack, proxy: 
     assert "retrying in" in worker.text() and "TransientStorageError" in worker.text()
 
 
+def job_with_fast_retries(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path, prefix: str, attempts: int, fault: Callable[[], None]
+) -> tuple[JobStatus, Tally, str]:
+    """One file scored by a worker behind ``proxy`` with ``attempts`` attempts and 0.1-0.2 s backoff, ``fault``
+    injected before the job starts: the job's status, the file's tally row and the worker log."""
+    inputs = upload(stack, tmp_path, prefix, 1)
+    fast = {
+        "AUDIOSET_RETRY_BACKOFF": "0.1",
+        "AUDIOSET_RETRY_BACKOFF_MAX": "0.2",
+        "AUDIOSET_MAX_ATTEMPTS": str(attempts),
+    }
+    worker = WorkerProcess({**stack.env, **fast, "AUDIOSET_COS_ENDPOINT": proxy.url}, tmp_path / "w.log")
+    try:
+        fault()
+        status = wait_finished(open_job_store(stack.settings().effective_state_url), run_job(stack, prefix), 240)
+    finally:
+        worker.stop()
+    return status, tally(stack, f"transient errors: {prefix}", inputs), worker.text()
+
+
 def test_transient_faults_past_celerys_default_of_three_retries_still_end(
     stack: Stack, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -147,47 +167,30 @@ def test_transient_faults_past_celerys_default_of_three_retries_still_end(
 
     Celery's own retry cap defaulted to 3, so the fourth failure used to end the task with the file pending for ever.
     """
-    inputs = upload(stack, tmp_path, "outlast", 1)
-    fast_retries = {"AUDIOSET_RETRY_BACKOFF": "0.1", "AUDIOSET_RETRY_BACKOFF_MAX": "0.2"}
-    env = {**stack.env, **fast_retries, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "15"}
-    worker = WorkerProcess(env, tmp_path / "w.log")
-    try:
-        proxy.fail_next(30, 503, "SlowDown")  # several attempts, each of several SDK tries
-        job = run_job(stack, "outlast")
-        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 240)
-    finally:
-        worker.stop()
-    row = tally(stack, "transient errors past 4 attempts, then fine", inputs)
+    # several attempts, each of several SDK tries, fail; then the store recovers
+    status, row, text = job_with_fast_retries(
+        stack, proxy, tmp_path, "past-4-attempts", 15, lambda: proxy.fail_next(30)
+    )
     assert (row.scored, row.errored, row.lost, row.duplicated) == (1, 0, 0, 0)
     assert (status.scored, status.pending) == (1, 0)
-    assert worker.text().count("retrying in") >= 4  # past Celery's default cap of three retries
+    assert text.count("retrying in") >= 4  # past Celery's default cap of three retries
 
 
 def test_transient_faults_on_every_attempt_end_in_a_record_not_pending(
     stack: Stack, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """Reads fail for good, writes work: the last of five attempts writes the error record and fails the item."""
-    inputs = upload(stack, tmp_path, "never", 1)
-    proxy.rules.append(
-        lambda method, path: (503, "SlowDown") if "/never/" in path and "predictions" not in path else None
-    )
-    fast_retries = {"AUDIOSET_RETRY_BACKOFF": "0.1", "AUDIOSET_RETRY_BACKOFF_MAX": "0.2"}
-    env = {**stack.env, **fast_retries, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_MAX_ATTEMPTS": "5"}
-    worker = WorkerProcess(env, tmp_path / "w.log")
-    try:
-        job = run_job(stack, "never")
-        status = wait_finished(open_job_store(stack.settings().effective_state_url), job, 240)
-    finally:
-        worker.stop()
-    row = tally(stack, "transient errors on all 5 attempts", inputs)
+
+    def reads_fail() -> None:
+        proxy.rules.append(
+            lambda _m, path: (503, "SlowDown") if "/all-5/" in path and "predictions" not in path else None
+        )
+
+    status, row, _ = job_with_fast_retries(stack, proxy, tmp_path, "all-5", 5, reads_fail)
     assert (row.scored, row.errored, row.lost, row.duplicated) == (0, 1, 0, 0)
     assert (status.failed, status.pending) == (1, 0)
-    record = orjson.loads(
-        CosStore(stack.settings()).get_bytes(
-            stack.results_bucket, "predictions/" + stack.input_bucket + "/never/f0000.h5.error.json"
-        )
-        or b"{}"
-    )
+    key = f"predictions/{stack.input_bucket}/all-5/f0000.h5.error.json"
+    record = orjson.loads(CosStore(stack.settings()).get_bytes(stack.results_bucket, key) or b"{}")
     assert record["error"] == "TransientStorageError" and record["attempts"] == 5
 
 
