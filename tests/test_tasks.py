@@ -138,3 +138,20 @@ def test_a_hand_written_message_gets_the_routing_kombu_needs() -> None:
     assert fixed is not None and fixed["properties"]["delivery_info"] == {"exchange": "q", "routing_key": "q"}
     assert isinstance(fixed["properties"]["delivery_tag"], str)
     assert repaired(["not", "a", "message"], "q") is None and repaired({"properties": "x"}, "q") is None
+
+
+def test_only_deliveries_no_live_worker_holds_are_put_back() -> None:
+    from worker.redelivery import orphans
+
+    now = 1000.0
+    holders = [{"at": 998.0, "tags": ["running-on-a"]}, {"at": 996.0, "tags": ["prefetched-by-b"]}]
+    unacked = [
+        ("running-on-a", 900.0),  # held: never put back, however old
+        ("prefetched-by-b", 900.0),
+        ("lost-in-a-restart", 900.0),  # nobody holds it: back on its queue
+        ("just-delivered", 990.0),  # younger than the grace: its holder may not have reported it yet
+        ("after-b-reported", 997.0),  # delivered after holder b last reported: next round
+    ]
+    assert orphans(unacked, holders, now, grace=15.0) == ["lost-in-a-restart"]
+    every_holder_gone = orphans(unacked, [], now, grace=15.0)  # e.g. the whole fleet was killed
+    assert every_holder_gone == ["running-on-a", "prefetched-by-b", "lost-in-a-restart"]

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutting_down
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import (
@@ -28,7 +35,7 @@ from audioset_batch.pipeline import ObjectScorer, record_failure, soft_time_limi
 from audioset_batch.settings import Settings, get_settings
 from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
-from worker import metrics
+from worker import metrics, redelivery
 from worker.config import SCORE_TASK
 from worker.runtime import job_store, load_scorer, reset_scorer
 
@@ -91,6 +98,19 @@ def _serve_metrics(**_: Any) -> None:
     settings = get_settings()
     if settings.metrics_port and metrics.enabled():
         metrics.serve(settings)
+
+
+@worker_ready.connect
+def _start_redelivery(sender: Any = None, **_: Any) -> None:
+    """In the main process, once consuming: the heartbeat that lets a message whose holder is gone come back in
+    seconds, not after the visibility timeout (``worker/redelivery.py``)."""
+    if sender is not None:
+        redelivery.start(sender.app, sender.hostname)
+
+
+@worker_shutdown.connect
+def _stop_redelivery(**_: Any) -> None:
+    redelivery.stop()
 
 
 @worker_process_shutdown.connect

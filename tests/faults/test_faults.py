@@ -499,3 +499,60 @@ def test_size_and_time_limits_give_error_records_naming_the_limit(
     assert big["error"] == "LimitExceededError" and "AUDIOSET_MAX_OBJECT_BYTES=20000" in big["message"]
     assert slow["error"] == "LimitExceededError" and "AUDIOSET_SOFT_TIME_LIMIT=3" in slow["message"]
     tally(stack, "limits: object size and per-file time", {"limits/big.h5": 50, "limits/slow.h5": 2})
+
+
+def test_a_delivery_whose_holder_is_gone_comes_back_in_seconds_and_a_held_one_never(
+    stack: Stack, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """After a Redis restart (AOF on) a prefetched message sat in `unacked` for the visibility timeout, 71 minutes:
+    Celery drops prefetched messages on a lost connection. Here one is left there as that restart leaves it, beside
+    a slow file a live worker holds for longer than the grace period."""
+    import json as jsonlib
+
+    import redis
+
+    from audioset_batch.task_messages import ScoreMessage
+    from worker.redelivery import GRACE_SECONDS
+
+    inputs = upload(stack, tmp_path, "orphan", 2)
+    queue, settings = stack.env["AUDIOSET_QUEUE"], stack.settings()
+    client = redis.Redis.from_url(stack.env["AUDIOSET_BROKER_URL"])
+    jobs = open_job_store(settings.effective_state_url)
+    job = jobs.create_job(name="orphan")
+    held_url, lost_url = (f"cos://{stack.input_bucket}/orphan/f{i:04d}.h5" for i in range(2))
+    jobs.add_items(job, [held_url, lost_url])
+    app = make_app(settings)
+    app.send_task(
+        "audioset.score_object",
+        args=[lost_url],
+        kwargs=ScoreMessage(url=lost_url, job=job, item=lost_url).kwargs(),
+        queue=queue,
+    )
+    raw = client.rpop(queue)  # taken by a consumer that is gone: in `unacked`, on no queue
+    assert raw is not None
+    payload = jsonlib.loads(raw)
+    tag = payload["properties"]["delivery_tag"]
+    client.hset("unacked", tag, jsonlib.dumps([payload, queue, queue]))
+    client.zadd("unacked_index", {tag: time.time() - GRACE_SECONDS - 5})
+    proxy.slow("orphan/f0000.h5", seconds=GRACE_SECONDS + 15)  # held by the live worker past the grace period
+    worker = WorkerProcess({**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url}, tmp_path / "w.log", concurrency=2)
+    try:
+        app.send_task(
+            "audioset.score_object",
+            args=[held_url],
+            kwargs=ScoreMessage(url=held_url, job=job, item=held_url).kwargs(),
+            queue=queue,
+        )
+        status = wait_finished(jobs, job, 150)  # the visibility timeout is over an hour
+    finally:
+        worker.stop()
+    text = worker.text()
+    row = tally(stack, "delivery lost in a Redis restart, beside a held one", inputs)
+    assert (row.scored, row.lost, row.duplicated) == (2, 0, 0)
+    assert (status.scored, status.pending) == (2, 0)
+    assert text.count("no live worker holds it") == 1 and tag in text  # the lost one, never the held one
+    store = CosStore(settings)
+    summary = orjson.loads(
+        store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/orphan/f0000.h5.summary.json") or b"{}"
+    )
+    assert summary["attempt"] == 1  # the held file was delivered once
