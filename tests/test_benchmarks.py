@@ -94,3 +94,20 @@ def test_benchmark_names_a_folder_that_is_not_a_model_in_one_line(tmp_path: Path
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "nope: no manifest.json; is this a model artifact directory?" in run.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.integration
+def test_soak_command_kills_a_child_restarts_redis_and_reports_every_file() -> None:
+    """The 2,000-file soak is on demand (`python -m benchmarks.soak`); this runs it small so it cannot rot."""
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--files", "16", "--timeout", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    report = json.loads(run.stdout)
+    assert run.returncode == 0 and report["ok"], run.stdout + run.stderr[-2000:]
+    assert report["results"] == {"scored": 16, "errored": 0, "lost": 0, "duplicated": 0}
+    assert report["job"]["pending"] == 0 and report["job"]["scored"] + report["job"]["skipped"] == 16
+    assert report["child_killed_at_seconds"] >= 0 and report["redis_restarted_at_seconds"] >= 0

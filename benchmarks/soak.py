@@ -1,0 +1,166 @@
+"""``python -m benchmarks.soak [--files 2000] [--workers 2]``: the reliability soak, on demand; prints JSON.
+
+A job of many small files through real parts (a private redis-server with AOF on, moto's S3 server over HTTP,
+a Celery worker with N processes and the shipped model). A quarter of the way in, one worker child is killed with
+SIGKILL; half way in, Redis is stopped and started again 4 s later. At the end every file must be scored exactly
+once or errored, none pending, and the report says how long after the restart the last file was done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dict[str, Any]:
+    from moto.server import ThreadedMotoServer
+
+    from audioset_batch.cos_store import CosStore
+    from audioset_batch.jobs import open_job_store
+    from audioset_batch.settings import load_settings
+    from benchmarks.__main__ import write_file
+    from producers.enqueue import enqueue
+    from tests.conftest import free_port, start_redis, wait_for_port
+    from tests.faults.conftest import child_pids
+    from worker.app import make_app
+    from worker.config import worker_command
+
+    redis = start_redis(tmp, "--appendonly", "yes", "--appendfsync", "always")
+    s3_port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    wait_for_port(s3_port)
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "AUDIOSET_BROKER_URL": redis.db_url(0),
+        "AUDIOSET_STATE_URL": redis.db_url(1),
+        "AUDIOSET_COS_ENDPOINT": f"http://127.0.0.1:{s3_port}",
+        "AUDIOSET_COS_ACCESS_KEY_ID": "soak",
+        "AUDIOSET_COS_SECRET_ACCESS_KEY": "soak-secret",
+        "AUDIOSET_INPUT_BUCKET": f"input-{run}",
+        "AUDIOSET_RESULTS_BUCKET": f"results-{run}",
+        "AUDIOSET_QUEUE": f"soak-{run}",
+        "AUDIOSET_LOG_LEVEL": "WARNING",
+    }
+    os.environ.update(env)
+    settings = load_settings()
+    input_bucket = env["AUDIOSET_INPUT_BUCKET"]
+    store = CosStore(settings)
+    store.client.create_bucket(Bucket=input_bucket)
+    store.client.create_bucket(Bucket=settings.results_bucket)
+    source = write_file(tmp / "soak.h5", clips)
+    body = source.read_bytes()
+    for i in range(files):
+        store.put_bytes(body, input_bucket, f"soak/{i:05d}.h5")
+    log = (tmp / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        worker_command(workers, settings.queue, "WARNING", "--without-gossip", "--without-mingle"),
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    events: dict[str, float] = {}
+    try:
+        jobs = open_job_store(settings.effective_state_url)
+        while len(child_pids(worker.pid)) < workers:
+            time.sleep(0.5)
+        started = time.monotonic()
+        job = enqueue(make_app(settings), jobs, [f"cos://{input_bucket}/soak/"], settings).job
+        deadline = started + timeout
+        finished_at = None
+        while time.monotonic() < deadline:
+            try:
+                status = jobs.status(job)
+            except Exception:  # Redis is restarting
+                time.sleep(0.5)
+                continue
+            if "kill" not in events and status.done >= files // 4:
+                os.kill(child_pids(worker.pid)[0], signal.SIGKILL)
+                events["kill"] = time.monotonic() - started
+            if "restart" not in events and status.done >= files // 2:
+                redis.restart(pause=4.0)
+                events["restart"] = time.monotonic() - started
+            if status.finished:
+                finished_at = time.monotonic() - started
+                break
+            time.sleep(0.5)
+        status = jobs.status(job)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(120)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+    counts = tally(store, input_bucket, settings.results_bucket, files, clips)
+    s3.stop()
+    redis.stop()
+    return {
+        "files": files,
+        "worker_processes": workers,
+        "clips_per_file": clips,
+        "job": {"scored": status.scored, "skipped": status.skipped, "failed": status.failed, "pending": status.pending},
+        "results": counts,
+        "child_killed_at_seconds": round(events.get("kill", -1), 1),
+        "redis_restarted_at_seconds": round(events.get("restart", -1), 1),
+        "finished_at_seconds": None if finished_at is None else round(finished_at, 1),
+        "last_file_after_restart_seconds": None
+        if finished_at is None or "restart" not in events
+        else round(finished_at - events["restart"], 1),
+        "ok": counts["lost"] == 0 and counts["duplicated"] == 0 and status.pending == 0,
+    }
+
+
+def tally(store: Any, input_bucket: str, results_bucket: str, files: int, clips: int) -> dict[str, int]:
+    """Each input by what the results bucket holds for it: whole results, an error record, or nothing."""
+    counts = {"scored": 0, "errored": 0, "lost": 0, "duplicated": 0}
+    for i in range(files):
+        key = f"predictions/{input_bucket}/soak/{i:05d}.h5"
+        body = store.get_bytes(results_bucket, f"{key}.jsonl")
+        if body is not None:
+            indices = [orjson.loads(line)["index"] for line in body.splitlines()]
+            if len(indices) != len(set(indices)) or len(indices) > clips:
+                counts["duplicated"] += 1
+            elif sorted(indices) == list(range(clips)):
+                counts["scored"] += 1
+            else:
+                counts["lost"] += 1
+        elif store.get_bytes(results_bucket, f"{key}.error.json") is not None:
+            counts["errored"] += 1
+        else:
+            counts["lost"] += 1
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=3, help="clips per file")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log: one line per request
+    with tempfile.TemporaryDirectory() as tmp:
+        report = soak(args.files, args.workers, args.clips, args.timeout, Path(tmp))
+    print(json.dumps(report, indent=2))
+    sys.exit(0 if report["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
