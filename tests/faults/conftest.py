@@ -88,10 +88,10 @@ def child_pids(pid: int) -> list[int]:
 
 
 def render(rows: list[Tally]) -> str:
-    header = f"{'scenario':44} {'files in':>8} {'scored':>7} {'errored':>8} {'lost':>5} {'duplicated':>10}"
+    header = f"{'scenario':54} {'files in':>8} {'scored':>7} {'errored':>8} {'lost':>5} {'duplicated':>10}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.scenario:44} {r.files_in:>8} {r.scored:>7} {r.errored:>8} {r.lost:>5} {r.duplicated:>10}")
+        lines.append(f"{r.scenario:54} {r.files_in:>8} {r.scored:>7} {r.errored:>8} {r.lost:>5} {r.duplicated:>10}")
     return "\n".join(lines)
 
 
