@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from audioset_batch.errors import ConfigError
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs import JobStore, open_job_store
 from audioset_batch.local_store import LocalStore
 from audioset_batch.results import loads, result_keys
 from audioset_batch.run_lock import RunLock
 from audioset_batch.settings import Settings, load_settings
+from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 
 log = logging.getLogger("audioset.run")
 INCOMING = "incoming"
@@ -86,20 +87,11 @@ class EmbeddedService:
         of its watch job (the watcher's first poll sends each one exactly once more; a file already scored
         is then skipped) and deletes the worker's leftover temp files.
         """
-        from audioset_batch.jobs import UnknownJobError
-        from audioset_batch.object_store import ObjectURL
-        from producers.watcher import watch_job_id
-
         shutil.rmtree(self.temp_folder, ignore_errors=True)
         self.temp_folder.mkdir(parents=True, exist_ok=True)
         for message in (self.root / ".broker" / "queue").glob("*.msg"):
             message.unlink(missing_ok=True)
-        jobs = open_job_store(self.settings.effective_state_url)
-        job = watch_job_id(ObjectURL.parse(f"file://{INCOMING}/"))
-        try:
-            pending = list(jobs.items(job, status="pending"))
-        except UnknownJobError:
-            return 0
+        jobs, job, pending = self._pending()
         if pending:
             jobs.forget_items(job, pending)
             log.warning("%d file(s) left pending by an earlier run are sent again: %s", len(pending), pending[:5])
@@ -161,17 +153,25 @@ class EmbeddedService:
             time.sleep(0.2)
         raise TimeoutError(f"no result for {key} after {timeout:.0f}s")
 
-    def in_hand(self) -> list[str]:
-        """Files the worker has taken and not finished: pending in the watch job, no longer in the queue folder
-        (the filesystem broker drops a message when a worker takes it)."""
+    def _pending(self) -> tuple[JobStore, str, list[str]]:
+        """The pending items of this service's watch job (none before its first run), with the store and job."""
         from audioset_batch.jobs import UnknownJobError
         from audioset_batch.object_store import ObjectURL
         from producers.watcher import watch_job_id
 
+        jobs = open_job_store(self.settings.effective_state_url)
+        job = watch_job_id(ObjectURL.parse(f"file://{INCOMING}/"))
         try:
-            jobs = open_job_store(self.settings.effective_state_url)
-            pending = list(jobs.items(watch_job_id(ObjectURL.parse(f"file://{INCOMING}/")), status="pending"))
-        except (UnknownJobError, OSError, sqlite3.Error):
+            return jobs, job, list(jobs.items(job, status="pending"))
+        except UnknownJobError:
+            return jobs, job, []
+
+    def in_hand(self) -> list[str]:
+        """Files the worker has taken and not finished: pending in the watch job, no longer in the queue folder
+        (the filesystem broker drops a message when a worker takes it)."""
+        try:
+            _jobs, _job, pending = self._pending()
+        except (OSError, sqlite3.Error):
             return []
         queued = {_queued_item(path) for path in (self.root / ".broker" / "queue").glob("*.msg")}
         return [item.partition("#")[0].removeprefix("file://") for item in pending if item not in queued]
@@ -248,10 +248,9 @@ def _queued_item(path: Path) -> str | None:
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        _args, kwargs, _embed = json.loads(body)
-        item = kwargs.get("item")
-        return item if isinstance(item, str) else None
-    except (OSError, ValueError, KeyError, TypeError):
+        args, kwargs, _embed = json.loads(body)
+        return ScoreMessage.parse(args, kwargs).item
+    except (OSError, ValueError, KeyError, TypeError, MalformedMessageError):
         return None
 
 

@@ -202,18 +202,10 @@ def worker_child_peak_rss_mb(model: Path, path: Path, tmp: Path) -> float:
 
 
 def _descendants(pid: int) -> list[int]:
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                        found.append(int(entry.name))
-                        frontier.append(int(entry.name))
-                except (OSError, ValueError):
-                    continue
-    return found
+    from tests.faults.conftest import child_pids
+
+    children = child_pids(pid)
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
 
 
 def _hwm_kib(pid: int) -> int:

@@ -21,8 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,8 +32,8 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
     from audioset_batch.settings import load_settings
     from benchmarks.__main__ import write_file
     from producers.enqueue import enqueue
-    from tests.conftest import free_port, start_redis, wait_for_port
-    from tests.faults.conftest import child_pids
+    from tests.conftest import Stack, free_port, start_redis, wait_for_port
+    from tests.faults.conftest import child_pids, tally
     from worker.app import make_app
     from worker.config import worker_command
 
@@ -107,7 +105,9 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
-    counts = tally(store, input_bucket, settings.results_bucket, files, clips)
+    inputs = {f"soak/{i:05d}.h5": clips for i in range(files)}
+    row = tally(Stack(env=env, input_bucket=input_bucket, results_bucket=settings.results_bucket), "soak", inputs)
+    counts = {"scored": row.scored, "errored": row.errored, "lost": row.lost, "duplicated": row.duplicated}
     s3.stop()
     redis.stop()
     return {
@@ -124,27 +124,6 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
         else round(finished_at - events["restart"], 1),
         "ok": counts["lost"] == 0 and counts["duplicated"] == 0 and status.pending == 0,
     }
-
-
-def tally(store: Any, input_bucket: str, results_bucket: str, files: int, clips: int) -> dict[str, int]:
-    """Each input by what the results bucket holds for it: whole results, an error record, or nothing."""
-    counts = {"scored": 0, "errored": 0, "lost": 0, "duplicated": 0}
-    for i in range(files):
-        key = f"predictions/{input_bucket}/soak/{i:05d}.h5"
-        body = store.get_bytes(results_bucket, f"{key}.jsonl")
-        if body is not None:
-            indices = [orjson.loads(line)["index"] for line in body.splitlines()]
-            if len(indices) != len(set(indices)) or len(indices) > clips:
-                counts["duplicated"] += 1
-            elif sorted(indices) == list(range(clips)):
-                counts["scored"] += 1
-            else:
-                counts["lost"] += 1
-        elif store.get_bytes(results_bucket, f"{key}.error.json") is not None:
-            counts["errored"] += 1
-        else:
-            counts["lost"] += 1
-    return counts
 
 
 def main() -> None:

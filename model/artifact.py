@@ -48,6 +48,11 @@ def name_problem(value: str, what: str = "name") -> str | None:
     )
 
 
+def label_problem(name: str, version: str) -> str | None:
+    """Why ``name@version`` cannot label a model, or None: the one check for manifests, train and ensemble."""
+    return name_problem(name, "name") or name_problem(version, "version")
+
+
 class ArtifactError(Exception):
     """A model artifact is missing, malformed or does not match its manifest."""
 
@@ -106,9 +111,8 @@ class Manifest:
         try:
             if int(data["format_version"]) > FORMAT_VERSION:
                 raise ArtifactError(f"{source}: format_version {data['format_version']} is newer than this release")
-            for what in ("name", "version"):
-                if problem := name_problem(str(data[what]), what):
-                    raise ArtifactError(f"{source}: {problem}")
+            if problem := label_problem(str(data["name"]), str(data["version"])):
+                raise ArtifactError(f"{source}: {problem}")
             return cls(
                 name=str(data["name"]),
                 version=str(data["version"]),
@@ -305,9 +309,8 @@ def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
 
 def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> Manifest:
     """Write ``model.keras`` and a manifest carrying its sha256, atomically per file."""
-    for what in ("name", "version"):
-        if problem := name_problem(getattr(manifest, what), what):
-            raise ArtifactError(problem)
+    if problem := label_problem(manifest.name, manifest.version):
+        raise ArtifactError(problem)
     directory = Path(artifact)
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=directory, suffix=".keras")

@@ -23,8 +23,8 @@ from model.artifact import (
     WEIGHTS_NAME,
     ArtifactError,
     Manifest,
+    label_problem,
     load,
-    name_problem,
     read_manifest,
     save,
 )
@@ -139,9 +139,8 @@ def combine_artifacts(
             f"an ensemble needs at least two member artifacts, got {len(artifacts)} "
             "(one is accepted only if it is an ensemble itself, to rebuild it with another --combine)"
         )
-    for what, value in (("name", name), ("version", version)):
-        if problem := name_problem(value, what):
-            raise EnsembleError(problem)  # before any member loads
+    if problem := label_problem(name, version):
+        raise EnsembleError(problem)  # before any member loads
     target = Path(output)
     if (target / MANIFEST_NAME).exists() or (target / WEIGHTS_NAME).exists():
         raise EnsembleError(f"{output} already holds an artifact; choose another output folder or delete it first")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from model.architecture_names import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from model.artifact import name_problem
+from model.artifact import label_problem
 
 LR_SCHEDULES = ("constant", "cosine")
 TRAIN_PRECISIONS = ("float32", "bfloat16")
@@ -211,9 +211,8 @@ class TrainConfig:
             )
             if problem:
                 raise TrainConfigError(f"{spec.name} must be {problem}")
-        for what in ("name", "version"):
-            if bad_name := name_problem(str(getattr(self, what)), what):
-                raise TrainConfigError(bad_name)
+        if bad_label := label_problem(str(self.name), str(self.version)):
+            raise TrainConfigError(bad_label)
         if self.cross_fit == 1:
             raise TrainConfigError(f"cross_fit must be 0 (off) or a number of folds >= 2, got {self.cross_fit}")
         if self.teacher_window and not (self.teachers or self.cross_fit):

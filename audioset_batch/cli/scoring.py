@@ -73,8 +73,8 @@ def score(
     that cannot be scored is reported and skipped; the exit code is then 1.
     """
     from audioset_batch.errors import InputFileError, StorageError
-    from audioset_batch.locations import distinct_inputs
-    from audioset_batch.object_store import ObjectURL, store_for
+    from audioset_batch.locations import distinct_inputs, local_file
+    from audioset_batch.object_store import ObjectURL
     from audioset_batch.pipeline import ObjectScorer
 
     settings = cli_settings()
@@ -113,13 +113,9 @@ def score(
         for location in found.values():
             name = str(location)
             try:
-                if isinstance(location, ObjectURL):
-                    with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
-                        store_for(location.scheme, settings).download(location.bucket, location.key, tmp)
-                        tmp.flush()
-                        score_one(Path(tmp.name), f"{location.bucket}/{location.key}", out)
-                else:
-                    score_one(location, name, out)
+                source = f"{location.bucket}/{location.key}" if isinstance(location, ObjectURL) else name
+                with local_file(location, settings, suffix=".h5") as path:
+                    score_one(path, source, out)
             except (InputFileError, StorageError) as exc:
                 if len(found) == 1 and isinstance(exc, InputFileError):
                     fail(f"{type(exc).__name__}: {name}: {exc}")  # the reader saw a temporary file, not the name

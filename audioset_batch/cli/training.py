@@ -248,11 +248,11 @@ def training_show(run_id: str) -> None:
 @friendly_errors
 def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
     """Follow a run until it completes, fails or is lost (its worker stopped); exit 1 unless it completed."""
+    from audioset_batch.training_runs import observed
+
     store = open_jobs(cli_settings())
     run = store.get_run(run_id)
     bar = progress_bar(run.get("iterations") or 0, run_id, "it", quiet)
-    from audioset_batch.training_runs import observed
-
     while True:
         run = observed(store, store.get_run(run_id))
         bar.total = run.get("iterations") or bar.total
