@@ -66,7 +66,7 @@ def settings(model: Path) -> Any:
 
 
 def forward_only(model: Path, clips: int, precision: str = "float32") -> float:
-    from audioset_batch.pipeline import load_predictor
+    from audioset_batch.scoring.pipeline import load_predictor
 
     predictor = load_predictor(settings(model), precision=precision)
     x = np.random.default_rng(1).integers(0, 256, size=(clips, 10, 128), dtype=np.uint8)
@@ -78,7 +78,7 @@ def forward_only(model: Path, clips: int, precision: str = "float32") -> float:
 
 def score_end_to_end(model: Path, path: Path, clips: int, full: bool, precision: str = "float32") -> float:
     """``audioset score``'s path: the scorer built from settings, as the CLI and the worker build it."""
-    from audioset_batch.pipeline import ObjectScorer
+    from audioset_batch.scoring.pipeline import ObjectScorer
 
     scorer = ObjectScorer.from_settings(settings(model), precision=precision, top_k=5, full_scores=full)
     scorer.predict(np.zeros((2048, 10, 128), np.uint8))
@@ -135,7 +135,7 @@ def peak_rss_mb(model: Path, path: Path, precision: str = "float32") -> dict[str
     hwm = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
     code = (
         "import sys,runpy; sys.argv=['audioset','score',%r,'-o',%r]\n"
-        "try:\n    runpy.run_module('audioset_batch.cli', run_name='__main__')\n"
+        "try:\n    runpy.run_module('cli', run_name='__main__')\n"
         "except SystemExit: pass\n" + hwm
     )
     load_only = (
@@ -179,7 +179,7 @@ def worker_child_peak_rss_mb(model: Path, path: Path, tmp: Path) -> float:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AUDIOSET_MODEL_PATH": str(model)}
     with (tmp / "rss-run.log").open("wb") as log:
         run = subprocess.Popen(
-            [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
+            [sys.executable, "-m", "cli", "run", "--root", str(root)],
             env=env,
             cwd=ROOT,
             stdout=log,
@@ -248,9 +248,9 @@ def through_queue(model: Path, workers: int, files: int, clips: int, tmp: Path, 
         "AUDIOSET_MODEL_PATH": str(model),
     }
     os.environ.update(env)
-    from audioset_batch.cos_store import CosStore
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
     from audioset_batch.settings import load_settings
+    from audioset_batch.storage.cos_store import CosStore
     from producers.enqueue import enqueue
     from worker.app import make_app
     from worker.config import worker_command

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
-    from audioset_batch.cos_store import CosStore
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
     from audioset_batch.settings import load_settings
+    from audioset_batch.storage.cos_store import CosStore
     from benchmarks.__main__ import write_file
     from producers.enqueue import enqueue
     from tests.conftest import Stack, free_port, start_redis, wait_for_port

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from celery import Celery
 
 from audioset_batch.errors import LocationError
-from audioset_batch.jobs import JobStore
-from audioset_batch.locations import object_inputs, queue_url
-from audioset_batch.object_store import ObjectURL, check_source
+from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.settings import Settings
+from audioset_batch.storage.locations import object_inputs, queue_url
+from audioset_batch.storage.object_store import ObjectURL, check_source
 from audioset_batch.task_messages import ScoreMessage
 from audioset_batch.task_names import SCORE_TASK
 
@@ -28,7 +28,7 @@ class Enqueued:
 
 
 def expand(text: str, settings: Settings) -> list[ObjectURL]:
-    """The HDF5 objects an argument names (see :mod:`audioset_batch.locations`); none is an error."""
+    """The HDF5 objects an argument names (see :mod:`audioset_batch.storage.locations`); none is an error."""
     objects = list(object_inputs(queue_url(text, settings), settings))
     if not objects:
         raise LocationError(f"{text}: no .h5 or .hdf5 file there; nothing was enqueued")

@@ -30,10 +30,10 @@ from celery import Celery
 
 from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import AudiosetError, ConfigError, InvalidObjectKeyError, ObjectNotFoundError
-from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectURL, check_source, store_for
-from audioset_batch.results import is_result_key
+from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.settings import Settings
+from audioset_batch.storage.factory import store_for
+from audioset_batch.storage.object_store import ObjectURL, check_source, is_result_key
 from producers.enqueue import send
 from producers.http_endpoint import EndpointLimits, NotificationEndpoint, Reply
 from producers.notifications import EventFilter, MalformedEventError, parse_events

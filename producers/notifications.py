@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from audioset_batch.object_store import decode_key
+from audioset_batch.storage.object_store import HDF5_SUFFIXES, decode_key
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -118,7 +118,6 @@ def parse_events(payload: bytes | str | Any) -> list[ObjectEvent]:
 
 CREATED_TYPES = ("ObjectCreated", "Object:Write")
 REMOVED_TYPES = ("ObjectRemoved", "Object:Delete")
-HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 
 from celery import Celery
 
-from audioset_batch.jobs import JobStore
-from audioset_batch.locations import list_inputs, queue_url
-from audioset_batch.object_store import ObjectURL
+from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.settings import Settings
+from audioset_batch.storage.locations import list_inputs, queue_url
+from audioset_batch.storage.object_store import ObjectURL
 from producers.enqueue import send
 
 log = logging.getLogger("audioset.watcher")

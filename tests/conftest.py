@@ -166,7 +166,7 @@ def stack(redis_server: RedisServer, s3_endpoint: str, tiny_model: Path) -> Stac
         "AUDIOSET_LOG_LEVEL": "INFO",
     }
     stack = Stack(env=env, input_bucket=f"input-{suffix}", results_bucket=f"results-{suffix}")
-    from audioset_batch.cos_store import CosStore
+    from audioset_batch.storage.cos_store import CosStore
 
     client = CosStore(stack.settings()).client
     client.create_bucket(Bucket=stack.input_bucket)
@@ -189,7 +189,7 @@ class WorkerProcess:
         flags = ["-n", f"w{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"]
         queue = queues or env["AUDIOSET_QUEUE"]
         if via_cli:
-            command = [sys.executable, "-m", "audioset_batch.cli", "worker", "-c", str(concurrency), "-Q", queue]
+            command = [sys.executable, "-m", "cli", "worker", "-c", str(concurrency), "-Q", queue]
             command += flags
         else:
             command = worker_command(concurrency, queue, "INFO", *flags)

@@ -12,7 +12,7 @@ import numpy as np
 from model.labels import ClassLabel
 
 if TYPE_CHECKING:
-    from audioset_batch.jobs import JobStatus, JobStore
+    from audioset_batch.jobs.job_store import JobStatus, JobStore
 
 
 def make_labels(n: int, prefix: str = "Class") -> list[ClassLabel]:
@@ -102,7 +102,7 @@ def write_shared_id_bomb(path: Path, clips: int, id_bytes: int, layout: str = "c
     h5py writes one heap object per element, so the references of elements 1.. are overwritten on disk with
     element 0's: the file stores the id once, and reading every id decodes it ``clips`` times.
     """
-    from audioset_batch.vlen_lengths import reference_size
+    from audioset_batch.scoring.vlen_lengths import reference_size
 
     kwargs: dict[str, Any] = {"chunks": (clips,)} if layout == "chunked" else {}
     ids = np.array([b"i" * id_bytes] + [b"a"] * (clips - 1), dtype=object)

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from audioset_batch.cli import main
+from cli import main
 from tests.helpers import learnable_dataset, write_h5
 
 
@@ -222,7 +222,7 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
 def test_jobs_prune_and_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
 
     state = tmp_path / "state.db"
     monkeypatch.setenv("AUDIOSET_STATE_URL", f"sqlite:///{state}")
@@ -270,7 +270,7 @@ def test_every_training_setting_is_a_train_option_with_its_help() -> None:
     """A new TrainConfig field is one edit: the option, its type, range and help come from the field."""
     from dataclasses import fields
 
-    from audioset_batch.cli.training import config_from_options, train
+    from cli.training import config_from_options, train
     from model.train_config import TrainConfig
 
     options = {param.name: param for param in train.params}

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from audioset_batch.cli import main
 from audioset_batch.settings import Settings
+from cli import main
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker" / "docker-compose.yml"

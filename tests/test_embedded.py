@@ -28,7 +28,7 @@ def embedded_env(tiny_model: Path) -> dict[str, str]:
 def start_run(root: Path, tmp_path: Path, tiny_model: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     """`audioset run --root ROOT` in a subprocess, its output in ``tmp_path/run.log``."""
     log = (tmp_path / "run.log").open("wb")
-    command = [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)]
+    command = [sys.executable, "-m", "cli", "run", "--root", str(root)]
     process = subprocess.Popen(command, env=embedded_env(tiny_model), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return process, log
 
@@ -67,7 +67,7 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
 
 def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "audioset_batch.cli", "run", "--demo", "--root", str(tmp_path / "b")],
+        [sys.executable, "-m", "cli", "run", "--demo", "--root", str(tmp_path / "b")],
         env=embedded_env(tiny_model),
         cwd=ROOT,
         capture_output=True,
@@ -85,9 +85,9 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
 ) -> None:
     """The state kill -9 leaves: the filesystem broker already dropped the message, the watch job holds the
     item as pending, a download sits in the temp folder. A restart must score the file and clean up."""
-    from audioset_batch.jobs import open_job_store
-    from audioset_batch.local_store import LocalStore
-    from audioset_batch.object_store import ObjectURL
+    from audioset_batch.jobs.factory import open_job_store
+    from audioset_batch.storage.local_store import LocalStore
+    from audioset_batch.storage.object_store import ObjectURL
     from producers.watcher import watch_job_id
 
     root = (tmp_path / "buckets").resolve()
@@ -131,8 +131,8 @@ def test_a_file_where_a_bucket_folder_goes_is_one_line_naming_it(
 ) -> None:
     from click.testing import CliRunner
 
-    from audioset_batch.cli import main
     from audioset_batch.settings import get_settings
+    from cli import main
 
     (tmp_path / "buckets").write_text("not a folder")
     monkeypatch.setenv("AUDIOSET_LOCAL_ROOT", str(tmp_path / "buckets"))
@@ -171,7 +171,7 @@ def test_a_second_run_in_the_same_folder_says_who_holds_it_and_leaves_the_first_
         download.parent.mkdir(parents=True)
         download.write_bytes(b"in use")
         second = subprocess.run(
-            [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)],
+            [sys.executable, "-m", "cli", "run", "--root", str(root)],
             env=embedded_env(tiny_model),
             cwd=ROOT,
             capture_output=True,
@@ -228,7 +228,7 @@ def test_ctrl_c_while_busy_says_what_it_waits_for_and_a_second_stops_at_once(tmp
     root = tmp_path / "buckets"
     env = {"AUDIOSET_READ_CHUNK_CLIPS": "1"}  # one clip per read: a 20,000-clip file takes a while
     log = (tmp_path / "run.log").open("wb")
-    command = [sys.executable, "-m", "audioset_batch.cli", "run", "--root", str(root)]
+    command = [sys.executable, "-m", "cli", "run", "--root", str(root)]
     process = subprocess.Popen(
         command, env={**embedded_env(tiny_model), **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
     )

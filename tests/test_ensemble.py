@@ -14,8 +14,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from audioset_batch.cli import main
 from audioset_batch.settings import get_settings
+from cli import main
 from model.artifact import read_manifest
 from model.ensemble import ENSEMBLE, EnsembleError, combine_artifacts, trained_parts
 from model.inference import Predictor
@@ -174,8 +174,8 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
 
 def test_the_commands_offer_exactly_the_rules_and_precisions_the_model_layer_knows() -> None:
     """The CLI spells the choices out (importing the model layer at start-up would be slow); this keeps them true."""
-    from audioset_batch.cli.scoring import evaluate, score
-    from audioset_batch.cli.training import ensemble
+    from cli.scoring import evaluate, score
+    from cli.training import ensemble
     from model.ensemble import COMBINES
     from model.inference import PRECISIONS
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from audioset_batch.errors import InputFileError, LimitExceededError
-from audioset_batch.hdf5_reader import (
+from audioset_batch.scoring.hdf5_reader import (
     HDF5_PREFIX_VARIABLES,
     CorruptFileError,
     EmbeddingFile,
@@ -32,7 +32,7 @@ from audioset_batch.hdf5_reader import (
     VirtualDatasetError,
     pin_external_prefixes,
 )
-from audioset_batch.vlen_lengths import vlen_lengths
+from audioset_batch.scoring.vlen_lengths import vlen_lengths
 from tests.helpers import write_h5, write_shared_id_bomb
 
 
@@ -340,14 +340,14 @@ def test_a_process_killed_with_kill_9_leaves_no_pinned_folder_behind(tmp_path: P
     for name in HDF5_PREFIX_VARIABLES:
         env.pop(name, None)
     script = (
-        "from audioset_batch.hdf5_reader import pin_external_prefixes as p; import os, signal; "
+        "from audioset_batch.scoring.hdf5_reader import pin_external_prefixes as p; import os, signal; "
         "p(); os.kill(os.getpid(), signal.SIGKILL)"
     )
     subprocess.run([sys.executable, "-c", script], env=env, check=False)
     assert len(list(tmp_path.glob("audioset-hdf5-nothing-*"))) == 1  # what kill -9 leaves
     keep = tmp_path / "audioset-hdf5-nothing-1-live"  # pid 1 is alive: never touched
     keep.mkdir()
-    survivor = "from audioset_batch.hdf5_reader import pin_external_prefixes as p; print(p())"
+    survivor = "from audioset_batch.scoring.hdf5_reader import pin_external_prefixes as p; print(p())"
     mine = subprocess.run([sys.executable, "-c", survivor], env=env, capture_output=True, text=True, check=True)
     assert sorted(p.name for p in tmp_path.glob("audioset-hdf5-nothing-*")) == ["audioset-hdf5-nothing-1-live"]
     assert mine.stdout.strip().startswith(str(tmp_path / "audioset-hdf5-nothing-"))

@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
 from audioset_batch.errors import LocationError
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import ROOT, Stack, WorkerProcess
 from tests.helpers import wait_job, write_h5
@@ -37,7 +37,7 @@ def upload_batch(stack: Stack, tmp_path: Path, prefix: str = "batch/") -> dict[s
 
 def cli(stack: Stack, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "audioset_batch.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**os.environ, **stack.env},
         cwd=ROOT,
         capture_output=True,

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from audioset_batch.jobs import JobStore, UnknownJobError, open_job_store, prunable_jobs
-from audioset_batch.jobs_redis import RedisJobStore
-from audioset_batch.jobs_sqlite import SqliteJobStore
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.jobs.job_store import JobStore, UnknownJobError, prunable_jobs
+from audioset_batch.jobs.redis_job_store import RedisJobStore
+from audioset_batch.jobs.sqlite_job_store import SqliteJobStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])

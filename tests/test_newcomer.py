@@ -15,7 +15,7 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from audioset_batch.cli import main
+from cli import main
 from tests.conftest import ROOT
 from tests.helpers import write_h5
 
@@ -23,8 +23,8 @@ from tests.helpers import write_h5
 @pytest.fixture(autouse=True)
 def newcomer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path) -> Path:
     """A fresh working folder with nothing configured but the model (and float32 for exact tags)."""
-    from audioset_batch.object_store import _stores
     from audioset_batch.settings import get_settings
+    from audioset_batch.storage.object_store import _stores
 
     for name in list(os.environ):
         if name.startswith("AUDIOSET_"):
@@ -172,7 +172,7 @@ def test_search_with_cos_and_no_credentials_says_which_settings_to_set(
 def test_enqueue_of_nothing_fails_and_leaves_no_job(
     newcomer: Path, redis_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
 
     monkeypatch.setenv("AUDIOSET_BROKER_URL", redis_db)
     (newcomer / "buckets" / "incoming" / "day1").mkdir(parents=True)
@@ -224,7 +224,7 @@ def test_training_errors_are_one_line_and_a_changed_setting_is_named(newcomer: P
 def test_wait_times_out_and_warns_when_no_worker_consumes(
     newcomer: Path, redis_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audioset_batch.cli import queue
+    from cli import queue
 
     monkeypatch.setattr(queue, "IDLE_BEFORE_ASKING", 0.5)
     monkeypatch.setenv("AUDIOSET_BROKER_URL", redis_db)
@@ -252,7 +252,7 @@ def test_no_tensorflow_noise_and_json_logs_are_json_only(newcomer: Path, tiny_mo
     path = write_h5(newcomer / "a.h5", clips=3, classes=12)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDIOSET_", "TF_CPP"))}
     env |= {"AUDIOSET_MODEL_PATH": str(tiny_model), "AUDIOSET_PRECISION": "int8"}  # int8: TFLite talks most
-    command = [sys.executable, "-m", "audioset_batch.cli", "score", str(path), "-o", str(newcomer / "o.jsonl")]
+    command = [sys.executable, "-m", "cli", "score", str(path), "-o", str(newcomer / "o.jsonl")]
 
     text = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr
@@ -280,8 +280,8 @@ def test_no_tensorflow_noise_and_json_logs_are_json_only(newcomer: Path, tiny_mo
 
 
 def test_jobs_find_the_local_run_state_when_redis_is_not_there(newcomer: Path) -> None:
-    from audioset_batch.embedded import embedded_state_file
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
+    from cli.embedded import embedded_state_file
 
     state = embedded_state_file(newcomer / "buckets")
     state.parent.mkdir(parents=True)
@@ -336,7 +336,7 @@ def test_settings_validate_urls_mask_passwords_and_warn_on_typos(monkeypatch: py
 
 
 def test_folder_bucket_results_respect_the_umask(newcomer: Path) -> None:
-    from audioset_batch.local_store import LocalStore, process_umask
+    from audioset_batch.storage.local_store import LocalStore, process_umask
 
     (newcomer / "results").mkdir()
     LocalStore(newcomer).put_bytes(b"{}", "results", "predictions/a.jsonl")

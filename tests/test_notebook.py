@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from audioset_batch.pipeline import score_file
-from audioset_batch.scoring import OutputOptions
+from audioset_batch.scoring.clip_records import OutputOptions
+from audioset_batch.scoring.pipeline import score_file
 from model.inference import Predictor
 from tests.conftest import ROOT
 from tests.helpers import write_h5

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from audioset_batch.cos_store import CosStore, translate_error
 from audioset_batch.errors import (
     AccessDeniedError,
     InvalidObjectKeyError,
@@ -14,16 +13,16 @@ from audioset_batch.errors import (
     StorageError,
     TransientStorageError,
 )
-from audioset_batch.local_store import LocalStore
-from audioset_batch.object_store import ObjectURL, decode_key
 from audioset_batch.settings import load_settings
+from audioset_batch.storage.cos_store import CosStore, translate_error
+from audioset_batch.storage.local_store import LocalStore
+from audioset_batch.storage.object_store import ObjectURL, decode_key
 from tests.conftest import cos_env
 
 
 def test_url_parsing() -> None:
     assert ObjectURL.parse("cos://b/k/x.h5") == ObjectURL("cos", "b", "k/x.h5")
     assert ObjectURL.parse("S3://b/") == ObjectURL("s3", "b", "")
-    assert ObjectURL.parse("x.h5", default_bucket="in") == ObjectURL("cos", "in", "x.h5")
     assert str(ObjectURL.parse("file://b/k.h5")) == "file://b/k.h5"
     with pytest.raises(InvalidObjectKeyError, match="unsupported scheme"):
         ObjectURL.parse("http://b/k")

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from audioset_batch.cli import main
-from audioset_batch.search import Hit, UnknownLabelError, resolve_label, search_records
+from audioset_batch.results.search import Hit, UnknownLabelError, resolve_label, search_records
+from cli import main
 from tests.conftest import ROOT, Stack, WorkerProcess, free_port
 from tests.helpers import make_labels, wait_job, write_h5
 
@@ -138,7 +138,7 @@ def test_search_skips_and_counts_malformed_lines_and_prints_hostile_ids_escaped(
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "audioset_batch.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env={**os.environ, **env},
         cwd=ROOT,
         capture_output=True,
@@ -169,8 +169,8 @@ def test_doctor_passes_on_a_healthy_stack_and_explains_failures(stack: Stack) ->
 
 @pytest.mark.integration
 def test_json_logs_carry_job_source_and_attempt(stack: Stack, tmp_path: Path) -> None:
-    from audioset_batch.cos_store import CosStore
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
+    from audioset_batch.storage.cos_store import CosStore
     from producers.enqueue import enqueue
     from worker.app import make_app
 
@@ -199,8 +199,8 @@ def test_prometheus_metrics_from_two_worker_processes(stack: Stack, tmp_path: Pa
     import re
     import urllib.request
 
-    from audioset_batch.cos_store import CosStore
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
+    from audioset_batch.storage.cos_store import CosStore
     from producers.enqueue import enqueue
     from worker.app import make_app
 

@@ -83,8 +83,8 @@ def test_every_architecture_converts_to_int8_with_the_same_top_labels(architectu
 
 
 def test_score_cli_records_int8_in_results(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audioset_batch.cli import main
     from audioset_batch.settings import get_settings
+    from cli import main
 
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
     get_settings.cache_clear()
@@ -114,8 +114,8 @@ def test_bfloat16_gives_the_same_top_labels(bf16_cpu: None, tiny_model: Path) ->
 def test_score_cli_records_the_precision_in_results(
     bf16_cpu: None, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audioset_batch.cli import main
     from audioset_batch.settings import get_settings
+    from cli import main
 
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
     get_settings.cache_clear()
@@ -130,8 +130,8 @@ def test_int8_results_on_stdout_are_clean_json_lines(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The int8 conversion exports a SavedModel and prints its signature; none of that may reach stdout."""
-    from audioset_batch.cli import main
     from audioset_batch.settings import get_settings
+    from cli import main
 
     monkeypatch.setenv("AUDIOSET_MODEL_PATH", str(tiny_model))
     get_settings.cache_clear()

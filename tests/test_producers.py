@@ -19,8 +19,8 @@ import kombu.exceptions
 import pytest
 import redis
 
-from audioset_batch.cos_store import CosStore
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.storage.cos_store import CosStore
 from producers.listener import Listener
 from producers.notifications import EventFilter, MalformedEventError, ObjectEvent, parse_events
 from producers.watcher import Watcher
@@ -248,7 +248,7 @@ def dead_broker_settings(stack: Stack, **overrides: object):  # type: ignore[no-
 
 @pytest.mark.integration
 def test_a_task_the_broker_refuses_leaves_no_pending_item_behind(stack: Stack) -> None:
-    from audioset_batch.object_store import ObjectURL
+    from audioset_batch.storage.object_store import ObjectURL
     from producers.enqueue import send
 
     settings = stack.settings()
@@ -297,7 +297,7 @@ def test_redis_list_sets_aside_a_payload_that_fails_for_good_and_goes_on(
     # Once the cause is fixed, the operator puts the payloads back on the list.
     command = ["listen", "--redis-list", "events", "--replay-failed", "--redis-url", redis_db]
     replay = subprocess.run(
-        [sys.executable, "-m", "audioset_batch.cli", *command],
+        [sys.executable, "-m", "cli", *command],
         env={**os.environ, **stack.env},
         cwd=ROOT,
         capture_output=True,
@@ -338,7 +338,7 @@ def test_http_listener_accepts_both_shapes_and_rejects_bad_payloads(
     port = free_port()
     env = {**os.environ, **stack.env}
     process = subprocess.Popen(
-        [sys.executable, "-m", "audioset_batch.cli", "listen", "--http", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "cli", "listen", "--http", f"127.0.0.1:{port}"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -396,7 +396,7 @@ def test_watch_command_stops_cleanly_on_sigterm(stack: Stack, tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "audioset_batch.cli",
+            "cli",
             "watch",
             f"cos://{stack.input_bucket}/cli-watch/",
             "--interval",
@@ -407,8 +407,8 @@ def test_watch_command_stops_cleanly_on_sigterm(stack: Stack, tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    from audioset_batch.jobs import UnknownJobError
-    from audioset_batch.object_store import ObjectURL
+    from audioset_batch.jobs.job_store import UnknownJobError
+    from audioset_batch.storage.object_store import ObjectURL
     from producers.watcher import watch_job_id
 
     jobs = open_job_store(stack.settings().effective_state_url)

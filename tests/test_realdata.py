@@ -46,7 +46,7 @@ def test_shipped_classes_are_the_audioset_release() -> None:
 
 
 def test_demo_sample_uses_real_clips(tmp_path: Path) -> None:
-    from audioset_batch.demo import write_sample
+    from cli.demo import write_sample
 
     origin = write_sample(tmp_path / "s.h5", clips=4)
     assert "real clips" in origin

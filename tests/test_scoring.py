@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from audioset_batch.errors import InvalidObjectKeyError, LimitExceededError
-from audioset_batch.pipeline import score_file
-from audioset_batch.results import result_keys
-from audioset_batch.scoring import OutputOptions, encode_records, score_chunk, top_k
+from audioset_batch.results.keys import result_keys
+from audioset_batch.scoring.clip_records import OutputOptions, encode_records, score_chunk, top_k
+from audioset_batch.scoring.pipeline import score_file
 from model.inference import dequantize
 from tests.helpers import make_labels, write_h5
 

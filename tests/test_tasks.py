@@ -11,8 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
-from audioset_batch.jobs import JobStore, open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.jobs.job_store import JobStore
+from audioset_batch.storage.cos_store import CosStore
 from tests.conftest import Stack
 from tests.helpers import write_h5
 

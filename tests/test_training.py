@@ -249,7 +249,7 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
 
     import h5py
 
-    from audioset_batch.cos_store import CosStore
+    from audioset_batch.storage.cos_store import CosStore
     from tests.conftest import ROOT, WorkerProcess
 
     settings = stack.settings()
@@ -273,7 +273,7 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "audioset_batch.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env=env,
             cwd=ROOT,
             capture_output=True,
@@ -443,7 +443,7 @@ def test_training_options_are_checked_when_the_config_is_made() -> None:
     with pytest.raises(TrainConfigError, match=r"negative_clip must be in \[0, 1\), got 1.0"):
         TrainConfig(negative_clip=1.0)
     from audioset_batch.errors import ConfigError
-    from audioset_batch.training_runs import TrainingSpec
+    from audioset_batch.training.runs import TrainingSpec
 
     with pytest.raises(ConfigError, match=r"run\.yml: lr_schedule must be one of constant, cosine"):
         TrainingSpec.from_json({"data": ["x.h5"], "lr_schedule": "step"}, source="run.yml")
@@ -565,7 +565,7 @@ def test_cross_fit_settings_are_checked() -> None:
 
 def test_a_queued_runs_architecture_is_checked_when_its_spec_is_read() -> None:
     from audioset_batch.errors import ConfigError
-    from audioset_batch.training_runs import TrainingSpec
+    from audioset_batch.training.runs import TrainingSpec
 
     with pytest.raises(ConfigError, match=r"run\.yml: architecture must be one of .*got 'feature_level'"):
         TrainingSpec.from_json({"data": ["x.h5"], "architecture": "feature_level"}, source="run.yml")
@@ -677,7 +677,7 @@ def test_train_command_takes_a_validation_file(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "audioset_batch.cli",
+        "cli",
         "train",
         str(tmp_path / "train.h5"),
         "--validation",
@@ -710,9 +710,9 @@ def test_a_file_given_twice_or_as_both_training_and_validation_data_is_refused_b
     import h5py
     from click.testing import CliRunner
 
-    from audioset_batch.cli import main
-    from audioset_batch.datasets import load_training_data
     from audioset_batch.settings import load_settings
+    from audioset_batch.training.datasets import load_training_data
+    from cli import main
 
     monkeypatch.chdir(tmp_path)
     x, y = learnable_dataset(60, 3, seed=4)

@@ -13,8 +13,8 @@ import numpy as np
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import Stack, WorkerProcess
 from tests.helpers import wait_job, write_h5
@@ -125,3 +125,30 @@ def test_an_ensemble_artifact_is_served_by_the_queued_worker(stack: Stack, tmp_p
         x = f["x"][()]
     expected = np.mean([Predictor.from_artifact(m).predict(x) for m in members], axis=0)
     np.testing.assert_allclose([line["scores"] for line in lines], expected, atol=1e-5)
+
+
+def test_a_bare_key_in_a_message_follows_the_configured_store(stack: Stack, tmp_path: Path) -> None:
+    """With no COS endpoint the store is folder buckets: a bare key in a queued message is read from
+    AUDIOSET_INPUT_BUCKET there, as `audioset score a.h5` reads it (once it meant `cos` in the worker only)."""
+    import time
+
+    from audioset_batch.task_messages import ScoreMessage
+    from audioset_batch.task_names import SCORE_TASK
+
+    root = tmp_path / "root"
+    (root / "incoming").mkdir(parents=True)
+    write_h5(root / "incoming" / "a.h5", clips=3, classes=12)
+    env = {k: v for k, v in stack.env.items() if not k.startswith("AUDIOSET_COS_")}
+    env |= {"AUDIOSET_LOCAL_ROOT": str(root), "AUDIOSET_INPUT_BUCKET": "incoming", "AUDIOSET_RESULTS_BUCKET": "out"}
+    worker = WorkerProcess(env, tmp_path / "w.log")
+    try:
+        app = make_app(stack.settings())
+        app.send_task(SCORE_TASK, args=["a.h5"], kwargs=ScoreMessage(url="a.h5").kwargs(), queue=env["AUDIOSET_QUEUE"])
+        result = root / "out" / "predictions" / "incoming" / "a.h5.jsonl"
+        deadline = time.monotonic() + 90
+        while not result.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    assert result.exists(), worker.text()[-3000:]
+    assert len(result.read_bytes().splitlines()) == 3

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from audioset_batch.jobs import JobStore, open_job_store
-from audioset_batch.pipeline import ObjectScorer
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.jobs.job_store import JobStore
+from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
 from model.native_logs import import_tensorflow
 

@@ -28,11 +28,12 @@ from audioset_batch.errors import (
     LimitExceededError,
     TransientStorageError,
 )
-from audioset_batch.hdf5_reader import pin_external_prefixes
 from audioset_batch.logs import log_context
-from audioset_batch.object_store import ObjectURL, check_source
-from audioset_batch.pipeline import ObjectScorer, record_failure, soft_time_limit_error
+from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
+from audioset_batch.scoring.pipeline import ObjectScorer, record_failure, soft_time_limit_error
 from audioset_batch.settings import Settings, get_settings
+from audioset_batch.storage.locations import message_url
+from audioset_batch.storage.object_store import ObjectURL, check_source
 from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
 from worker import metrics, redelivery
@@ -210,7 +211,7 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
         f"the file did not finish within AUDIOSET_SOFT_TIME_LIMIT={settings.soft_time_limit}s either"
     )
     try:
-        parsed = check_source(ObjectURL.parse(url, settings.input_bucket), settings.allowed_sources)
+        parsed = check_source(message_url(url, settings), settings.allowed_sources)
         record_failure(
             settings, parsed, error, attempts=1, etag=None, model=read_manifest(settings.model_path).tag, job=job
         )
@@ -249,7 +250,7 @@ def _score(
     try:
         # Refused here, not only by producers: a task pushed straight into the queue must stay inside the allow-list.
         # No error record: its key could be a real file's result key in another bucket.
-        parsed = check_source(ObjectURL.parse(url, settings.input_bucket), settings.allowed_sources)
+        parsed = check_source(message_url(url, settings), settings.allowed_sources)
     except AudiosetError as exc:
         log.error("rejected task for %r: %s", url, exc)
         _finish(job, item, "failed")

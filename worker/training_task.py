@@ -29,7 +29,7 @@ TRAINING_TIME_LIMIT = 14 * 24 * 3600
     time_limit=TRAINING_TIME_LIMIT + 60,
 )
 def train_model(self: Task, run_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from audioset_batch.training_runs import execute
+    from audioset_batch.training.runs import execute
 
     lane = (self.request.delivery_info or {}).get("routing_key")
     if lane != TRAINING_QUEUE:  # a second lock behind registration: a message that names no queue is refused too

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
+from audioset_batch.storage.cos_store import CosStore
 from tests.conftest import Stack
 
 REPORT: list[Tally] = []

@@ -15,8 +15,9 @@ import numpy as np
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
-from audioset_batch.jobs import JobStatus, open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.jobs.job_store import JobStatus
+from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import RedisServer, Stack, WorkerProcess, start_redis
 from tests.faults.conftest import Tally, child_pids, tally

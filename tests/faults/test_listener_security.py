@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 import pytest
 
-from audioset_batch.cos_store import CosStore
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import send
 from tests.conftest import ROOT, Stack, WorkerProcess, free_port, wait_for_port
 from tests.faults.conftest import check
@@ -39,7 +39,7 @@ def listener(
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "audioset_batch.cli", "listen", "--http", f"{host}:{port}", *args],
+        [sys.executable, "-m", "cli", "listen", "--http", f"{host}:{port}", *args],
         env={**os.environ, **stack.env, **env},
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -116,7 +116,7 @@ def test_stalled_connections_hold_no_threads_and_healthz_answers(stack: Stack) -
 
 def test_public_address_without_token_is_refused_in_one_line(stack: Stack) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "audioset_batch.cli", "listen", "--http", f"0.0.0.0:{free_port()}"],
+        [sys.executable, "-m", "cli", "listen", "--http", f"0.0.0.0:{free_port()}"],
         env={**os.environ, **stack.env},
         cwd=ROOT,
         capture_output=True,
@@ -181,7 +181,7 @@ def test_tasks_outside_the_allow_list_are_refused_by_the_worker(stack: Stack, tm
         jobs = open_job_store(settings.effective_state_url)
         job = jobs.create_job(name="direct")
         app = make_app(settings)
-        from audioset_batch.object_store import ObjectURL
+        from audioset_batch.storage.object_store import ObjectURL
 
         send(app, jobs, job, [ObjectURL.parse(f"cos://{stack.input_bucket}-other/victim.h5")], settings)
         send(app, jobs, job, [ObjectURL.parse(f"cos://{stack.input_bucket}/victim.h5")], settings)

@@ -16,11 +16,11 @@ import h5py
 import pytest
 
 from audioset_batch.errors import ConfigError, SourceNotAllowedError
-from audioset_batch.jobs import open_job_store
-from audioset_batch.local_store import LocalStore
-from audioset_batch.object_store import InvalidObjectKeyError
+from audioset_batch.jobs.factory import open_job_store
 from audioset_batch.settings import load_settings
-from audioset_batch.training_runs import TrainingSpec, check_queued_locations, execute, new_run_id
+from audioset_batch.storage.local_store import LocalStore
+from audioset_batch.storage.object_store import InvalidObjectKeyError
+from audioset_batch.training.runs import TrainingSpec, check_queued_locations, execute, new_run_id
 from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, UnsafeArtifactError, load, sha256_file
 from producers.notifications import MalformedEventError, parse_events
 from tests.conftest import Stack, WorkerProcess
@@ -205,9 +205,9 @@ def test_no_message_repeats_a_password_in_a_url(tmp_path: Path, monkeypatch: pyt
 
     from click.testing import CliRunner
 
-    from audioset_batch.cli import main
     from audioset_batch.logs import RedactingFilter, secrets_of
     from audioset_batch.settings import get_settings
+    from cli import main
 
     secret = "s3cret-in-url"
     for bad in (f"redis://:{secret}@localhost:99999/0", f"redis://user:{secret}@:x/0", f"amqp://u:{secret}@h/"):
@@ -322,7 +322,7 @@ def test_queued_training_limits_names_and_runs_whose_worker_died(tmp_path: Path)
         assert name_problem(bad) is not None, bad
     assert name_problem("audioset-fla-mla") is None and name_problem("7", "version") is None
 
-    from audioset_batch.training_runs import STALE_AFTER_SECONDS, observed
+    from audioset_batch.training.runs import STALE_AFTER_SECONDS, observed
 
     store = open_job_store(f"sqlite:///{tmp_path / 'state.db'}")
     run_id = new_run_id()
@@ -340,7 +340,7 @@ def spec_from(raw: dict[str, object]) -> object:
 def test_ensemble_refuses_a_name_that_is_no_name(tiny_model: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from audioset_batch.cli import main
+    from cli import main
 
     out = CliRunner().invoke(
         main, ["ensemble", str(tiny_model), str(tiny_model), "--output", str(tmp_path / "e"), "--name", "../x\n"]
@@ -351,7 +351,7 @@ def test_ensemble_refuses_a_name_that_is_no_name(tiny_model: Path, tmp_path: Pat
 
 def test_a_class_list_named_by_url_is_read_through_the_one_location_rule(tmp_path: Path) -> None:
     """`labels: file://incoming/labels.csv` in a queued spec failed with FileNotFoundError 'file:/incoming/…'."""
-    from audioset_batch.datasets import class_list
+    from audioset_batch.training.datasets import class_list
 
     (tmp_path / "incoming").mkdir()
     (tmp_path / "incoming" / "labels.csv").write_text("index,mid,display_name\n0,/m/a,Alpha\n1,/m/b,Beta\n")

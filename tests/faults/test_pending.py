@@ -16,13 +16,13 @@ import numpy as np
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
 from audioset_batch.errors import AccessDeniedError, InvalidObjectKeyError, TransientStorageError
-from audioset_batch.jobs import open_job_store
-from audioset_batch.local_store import LocalStore
-from audioset_batch.object_store import ObjectURL, translate_os_error
-from audioset_batch.pipeline import ObjectScorer
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import load_settings
+from audioset_batch.storage.cos_store import CosStore
+from audioset_batch.storage.local_store import LocalStore
+from audioset_batch.storage.object_store import ObjectURL, translate_os_error
 from model.artifact import MANIFEST_NAME, ArtifactError, UnsafeArtifactError, check_archive, sha256_file, verify
 from tests.conftest import ROOT, Stack, WorkerProcess, cos_env
 from tests.faults.conftest import check

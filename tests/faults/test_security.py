@@ -14,8 +14,8 @@ import numpy as np
 import orjson
 import pytest
 
-from audioset_batch.cos_store import CosStore
-from audioset_batch.jobs import open_job_store
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.storage.cos_store import CosStore
 from tests.conftest import Stack, WorkerProcess
 from tests.faults.conftest import check, child_pids, tally
 from tests.faults.test_faults import run_job

@@ -23,11 +23,12 @@ from audioset_batch.errors import (
 )
 
 if TYPE_CHECKING:
-    from audioset_batch.settings import Settings
+    pass
 
 REMOTE_SCHEMES = ("cos", "s3")
 SCHEMES = (*REMOTE_SCHEMES, "file")
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +38,10 @@ class ObjectURL:
     key: str
 
     @classmethod
-    def parse(cls, url: str, default_bucket: str | None = None) -> ObjectURL:
-        """Parse ``scheme://bucket/key``; a bare ``key`` needs ``default_bucket`` (cos)."""
+    def parse(cls, url: str) -> ObjectURL:
+        """Parse ``scheme://bucket/key``. A bare key is :func:`audioset_batch.storage.locations.in_input_bucket`'s."""
         if "://" not in url:
-            if not default_bucket:
-                raise InvalidObjectKeyError(
-                    f"{url!r} has no scheme; use cos://, s3:// or file:// (or set AUDIOSET_INPUT_BUCKET)"
-                )
-            return cls("cos", default_bucket, url.lstrip("/"))
+            raise InvalidObjectKeyError(f"{url!r} has no scheme; use cos://, s3:// or file://")
         scheme, rest = url.split("://", 1)
         scheme = scheme.lower()
         if scheme not in SCHEMES:
@@ -156,35 +153,15 @@ def translate_os_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {type(exc).__name__}: {exc.strerror or exc}")
 
 
-_stores: dict[tuple[object, ...], ObjectStore] = {}
-
-
-def store_for(scheme: str, settings: Settings) -> ObjectStore:
-    """One store (one connection pool) per scheme and endpoint, reused across tasks in a process."""
-    if scheme == "file":
-        cache_key: tuple[object, ...] = ("file", str(settings.local_root.resolve()))
-    else:
-        secrets = (settings.cos_access_key_id, settings.cos_secret_access_key, settings.cos_api_key)
-        cache_key = (
-            "cos",
-            settings.cos_endpoint,
-            settings.cos_instance_id,
-            *(s.get_secret_value() if s is not None else None for s in secrets),
-        )
-    store = _stores.get(cache_key)
-    if store is None:
-        if scheme == "file":
-            from audioset_batch.local_store import LocalStore
-
-            store = LocalStore(settings.local_root)
-        else:
-            from audioset_batch.cos_store import CosStore
-
-            store = CosStore(settings)
-        _stores[cache_key] = store
-    return store
-
-
 def decode_key(raw: str) -> str:
     """Decode a key as S3 notifications send it: ``+`` is a space, then ``%xx`` escapes."""
     return unquote_plus(raw)
+
+
+def is_hdf5_key(key: str) -> bool:
+    return key.lower().endswith(HDF5_SUFFIXES)
+
+
+def is_result_key(bucket: str, key: str, results_bucket: str, results_prefix: str) -> bool:
+    """True for objects this service wrote: producers must never feed results back in."""
+    return bucket == results_bucket and bool(results_prefix) and key.startswith(results_prefix)

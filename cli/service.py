@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from audioset_batch.cli.common import LocalPath, cli_settings, fail, friendly_errors, main, note, open_jobs
+from cli.common import LocalPath, cli_settings, fail, friendly_errors, main, note, open_jobs
 
 # --- running the service ----------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ def watch(url: str, interval: float | None, once: bool) -> None:
     import signal
     import threading
 
-    from audioset_batch.locations import list_inputs, queue_url
+    from audioset_batch.storage.locations import list_inputs, queue_url
     from producers.watcher import Watcher
     from worker.app import make_app
 
@@ -114,9 +114,10 @@ def listen(
     scheme: str,
 ) -> None:
     """Enqueue the objects named by bucket notifications (Redis list and/or HTTP)."""
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
+    from audioset_batch.storage.object_store import HDF5_SUFFIXES
     from producers.listener import Listener, serve_until_stopped
-    from producers.notifications import CREATED_TYPES, HDF5_SUFFIXES, EventFilter
+    from producers.notifications import CREATED_TYPES, EventFilter
     from worker.app import make_app
 
     if not redis_list and not http_address:
@@ -160,9 +161,9 @@ def print_err(line: str) -> None:
 @friendly_errors
 def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None:
     """Run the whole service locally: folder buckets, embedded broker, a worker and a watcher."""
-    from audioset_batch.demo import write_sample
-    from audioset_batch.embedded import INCOMING, RESULTS, EmbeddedService
-    from audioset_batch.local_store import LocalStore
+    from audioset_batch.storage.local_store import LocalStore
+    from cli.demo import write_sample
+    from cli.embedded import INCOMING, RESULTS, EmbeddedService
 
     settings = cli_settings()
     service = EmbeddedService(root or settings.local_root, concurrency=concurrency)

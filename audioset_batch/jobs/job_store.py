@@ -130,16 +130,3 @@ def prunable_jobs(
         and (s.finished or include_unfinished)
         and not s.id.startswith(PRODUCER_JOB_PREFIXES)
     ]
-
-
-def open_job_store(url: str) -> JobStore:
-    """``redis://…``/``rediss://…`` or ``sqlite:///path``."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from audioset_batch.jobs_redis import RedisJobStore
-
-        return RedisJobStore(url)
-    if url.startswith("sqlite:///"):
-        from audioset_batch.jobs_sqlite import SqliteJobStore
-
-        return SqliteJobStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"unsupported job store URL {url!r}; use redis://, rediss:// or sqlite:///path")

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import click
 
-from audioset_batch.cli.common import (
+from cli.common import (
     LocalPath,
     ModelPath,
     cli_settings,
@@ -73,9 +73,9 @@ def score(
     that cannot be scored is reported and skipped; the exit code is then 1.
     """
     from audioset_batch.errors import InputFileError, StorageError
-    from audioset_batch.locations import distinct_inputs, local_file
-    from audioset_batch.object_store import ObjectURL
-    from audioset_batch.pipeline import ObjectScorer
+    from audioset_batch.scoring.pipeline import ObjectScorer
+    from audioset_batch.storage.locations import distinct_inputs, local_file
+    from audioset_batch.storage.object_store import ObjectURL
 
     settings = cli_settings()
     found, repeated = distinct_inputs(sources, settings)  # an argument naming nothing: an error
@@ -169,10 +169,10 @@ def search(
     Each hit names the clip (source file, index, YouTube link) and the results object it was read from.
     """
     from audioset_batch.errors import ObjectNotFoundError
-    from audioset_batch.locations import results_url
     from audioset_batch.logs import printable
-    from audioset_batch.object_store import store_for
-    from audioset_batch.search import Skipped, folder_records, resolve_label, result_records, search_records
+    from audioset_batch.results.search import Skipped, folder_records, resolve_label, result_records, search_records
+    from audioset_batch.storage.factory import store_for
+    from audioset_batch.storage.locations import results_url
     from model.artifact import read_manifest
 
     settings = cli_settings()
@@ -237,8 +237,8 @@ def evaluate(
     precision: str | None,
 ) -> None:
     """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
-    from audioset_batch.datasets import load_dataset
-    from audioset_batch.pipeline import load_predictor
+    from audioset_batch.scoring.pipeline import load_predictor
+    from audioset_batch.training.datasets import load_dataset
     from model.metrics import evaluate as compute
 
     settings = cli_settings()

@@ -16,11 +16,13 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
-from audioset_batch.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
-from audioset_batch.object_store import ObjectStore, ObjectURL, store_for, translate_os_error
-from audioset_batch.results import ResultKeys, dumps, error_record, loads, now, result_keys
-from audioset_batch.scoring import OutputOptions, Predict, encode_records
+from audioset_batch.results.keys import ResultKeys, result_keys
+from audioset_batch.results.records import dumps, error_record, loads, now
+from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
+from audioset_batch.scoring.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
 from audioset_batch.settings import Settings
+from audioset_batch.storage.factory import store_for
+from audioset_batch.storage.object_store import ObjectStore, ObjectURL, translate_os_error
 from model.labels import ClassLabel
 from model.metrics import StreamedEvaluation
 

@@ -43,7 +43,7 @@ from audioset_batch.errors import (
     TruncatedFileError,
     VirtualDatasetError,
 )
-from audioset_batch.vlen_lengths import vlen_lengths
+from audioset_batch.scoring.vlen_lengths import vlen_lengths
 
 EMBEDDING_WIDTH = 128
 __all__ = [

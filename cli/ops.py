@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from audioset_batch.cli.common import cli_settings, friendly_errors, main
+from cli.common import cli_settings, friendly_errors, main
 
 
 @main.command()
@@ -22,7 +22,7 @@ from audioset_batch.cli.common import cli_settings, friendly_errors, main
 @friendly_errors
 def doctor(scheme: str) -> None:
     """Check broker, job store, object store, buckets, results write access and the model."""
-    from audioset_batch.doctor import run_checks
+    from cli.doctor import run_checks
 
     settings = cli_settings()
     if scheme == "auto":

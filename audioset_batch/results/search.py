@@ -18,8 +18,8 @@ from urllib.parse import quote
 import orjson
 
 from audioset_batch.errors import AudiosetError
-from audioset_batch.object_store import ObjectStore, ObjectURL
-from audioset_batch.results import JSONL_SUFFIX
+from audioset_batch.results.keys import JSONL_SUFFIX
+from audioset_batch.storage.object_store import ObjectStore, ObjectURL
 from model.labels import ClassLabel
 
 #: The key under which a read record names the results object it came from.

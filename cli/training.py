@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from audioset_batch.cli.common import (
+from cli.common import (
     F,
     LocalPath,
     ModelPath,
@@ -126,7 +126,7 @@ def train(
     """Train a model on labelled HDF5 files (paths or bucket URLs), or queue a run with --submit."""
     settings = cli_settings()
     if spec_path is not None:
-        from audioset_batch.training_runs import load_spec, submit
+        from audioset_batch.training.runs import load_spec, submit
         from worker.app import make_app
         from worker.config import TRAINING_QUEUE
 
@@ -136,7 +136,7 @@ def train(
         return
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
-    from audioset_batch.datasets import load_training_data
+    from audioset_batch.training.datasets import load_training_data
     from model.soft_targets import fold_config
     from model.training import Progress
     from model.training import train as run_training
@@ -213,7 +213,7 @@ def _run_line(run: dict[str, Any]) -> str:
 def training_list(limit: int, as_json: bool) -> None:
     """List the newest queued training runs: status, iteration, loss, validation mAP."""
     from audioset_batch.settings import mask_url
-    from audioset_batch.training_runs import observed
+    from audioset_batch.training.runs import observed
 
     settings = cli_settings()
     store = open_jobs(settings)
@@ -235,7 +235,7 @@ def training_list(limit: int, as_json: bool) -> None:
 @friendly_errors
 def training_show(run_id: str) -> None:
     """Print a training run's full record as JSON, including where its artifact landed."""
-    from audioset_batch.training_runs import observed
+    from audioset_batch.training.runs import observed
 
     store = open_jobs(cli_settings())
     click.echo(json.dumps(observed(store, store.get_run(run_id)), indent=2, default=str))
@@ -248,7 +248,7 @@ def training_show(run_id: str) -> None:
 @friendly_errors
 def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
     """Follow a run until it completes, fails or is lost (its worker stopped); exit 1 unless it completed."""
-    from audioset_batch.training_runs import observed
+    from audioset_batch.training.runs import observed
 
     store = open_jobs(cli_settings())
     run = store.get_run(run_id)
@@ -318,7 +318,7 @@ def ensemble(
 
     held_out = None
     if validation_data:
-        from audioset_batch.datasets import load_dataset
+        from audioset_batch.training.datasets import load_dataset
         from model.artifact import read_manifest
 
         first = read_manifest(members[0])  # members share frames and classes, or combining refuses them

@@ -15,7 +15,7 @@ from audioset_batch.errors import (
     InvalidObjectKeyError,
     ObjectNotFoundError,
 )
-from audioset_batch.object_store import ObjectInfo, check_bucket, check_key, translate_os_error
+from audioset_batch.storage.object_store import ObjectInfo, check_bucket, check_key, translate_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from audioset_batch.errors import InputFileError, LocationError
-from audioset_batch.hdf5_reader import EmbeddingFile, LayoutError, Limits
-from audioset_batch.locations import Location, distinct_inputs, local_file, parse
-from audioset_batch.pipeline import reader_limits
+from audioset_batch.scoring.hdf5_reader import EmbeddingFile, LayoutError, Limits
+from audioset_batch.scoring.pipeline import reader_limits
 from audioset_batch.settings import Settings
+from audioset_batch.storage.locations import Location, distinct_inputs, local_file, parse
 from model.artifact import read_manifest
 from model.labels import ClassLabel, load_labels
 from model.train_config import TrainingDataError

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from audioset_batch.errors import AudiosetError, ConfigError
-from audioset_batch.jobs import JobStore, UnknownJobError
+from audioset_batch.jobs.job_store import JobStore, UnknownJobError
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import ArtifactError
 from model.inference import PrecisionUnavailableError
@@ -164,7 +164,7 @@ def open_jobs(settings: Settings) -> JobStore:
     With no ``AUDIOSET_STATE_URL`` and Redis unreachable, the state ``audioset run`` keeps in
     ``AUDIOSET_LOCAL_ROOT`` is read instead, and a line says so.
     """
-    from audioset_batch.jobs import open_job_store
+    from audioset_batch.jobs.factory import open_job_store
     from audioset_batch.settings import mask_url
 
     url = settings.effective_state_url
@@ -183,7 +183,7 @@ def open_jobs(settings: Settings) -> JobStore:
 
 def local_state(settings: Settings) -> Path | None:
     """The job state of an ``audioset run`` in ``AUDIOSET_LOCAL_ROOT``, if there is one."""
-    from audioset_batch.embedded import embedded_state_file
+    from cli.embedded import embedded_state_file
 
     path = embedded_state_file(settings.local_root)
     return path if path.is_file() else None
@@ -249,6 +249,6 @@ def friendly_errors(fn: F) -> F:
 @click.version_option(package_name="audioset-batch")
 def main() -> None:
     """Score AudioSet embedding files into per-clip predictions (JSON Lines)."""
-    from audioset_batch.hdf5_reader import pin_external_prefixes
+    from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
 
     pin_external_prefixes()

@@ -22,9 +22,10 @@ from typing import Any
 import yaml
 
 from audioset_batch.errors import AudiosetError, ConfigError
-from audioset_batch.jobs import JobStore
-from audioset_batch.object_store import ObjectURL, check_key, check_source, store_for
+from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.settings import Settings
+from audioset_batch.storage.factory import store_for
+from audioset_batch.storage.object_store import ObjectURL, check_key, check_source
 from audioset_batch.task_names import TRAIN_TASK
 from model.train_config import TrainConfig
 from model.training import Progress
@@ -161,7 +162,7 @@ def _publish(artifact_dir: Path, output: str, run_id: str, name: str, settings: 
 
 def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: JobStore) -> dict[str, Any]:
     """Run one training job to completion, recording progress; never raises for a failed run."""
-    from audioset_batch.datasets import load_training_data
+    from audioset_batch.training.datasets import load_training_data
     from model.training import train
 
     check_run_id(run_id)

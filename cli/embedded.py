@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from audioset_batch.errors import ConfigError
-from audioset_batch.jobs import JobStore, open_job_store
-from audioset_batch.local_store import LocalStore
-from audioset_batch.results import loads, result_keys
+from audioset_batch.jobs.factory import open_job_store
+from audioset_batch.jobs.job_store import JobStore
+from audioset_batch.results.keys import result_keys
+from audioset_batch.results.records import loads
 from audioset_batch.run_lock import RunLock
 from audioset_batch.settings import Settings, load_settings
+from audioset_batch.storage.local_store import LocalStore
 from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 
 log = logging.getLogger("audioset.run")
@@ -155,8 +157,8 @@ class EmbeddedService:
 
     def _pending(self) -> tuple[JobStore, str, list[str]]:
         """The pending items of this service's watch job (none before its first run), with the store and job."""
-        from audioset_batch.jobs import UnknownJobError
-        from audioset_batch.object_store import ObjectURL
+        from audioset_batch.jobs.job_store import UnknownJobError
+        from audioset_batch.storage.object_store import ObjectURL
         from producers.watcher import watch_job_id
 
         jobs = open_job_store(self.settings.effective_state_url)

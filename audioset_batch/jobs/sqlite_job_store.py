@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from audioset_batch.jobs import (
+from audioset_batch.jobs.job_store import (
     FINAL_STATUSES,
     JobStatus,
     UnknownJobError,

@@ -53,7 +53,7 @@ def check_state(settings: Settings) -> Check:
             if path.parent.is_dir() and os.access(path.parent, os.W_OK | os.X_OK):
                 return f"job store {path} will be created on first use"
             raise FileNotFoundError(f"{path.parent} is not a writable folder")
-        from audioset_batch.jobs import open_job_store
+        from audioset_batch.jobs.factory import open_job_store
 
         open_job_store(url).counters()
         return "job store reachable (redis)"
@@ -62,7 +62,7 @@ def check_state(settings: Settings) -> Check:
 
 
 def check_storage(settings: Settings, scheme: str) -> list[Check]:
-    from audioset_batch.object_store import store_for
+    from audioset_batch.storage.factory import store_for
 
     hint = (
         "check AUDIOSET_COS_ENDPOINT and the credentials (HMAC keys or IAM API key + instance id)"
@@ -126,7 +126,7 @@ def _missing_folders(settings: Settings, key: str) -> list[Path]:
 
 def check_model(settings: Settings) -> Check:
     def probe() -> str:
-        from audioset_batch.pipeline import load_predictor
+        from audioset_batch.scoring.pipeline import load_predictor
 
         predictor = load_predictor(settings)
         return (

@@ -13,7 +13,7 @@ from audioset_batch.errors import (
     StorageError,
     TransientStorageError,
 )
-from audioset_batch.object_store import MULTIPART_THRESHOLD, ObjectInfo
+from audioset_batch.storage.object_store import MULTIPART_THRESHOLD, ObjectInfo
 
 if TYPE_CHECKING:
     from audioset_batch.settings import Settings

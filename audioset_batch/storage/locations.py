@@ -19,9 +19,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from audioset_batch.errors import LocationError, ObjectNotFoundError
-from audioset_batch.object_store import ObjectInfo, ObjectURL, check_bucket_allowed, store_for
-from audioset_batch.results import is_hdf5_key, is_result_key
 from audioset_batch.settings import Settings
+from audioset_batch.storage.factory import store_for
+from audioset_batch.storage.object_store import ObjectInfo, ObjectURL, check_bucket_allowed, is_hdf5_key, is_result_key
 
 Location = ObjectURL | Path
 FORMS = "a local path, file:///absolute/path, file://bucket/key, cos://bucket/key or s3://bucket/key"
@@ -39,8 +39,21 @@ def parse(text: str, settings: Settings) -> Location:
     if path.exists() or path.is_symlink():
         return path
     if settings.input_bucket:
-        return ObjectURL(settings.store_scheme, settings.input_bucket, text.lstrip("/"))
+        return in_input_bucket(text, settings)
     raise LocationError(f"{text}: no such file or folder (give {FORMS})")
+
+
+def in_input_bucket(key: str, settings: Settings) -> ObjectURL:
+    """A bare key names an object in ``AUDIOSET_INPUT_BUCKET`` of the configured store (COS when an endpoint
+    is set, else folder buckets): the one rule for names without a scheme, in commands and in queued messages."""
+    if not settings.input_bucket:
+        raise LocationError(f"{key!r} has no scheme; use {FORMS} (or set AUDIOSET_INPUT_BUCKET)")
+    return ObjectURL(settings.store_scheme, settings.input_bucket, key.lstrip("/"))
+
+
+def message_url(text: str, settings: Settings) -> ObjectURL:
+    """The object a queued message names: a bucket URL as it is, or a bare key by :func:`in_input_bucket`."""
+    return ObjectURL.parse(text) if "://" in text else in_input_bucket(text, settings)
 
 
 def local_inputs(path: Path) -> list[Path]:

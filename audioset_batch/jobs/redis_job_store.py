@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from audioset_batch.jobs import (
+from audioset_batch.jobs.job_store import (
     FINAL_STATUSES,
     JobStatus,
     UnknownJobError,

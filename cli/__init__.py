@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from audioset_batch.cli import ops, queue, scoring, service, training
-from audioset_batch.cli.common import main
+from cli import ops, queue, scoring, service, training
+from cli.common import main
 
 __all__ = ["main", "ops", "queue", "scoring", "service", "training"]

@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
-from audioset_batch.cli.common import (
+from audioset_batch.jobs.job_store import JobStatus, JobStore, UnknownJobError
+from audioset_batch.settings import Settings
+from cli.common import (
     cli_settings,
     fail,
     friendly_errors,
@@ -22,8 +24,6 @@ from audioset_batch.cli.common import (
     quiet_option,
     warn,
 )
-from audioset_batch.jobs import JobStatus, JobStore, UnknownJobError
-from audioset_batch.settings import Settings
 
 # --- queue -------------------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ def jobs() -> None:
 @friendly_errors
 def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_failed: bool, as_json: bool) -> None:
     """Show a job's counts of scored, skipped, failed and pending files. JOB is its id or its name."""
-    from audioset_batch.jobs import find_job
+    from audioset_batch.jobs.job_store import find_job
 
     settings = cli_settings()
     jobs_store = open_jobs(settings)
@@ -249,7 +249,7 @@ def jobs_prune(older_than: float, include_unfinished: bool, dry_run: bool, as_js
 
     Results in the bucket are untouched; only the job records (per-file statuses) go.
     """
-    from audioset_batch.jobs import prunable_jobs
+    from audioset_batch.jobs.job_store import prunable_jobs
 
     store = open_jobs(cli_settings())
     doomed = prunable_jobs(store.list_jobs(None), older_than, time.time(), include_unfinished)
@@ -273,7 +273,7 @@ def jobs_delete(job_ids: tuple[str, ...]) -> None:
     sent: stop the producer first, and expect it to offer every object again (the worker still
     skips versions it has already scored).
     """
-    from audioset_batch.jobs import find_job
+    from audioset_batch.jobs.job_store import find_job
 
     store = open_jobs(cli_settings())
     missing = 0

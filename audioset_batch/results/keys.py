@@ -1,0 +1,30 @@
+"""The results layout contract: where each result object of an input goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audioset_batch.storage.object_store import check_bucket, check_key
+
+JSONL_SUFFIX = ".jsonl"
+SUMMARY_SUFFIX = ".summary.json"
+ERROR_SUFFIX = ".error.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultKeys:
+    jsonl: str
+    summary: str
+    error: str
+
+
+def result_keys(bucket: str, input_key: str, prefix: str) -> ResultKeys:
+    """``<prefix><bucket>/<key>.jsonl`` and friends. Keys that could escape the prefix are refused.
+
+    The source bucket is part of the key, so two buckets holding the same key never share (and
+    never replace) each other's results.
+    """
+    check_bucket(bucket)
+    check_key(input_key)
+    base = f"{prefix}{bucket}/{input_key}"
+    return ResultKeys(jsonl=base + JSONL_SUFFIX, summary=base + SUMMARY_SUFFIX, error=base + ERROR_SUFFIX)
