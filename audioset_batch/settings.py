@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from audioset_batch.errors import ConfigError
 from model.artifact import DEFAULT_ARTIFACT
+from model.choices import Precision
 
 ENV_PREFIX = "AUDIOSET_"
 DEFAULT_MODEL_PATH = DEFAULT_ARTIFACT
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(1024, ge=1, le=65536, description="Clips per forward pass.")
     read_chunk_clips: int = Field(8192, ge=1, description="Clips read from the HDF5 file at a time.")
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
-    precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
+    precision: Precision = Field(
         "auto",
         description="Inference precision; auto = int8 (with TFLite), else bfloat16 where supported, else float32.",
     )

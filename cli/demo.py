@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from model.atomic_files import replacing
+
 DATA_FILE = "bal_train.h5"
 
 
@@ -22,8 +24,7 @@ def write_sample(path: Path, clips: int = 8, seed: int = 0) -> str:
     data_dir = os.environ.get("AUDIOSET_DATA_DIR")
     source = data_dir and Path(data_dir) / DATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    with h5py.File(tmp, "w") as out:
+    with replacing(path) as tmp, h5py.File(tmp, "w") as out:
         if source and source.is_file():
             with h5py.File(source, "r") as real:
                 picks = np.sort(rng.choice(real["x"].shape[0], size=clips, replace=False))
@@ -36,5 +37,4 @@ def write_sample(path: Path, clips: int = 8, seed: int = 0) -> str:
             out.create_dataset("video_id_list", data=np.array([f"demo{i:07d}".encode() for i in range(clips)]))
             out.create_dataset("start_time_seconds", data=np.arange(clips, dtype=np.float32) * 10)
             origin = f"{clips} synthetic clips (set AUDIOSET_DATA_DIR for real AudioSet clips)"
-    os.replace(tmp, path)
     return origin

@@ -23,6 +23,8 @@ from cli.common import (
     output_file,
     warn,
 )
+from model.atomic_files import replacing
+from model.choices import PRECISIONS
 
 # --- scoring -----------------------------------------------------------------------------------
 
@@ -53,7 +55,7 @@ from cli.common import (
 )
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="Inference precision (default: AUDIOSET_PRECISION).",
 )
@@ -129,14 +131,11 @@ def score(
         failed = score_all(sys.stdout.buffer)
         sys.stdout.flush()
     else:
-        tmp_target = target.with_name(f".{target.name}.tmp")
-        try:
+        with replacing(target) as tmp_target:
             with tmp_target.open("wb") as fh:
                 failed = score_all(fh)
-            if failed < len(found):
-                tmp_target.replace(target)
-        finally:
-            tmp_target.unlink(missing_ok=True)
+            if failed == len(found):  # leaves an earlier output as it was
+                fail(f"none of the {len(found)} file(s) could be scored (see above); {output} is unchanged")
     if failed:
         fail(f"{failed} of {len(found)} file(s) could not be scored (see above); the rest are in {output}")
 
@@ -223,7 +222,7 @@ def search(
 )
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "int8", "auto"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="Inference precision to evaluate (default: AUDIOSET_PRECISION).",
 )

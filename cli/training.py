@@ -24,10 +24,11 @@ from cli.common import (
     progress_bar,
     quiet_option,
 )
+from model.choices import COMBINES
 from model.train_config import TrainConfig, TrainConfigError
 
 if TYPE_CHECKING:
-    from model.ensemble import Combine
+    from model.choices import Combine
 
 
 def train_options(command: F) -> F:
@@ -137,17 +138,16 @@ def train(
     if not data or output is None:
         raise click.UsageError("give DATA files and --output (or --submit SPEC.yml)")
     from audioset_batch.training.datasets import load_training_data
+    from audioset_batch.training.trainer import train_on
     from model.soft_targets import fold_config
     from model.training import Progress
-    from model.training import train as run_training
 
     config = config_from_options(options)  # checked before any data loads
     if settings.tf_threads:
-        from worker.runtime import configure_tensorflow
+        from model.tf_setup import configure_tensorflow
 
         configure_tensorflow(settings.tf_threads)
     loaded = load_training_data(list(data), list(validation_data), labels_path, settings)
-    dataset, labels, held_out = loaded.train, loaded.labels, loaded.held_out
     bar = progress_bar(config.iterations, "train", "it", quiet)
     fold_iterations = fold_config(config).iterations
     last_map: list[float] = []
@@ -165,17 +165,7 @@ def train(
         bar.set_postfix(loss=f"{p.loss:.4f}", val_mAP=f"{last_map[-1]:.4f}" if last_map else "-", refresh=False)
         bar.refresh()
 
-    result = run_training(
-        config,
-        dataset.x,
-        dataset.y,
-        labels,
-        output,
-        on_progress=progress,
-        data_description=", ".join(dataset.sources),
-        validation=(held_out.x, held_out.y) if held_out else None,
-        validation_description=", ".join(held_out.sources) if held_out else "",
-    )
+    result = train_on(config, loaded, output, progress)
     bar.close()
     click.echo(
         json.dumps(
@@ -292,7 +282,7 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
 @click.option(
     "--combine",
     "method",
-    type=click.Choice(["mean", "logit-mean"]),
+    type=click.Choice(COMBINES),
     default="mean",
     show_default=True,
     help="Average the members' probabilities, or their log-odds (better for members calibrated differently).",

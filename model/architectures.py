@@ -25,9 +25,9 @@ import_tensorflow()  # quietly, before Keras below loads it
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
-from model.architecture_names import ARCHITECTURES as ARCHITECTURES  # noqa: E402  (re-exported)
-from model.architecture_names import DEFAULT_ARCHITECTURE as DEFAULT_ARCHITECTURE  # noqa: E402
 from model.attention_pooling import AttentionPooling, AveragePooling, MaxPooling  # noqa: E402
+from model.choices import ARCHITECTURES as ARCHITECTURES  # noqa: E402  (re-exported)
+from model.choices import DEFAULT_ARCHITECTURE as DEFAULT_ARCHITECTURE  # noqa: E402
 
 EMBEDDING_WIDTH = 128
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from model.atomic_files import replacing, write_json
 from model.labels import ClassLabel, labels_from_json, labels_to_json
 from model.native_logs import import_tensorflow
 
@@ -313,9 +313,6 @@ def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> 
         raise ArtifactError(problem)
     directory = Path(artifact)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, suffix=".keras")
-    os.close(fd)
-    tmp = Path(tmp_name)
     import_tensorflow()
     import keras
 
@@ -323,16 +320,10 @@ def save(keras_model: keras.Model, manifest: Manifest, artifact: str | Path) -> 
     # saves weights and graph only (a third of the size). clone_model would copy the optimizer.
     clean = keras.Model.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
-    try:
+    with replacing(directory / WEIGHTS_NAME) as tmp:
         clean.save(tmp)
         manifest.sha256 = sha256_file(tmp)
-        tmp.chmod(0o644)  # mkstemp creates 0600; images run the worker as another user
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)
-    manifest_tmp = directory / (MANIFEST_NAME + ".tmp")
-    manifest_tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
-    os.replace(manifest_tmp, directory / MANIFEST_NAME)
+    write_json(directory / MANIFEST_NAME, manifest.to_json())
     return manifest
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from model.artifact import (
     read_manifest,
     save,
 )
+from model.choices import COMBINES, Combine
 from model.inference import Predictor
 from model.metrics import evaluate
 from model.native_logs import import_tensorflow
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 ENSEMBLE = "ensemble"
 MEMBER_MEAN = "member_mean"
 #: How the members' probabilities become one: their mean, or the sigmoid of their log-odds' mean.
-Combine = Literal["mean", "logit-mean"]
-COMBINES: tuple[str, ...] = ("mean", "logit-mean")
 
 
 log = logging.getLogger("audioset.ensemble")

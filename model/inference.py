@@ -5,19 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.artifact import Manifest, load
+from model.choices import PRECISIONS
 from model.native_logs import import_tensorflow
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("audioset.model")
-Precision = Literal["float32", "bfloat16", "int8", "auto"]
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "int8", "auto")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from model.architecture_names import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from model.artifact import label_problem
+from model.choices import ARCHITECTURES, DEFAULT_ARCHITECTURE, TRAIN_PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine")
-TRAIN_PRECISIONS = ("float32", "bfloat16")
 FRAME_MIX_TARGETS = ("share", "union")
 LOSSES = ("binary_crossentropy", "asymmetric")
 # Settings of the --cross-fit fold models only (None: as the model's own).

@@ -28,9 +28,9 @@ from typing import Any
 
 from celery import Celery
 
-from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import AudiosetError, ConfigError, InvalidObjectKeyError, ObjectNotFoundError
 from audioset_batch.jobs.job_store import JobStore
+from audioset_batch.retry_policy import backoff_delay, is_transient
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectURL, check_source, is_result_key
@@ -40,16 +40,6 @@ from producers.notifications import EventFilter, MalformedEventError, parse_even
 
 log = logging.getLogger("audioset.listener")
 RETRY_MAX_SECONDS = 30.0
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Could the same payload succeed later? Outages yes; a bad key or missing permission no."""
-    import kombu.exceptions
-    import redis
-
-    if isinstance(exc, AudiosetError):
-        return exc.transient
-    return isinstance(exc, redis.RedisError | kombu.exceptions.OperationalError | ConnectionError | TimeoutError)
 
 
 def dead_letter_key(list_key: str) -> str:

@@ -176,8 +176,7 @@ def test_the_commands_offer_exactly_the_rules_and_precisions_the_model_layer_kno
     """The CLI spells the choices out (importing the model layer at start-up would be slow); this keeps them true."""
     from cli.scoring import evaluate, score
     from cli.training import ensemble
-    from model.ensemble import COMBINES
-    from model.inference import PRECISIONS
+    from model.choices import COMBINES, PRECISIONS
 
     def choices(command: click.Command, name: str) -> tuple[str, ...]:
         param = next(p for p in command.params if p.name == name)

@@ -336,7 +336,8 @@ def test_settings_validate_urls_mask_passwords_and_warn_on_typos(monkeypatch: py
 
 
 def test_folder_bucket_results_respect_the_umask(newcomer: Path) -> None:
-    from audioset_batch.storage.local_store import LocalStore, process_umask
+    from audioset_batch.storage.local_store import LocalStore
+    from model.atomic_files import process_umask
 
     (newcomer / "results").mkdir()
     LocalStore(newcomer).put_bytes(b"{}", "results", "predictions/a.jsonl")

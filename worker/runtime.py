@@ -14,22 +14,12 @@ from audioset_batch.jobs.factory import open_job_store
 from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
-from model.native_logs import import_tensorflow
+from model.tf_setup import configure_tensorflow
 
 log = logging.getLogger("audioset.worker")
 _lock = threading.Lock()
 _scorer: ObjectScorer | None = None
 _jobs: JobStore | None = None
-
-
-def configure_tensorflow(threads: int) -> None:
-    tf = import_tensorflow()
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already ran in this process (the solo pool, tests): keep its threads
-        log.debug("TensorFlow already initialised; thread settings unchanged")
 
 
 def load_scorer(settings: Settings | None = None) -> ObjectScorer:

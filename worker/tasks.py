@@ -20,7 +20,6 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from audioset_batch.backoff import backoff_delay
 from audioset_batch.errors import (
     AttemptsExhaustedError,
     AudiosetError,
@@ -29,6 +28,7 @@ from audioset_batch.errors import (
     TransientStorageError,
 )
 from audioset_batch.logs import log_context
+from audioset_batch.retry_policy import backoff_delay, call_for_up_to
 from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
 from audioset_batch.scoring.pipeline import ObjectScorer, record_failure, soft_time_limit_error
 from audioset_batch.settings import Settings, get_settings
@@ -125,24 +125,9 @@ STATE_RETRY_SECONDS = 120.0
 
 
 def with_state_retry(what: str, call: Callable[[], T]) -> T:
-    """Job-store calls outlive a short Redis restart: retry with backoff for up to two minutes.
-
-    Giving up would fail the task after its result was written, and the job would never count it.
-    """
-    deadline = time.monotonic() + STATE_RETRY_SECONDS
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            attempt += 1
-            delay = backoff_delay(attempt, 0.2, 5.0, jitter=False)
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning(
-                "job store unavailable for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
-            )
-            time.sleep(delay)
+    """Job-store calls outlive a short Redis restart: giving up would fail the task after its result was
+    written, and the job would never count it."""
+    return call_for_up_to(STATE_RETRY_SECONDS, what, call, log)
 
 
 def _finish(job: str | None, item: str, status: str) -> None:

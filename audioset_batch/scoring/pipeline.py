@@ -18,6 +18,7 @@ import numpy as np
 from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
 from audioset_batch.results.keys import ResultKeys, result_keys
 from audioset_batch.results.records import dumps, error_record, loads, now
+from audioset_batch.retry_policy import should_retry
 from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
 from audioset_batch.scoring.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
 from audioset_batch.settings import Settings
@@ -101,12 +102,6 @@ class OutputCap:
                 f"AUDIOSET_MAX_OUTPUT_RATIO={self.ratio:g} x the {self.stored} bytes the file stores "
                 f"(at least {OUTPUT_FLOOR_BYTES} bytes); a file of real embeddings stays far below it"
             )
-
-
-def should_retry(error: BaseException, attempt: int, max_attempts: int) -> bool:
-    """The one rule for a failed attempt: retry a transient error while attempts are left; anything else
-    (and a transient error on the last attempt) ends the file with an error record."""
-    return bool(getattr(error, "transient", False)) and attempt < max_attempts
 
 
 def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -16,6 +15,7 @@ from audioset_batch.errors import (
     ObjectNotFoundError,
 )
 from audioset_batch.storage.object_store import ObjectInfo, check_bucket, check_key, translate_os_error
+from model.atomic_files import replacing
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,18 +33,6 @@ def _os_errors(method: F) -> F:
             raise translate_os_error(exc, f"file://{'/'.join(str(a) for a in args if isinstance(a, str))}") from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-@functools.cache
-def process_umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 class LocalStore:
@@ -121,17 +109,8 @@ class LocalStore:
 
     @_os_errors
     def _write(self, bucket: str, key: str, writer: Any) -> None:
-        path = self._path(bucket, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp makes 0600; a result is as readable as any new file
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(self._path(bucket, key)) as tmp, tmp.open("wb") as fh:
+            writer(fh)
 
     def upload_file(self, path: Path, bucket: str, key: str, content_type: str = "application/octet-stream") -> None:
         def copy(fh: IO[bytes]) -> None:

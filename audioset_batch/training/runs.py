@@ -163,7 +163,7 @@ def _publish(artifact_dir: Path, output: str, run_id: str, name: str, settings: 
 def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: JobStore) -> dict[str, Any]:
     """Run one training job to completion, recording progress; never raises for a failed run."""
     from audioset_batch.training.datasets import load_training_data
-    from model.training import train
+    from audioset_batch.training.trainer import train_on
 
     check_run_id(run_id)
     record: dict[str, Any] = {"id": run_id, "created": time.time(), "iteration": 0}
@@ -188,7 +188,6 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
             on_worker(spec.labels) if spec.labels else None,
             settings,
         )
-        dataset, labels, held_out = loaded.train, loaded.labels, loaded.held_out
         workdir = (settings.local_root / ".training" / run_id).resolve()
 
         def progress(p: Progress) -> None:
@@ -201,17 +200,7 @@ def execute(run_id: str, raw_spec: dict[str, Any], settings: Settings, store: Jo
                 beating.write()
                 last_write = time.monotonic()
 
-        result = train(
-            spec.config,
-            dataset.x,
-            dataset.y,
-            labels,
-            workdir,
-            on_progress=progress,
-            data_description=", ".join(dataset.sources),
-            validation=(held_out.x, held_out.y) if held_out else None,
-            validation_description=", ".join(held_out.sources) if held_out else "",
-        )
+        result = train_on(spec.config, loaded, workdir, progress)
         output = on_worker(spec.output) if spec.output else ""
         record["artifact"] = _publish(result.artifact, output, run_id, spec.config.name, settings)
         record.update(
