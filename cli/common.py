@@ -6,10 +6,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
@@ -21,13 +19,11 @@ from model.inference import PrecisionUnavailableError
 from model.labels import LabelFileError
 from model.train_config import TrainConfigError, TrainingDataError
 
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audioset.cli")
 
 #: Errors a user can cause and fix: one line naming the class, exit 1.
 USER_ERRORS = (
     AudiosetError,
-    KeyError,
     ArtifactError,
     PrecisionUnavailableError,
     LabelFileError,
@@ -214,38 +210,50 @@ def _unreachable_message(exc: BaseException) -> str:
     )
 
 
-def friendly_errors(fn: F) -> F:
-    """Turn every error into one clear line on stderr and a non-zero exit code, never a traceback.
+def _exit_for(exc: Exception) -> NoReturn:
+    """One clear line on stderr and a non-zero exit code for an error, never a traceback.
 
     ``AUDIOSET_LOG_LEVEL=DEBUG`` lets an unexpected error's traceback through.
     """
+    if isinstance(exc, ConfigError | UnknownJobError):
+        fail(str(exc), 2)
+    if isinstance(exc, USER_ERRORS):
+        fail(f"{type(exc).__name__}: {exc}")
+    if _unreachable(exc):
+        fail(_unreachable_message(exc))
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
+    if _logging_setting("log_level").upper() == "DEBUG":
+        raise exc
+    fail(f"unexpected {type(exc).__name__}: {exc} (AUDIOSET_LOG_LEVEL=DEBUG shows the traceback)")
 
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+class AudiosetCommand(click.Command):
+    """Every command: its settings loaded once (logging configured from them) and passed as ``ctx.obj``
+    (take them with ``@click.pass_obj``), and every error turned into one line by :func:`_exit_for`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
+            ctx.obj = cli_settings()
+            return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except (ConfigError, UnknownJobError) as exc:
-            fail(str(exc), 2)
-        except USER_ERRORS as exc:
-            fail(f"{type(exc).__name__}: {exc}")
-        except OSError as exc:
-            if _unreachable(exc):
-                fail(_unreachable_message(exc))
-            where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or exc}")
         except Exception as exc:
-            if _unreachable(exc):
-                fail(_unreachable_message(exc))
-            if _logging_setting("log_level").upper() == "DEBUG":
-                raise
-            fail(f"unexpected {type(exc).__name__}: {exc} (AUDIOSET_LOG_LEVEL=DEBUG shows the traceback)")
-
-    return wrapper  # type: ignore[return-value]
+            _exit_for(exc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class AudiosetGroup(click.Group):
+    """A group whose commands are :class:`AudiosetCommand` and whose subgroups are groups like it."""
+
+    command_class = AudiosetCommand
+    group_class = type
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output: JSON on stdout.")
+
+
+@click.group(cls=AudiosetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="audioset-batch")
 def main() -> None:
     """Score AudioSet embedding files into per-clip predictions (JSON Lines)."""

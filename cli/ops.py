@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from cli.common import cli_settings, friendly_errors, main
+from audioset_batch.settings import Settings
+from cli.common import json_option, main
 
 
 @main.command()
@@ -19,12 +20,11 @@ from cli.common import cli_settings, friendly_errors, main
     show_default=True,
     help="Which object store to check; auto = COS when AUDIOSET_COS_ENDPOINT is set, else the local folders.",
 )
-@friendly_errors
-def doctor(scheme: str) -> None:
+@click.pass_obj
+def doctor(settings: Settings, scheme: str) -> None:
     """Check broker, job store, object store, buckets, results write access and the model."""
     from cli.doctor import run_checks
 
-    settings = cli_settings()
     if scheme == "auto":
         scheme = settings.store_scheme
     checks = run_checks(settings, scheme)
@@ -38,13 +38,11 @@ def doctor(scheme: str) -> None:
 
 
 @main.command("config")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def show_config(as_json: bool) -> None:
+@json_option
+@click.pass_obj
+def show_config(settings: Settings, as_json: bool) -> None:
     """Print the effective settings (secrets masked) and exit non-zero if they are invalid."""
     from audioset_batch.settings import MASK, mask_url
-
-    settings = cli_settings()
 
     def shown(name: str, value: object) -> object:
         if "Secret" in type(value).__name__:

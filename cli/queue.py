@@ -12,9 +12,8 @@ import click
 from audioset_batch.jobs.job_store import JobStatus, JobStore, UnknownJobError
 from audioset_batch.settings import Settings
 from cli.common import (
-    cli_settings,
     fail,
-    friendly_errors,
+    json_option,
     local_state,
     local_state_hint,
     main,
@@ -146,9 +145,10 @@ def with_wait_options(command: Any) -> Any:
 @click.option("--force", is_flag=True, help="Score again even where results for this ETag and model exist.")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish; exit 1 if any file failed.")
 @with_wait_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@friendly_errors
+@json_option
+@click.pass_obj
 def enqueue(
+    settings: Settings,
     urls: tuple[str, ...],
     job_name: str | None,
     force: bool,
@@ -165,7 +165,6 @@ def enqueue(
     from producers.enqueue import enqueue as do_enqueue
     from worker.app import make_app
 
-    settings = cli_settings()
     jobs = open_jobs(settings)
     result = do_enqueue(make_app(settings), jobs, list(urls), settings, job_name=job_name, force=force)
     if as_json:
@@ -188,13 +187,14 @@ def jobs() -> None:
 @click.option("--wait", is_flag=True, help="Wait until nothing is pending; exit 1 if any file failed.")
 @with_wait_options
 @click.option("--failed", "show_failed", is_flag=True, help="Also list the failed files.")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_failed: bool, as_json: bool) -> None:
+@json_option
+@click.pass_obj
+def jobs_status(
+    settings: Settings, job: str, wait: bool, timeout: float | None, quiet: bool, show_failed: bool, as_json: bool
+) -> None:
     """Show a job's counts of scored, skipped, failed and pending files. JOB is its id or its name."""
     from audioset_batch.jobs.job_store import find_job
 
-    settings = cli_settings()
     jobs_store = open_jobs(settings)
     try:
         job = find_job(jobs_store, job)
@@ -211,13 +211,12 @@ def jobs_status(job: str, wait: bool, timeout: float | None, quiet: bool, show_f
 
 @jobs.command("list")
 @click.option("--limit", default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def jobs_list(limit: int, as_json: bool) -> None:
+@json_option
+@click.pass_obj
+def jobs_list(settings: Settings, limit: int, as_json: bool) -> None:
     """List the newest jobs and the producers' counters."""
     from audioset_batch.settings import mask_url
 
-    settings = cli_settings()
     store = open_jobs(settings)
     statuses = store.list_jobs(limit)
     if not statuses and not as_json:
@@ -242,16 +241,16 @@ def jobs_list(limit: int, as_json: bool) -> None:
 )
 @click.option("--include-unfinished", is_flag=True, help="Also remove jobs that still have pending files.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def jobs_prune(older_than: float, include_unfinished: bool, dry_run: bool, as_json: bool) -> None:
+@json_option
+@click.pass_obj
+def jobs_prune(settings: Settings, older_than: float, include_unfinished: bool, dry_run: bool, as_json: bool) -> None:
     """Remove old finished jobs from the job store (never a watcher's or listener's job).
 
     Results in the bucket are untouched; only the job records (per-file statuses) go.
     """
     from audioset_batch.jobs.job_store import prunable_jobs
 
-    store = open_jobs(cli_settings())
+    store = open_jobs(settings)
     doomed = prunable_jobs(store.list_jobs(None), older_than, time.time(), include_unfinished)
     removed = [s.id for s in doomed if dry_run or store.delete_job(s.id)]
     if as_json:
@@ -265,8 +264,8 @@ def jobs_prune(older_than: float, include_unfinished: bool, dry_run: bool, as_js
 
 @jobs.command("delete")
 @click.argument("job_ids", nargs=-1, required=True)
-@friendly_errors
-def jobs_delete(job_ids: tuple[str, ...]) -> None:
+@click.pass_obj
+def jobs_delete(settings: Settings, job_ids: tuple[str, ...]) -> None:
     """Remove jobs by id or name, whatever their state.
 
     Deleting a watcher's or listener's job (``watch-…``, ``listen-…``) makes it forget what it
@@ -275,7 +274,7 @@ def jobs_delete(job_ids: tuple[str, ...]) -> None:
     """
     from audioset_batch.jobs.job_store import find_job
 
-    store = open_jobs(cli_settings())
+    store = open_jobs(settings)
     missing = 0
     for ref in job_ids:
         try:

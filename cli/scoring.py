@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
+from audioset_batch.settings import Settings
 from cli.common import (
     LocalPath,
     ModelPath,
-    cli_settings,
     fail,
-    friendly_errors,
+    json_option,
     main,
     note,
     output_file,
@@ -59,8 +57,9 @@ from model.choices import PRECISIONS
     default=None,
     help="Inference precision (default: AUDIOSET_PRECISION).",
 )
-@friendly_errors
+@click.pass_obj
 def score(
+    settings: Settings,
     sources: tuple[str, ...],
     output: Path,
     scores: str | None,
@@ -74,17 +73,15 @@ def score(
     path, file:///absolute/path, file://bucket/key, cos://bucket/key or s3://bucket/key. A file
     that cannot be scored is reported and skipped; the exit code is then 1.
     """
-    from audioset_batch.errors import InputFileError, StorageError
+    from audioset_batch.errors import InputFileError
     from audioset_batch.scoring.pipeline import ObjectScorer
-    from audioset_batch.storage.locations import distinct_inputs, local_file
-    from audioset_batch.storage.object_store import ObjectURL
+    from audioset_batch.scoring.score_locations import Skipped, score_locations
+    from audioset_batch.storage.locations import distinct_inputs
 
-    settings = cli_settings()
     found, repeated = distinct_inputs(sources, settings)  # an argument naming nothing: an error
     for location in repeated:
         note(f"{location}: given more than once; scored once")
-    to_stdout = str(output) == "-"
-    target = None if to_stdout else output_file(output)
+    target = None if str(output) == "-" else output_file(output)
     scorer = ObjectScorer.from_settings(
         settings,
         model_path=model_path,
@@ -93,38 +90,19 @@ def score(
         full_scores=(scores == "full") if scores else None,
     )
 
-    def score_one(path: Path, name: str, out: IO[bytes]) -> None:
-        # Into a spool first: a file that fails half way leaves no lines of its own in the output.
-        with tempfile.TemporaryFile() as spool:
-            result = scorer.score_local(path, spool, name)
-            spool.seek(0)
-            shutil.copyfileobj(spool, out)
-        summary: dict[str, Any] = {
-            "source": name,
-            "clips": result.clips,
-            "model": scorer.model,
-            "seconds": round(result.seconds, 3),
-            "metrics": result.metrics,
-        }
-        if result.notes:
-            summary["notes"] = result.notes
-        note(f"scored {name}", **summary)
-
     def score_all(out: IO[bytes]) -> int:
         failed = 0
-        for location in found.values():
-            name = str(location)
-            try:
-                source = f"{location.bucket}/{location.key}" if isinstance(location, ObjectURL) else name
-                with local_file(location, settings, suffix=".h5") as path:
-                    score_one(path, source, out)
-            except (InputFileError, StorageError) as exc:
-                if len(found) == 1 and isinstance(exc, InputFileError):
-                    fail(f"{type(exc).__name__}: {name}: {exc}")  # the reader saw a temporary file, not the name
-                if len(found) == 1:
-                    raise  # a storage error names its object itself
-                failed += 1
-                warn(f"{name}: {type(exc).__name__}: {exc} (skipped)")
+        for ended in score_locations(scorer, found.values(), settings, out):
+            if not isinstance(ended, Skipped):
+                note(f"scored {ended.summary['source']}", **ended.summary)
+                continue
+            exc, name = ended.error, str(ended.location)
+            if len(found) == 1 and isinstance(exc, InputFileError):
+                fail(f"{type(exc).__name__}: {name}: {exc}")  # the reader saw a temporary file, not the name
+            if len(found) == 1:
+                raise exc  # a storage error names its object itself
+            failed += 1
+            warn(f"{name}: {type(exc).__name__}: {exc} (skipped)")
         return failed
 
     if target is None:
@@ -151,7 +129,7 @@ def score(
 )
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
+@json_option
 @click.option(
     "--model",
     "model_path",
@@ -159,9 +137,15 @@ def score(
     default=None,
     help="Artifact whose classes the results use (default: AUDIOSET_MODEL_PATH).",
 )
-@friendly_errors
+@click.pass_obj
 def search(
-    label: str, results_location: str | None, min_score: float, limit: int, as_json: bool, model_path: Path | None
+    settings: Settings,
+    label: str,
+    results_location: str | None,
+    min_score: float,
+    limit: int,
+    as_json: bool,
+    model_path: Path | None,
 ) -> None:
     """Find the clips where LABEL (display name or mid) scored at least --min-score, best first.
 
@@ -174,7 +158,6 @@ def search(
     from audioset_batch.storage.locations import results_url
     from model.artifact import read_manifest
 
-    settings = cli_settings()
     classes = read_manifest(model_path or settings.model_path).classes
     target = resolve_label(label, classes)
     where = results_url(results_location, settings)
@@ -206,7 +189,7 @@ def search(
 @main.command()
 @click.argument("model_path", type=ModelPath())
 @click.argument("data", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON on stdout.")
+@json_option
 @click.option(
     "--per-class",
     "per_class",
@@ -226,8 +209,9 @@ def search(
     default=None,
     help="Inference precision to evaluate (default: AUDIOSET_PRECISION).",
 )
-@friendly_errors
+@click.pass_obj
 def evaluate(
+    settings: Settings,
     model_path: Path,
     data: tuple[str, ...],
     as_json: bool,
@@ -240,7 +224,6 @@ def evaluate(
     from audioset_batch.training.datasets import load_dataset
     from model.metrics import evaluate as compute
 
-    settings = cli_settings()
     predictor = load_predictor(settings, model_path, precision)
     dataset = load_dataset(list(data), settings, frames=predictor.frames, classes=predictor.classes)
     result = compute(dataset.y, predictor.predict(dataset.x))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import LocalPath, cli_settings, fail, friendly_errors, main, note, open_jobs
+from audioset_batch.settings import Settings
+from cli.common import LocalPath, fail, main, note, open_jobs
 
 # --- running the service ----------------------------------------------------------------------
 
@@ -23,13 +24,12 @@ from cli.common import LocalPath, cli_settings, fail, friendly_errors, main, not
 )
 @click.option("-Q", "--queues", default=None, help="Queues to consume (default: AUDIOSET_QUEUE).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-@friendly_errors
-def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, ...]) -> None:
+@click.pass_obj
+def worker(settings: Settings, concurrency: int | None, queues: str | None, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`)."""
     from worker.app import get_app
     from worker.config import worker_argv
 
-    settings = cli_settings()
     argv = worker_argv(
         concurrency or settings.effective_concurrency,
         queues or settings.queue,
@@ -46,8 +46,8 @@ def worker(concurrency: int | None, queues: str | None, celery_args: tuple[str, 
     "--interval", type=float, default=None, help="Seconds between listings (default: AUDIOSET_WATCH_INTERVAL)."
 )
 @click.option("--once", is_flag=True, help="List once, enqueue what is new, and exit.")
-@friendly_errors
-def watch(url: str, interval: float | None, once: bool) -> None:
+@click.pass_obj
+def watch(settings: Settings, url: str, interval: float | None, once: bool) -> None:
     """Poll URL (a bucket prefix, or a folder under AUDIOSET_LOCAL_ROOT) and enqueue each new or changed
     HDF5 object exactly once. A bucket that does not exist is an error; with --once, so is one with no HDF5."""
     import signal
@@ -57,7 +57,6 @@ def watch(url: str, interval: float | None, once: bool) -> None:
     from producers.watcher import Watcher
     from worker.app import make_app
 
-    settings = cli_settings()
     prefix = queue_url(url, settings)
     present = next(iter(list_inputs(prefix, settings)), None)  # a missing bucket stops here, before any job
     if present is None and once:
@@ -102,8 +101,9 @@ def watch(url: str, interval: float | None, once: bool) -> None:
     show_default=True,
     help="URL scheme of the objects the events name.",
 )
-@friendly_errors
+@click.pass_obj
 def listen(
+    settings: Settings,
     redis_list: str | None,
     redis_url: str | None,
     http_address: str | None,
@@ -122,7 +122,6 @@ def listen(
 
     if not redis_list and not http_address:
         raise click.UsageError("give --redis-list KEY, --http HOST:PORT, or both")
-    settings = cli_settings()
     if replay_failed:
         if not redis_list:
             raise click.UsageError("--replay-failed needs --redis-list KEY")
@@ -158,14 +157,13 @@ def print_err(line: str) -> None:
 @click.option("--demo", is_flag=True, help="Drop a sample file in, print its top labels, then exit.")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --demo waits for its result.")
-@friendly_errors
-def run(root: Path | None, demo: bool, concurrency: int, timeout: float) -> None:
+@click.pass_obj
+def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, timeout: float) -> None:
     """Run the whole service locally: folder buckets, embedded broker, a worker and a watcher."""
     from audioset_batch.storage.local_store import LocalStore
     from cli.demo import write_sample
     from cli.embedded import INCOMING, RESULTS, EmbeddedService
 
-    settings = cli_settings()
     service = EmbeddedService(root or settings.local_root, concurrency=concurrency)
     note(f"incoming: {service.root / INCOMING}")
     note(f"results:  {service.root / RESULTS / service.settings.results_prefix}")

@@ -6,18 +6,18 @@ import json
 import sys
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from audioset_batch.settings import Settings
 from cli.common import (
-    F,
     LocalPath,
     ModelPath,
-    cli_settings,
-    friendly_errors,
+    json_option,
     main,
     note,
     open_jobs,
@@ -29,6 +29,8 @@ from model.train_config import TrainConfig, TrainConfigError
 
 if TYPE_CHECKING:
     from model.choices import Combine
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def train_options(command: F) -> F:
@@ -114,8 +116,10 @@ def config_from_options(options: dict[str, Any]) -> TrainConfig:
 )
 @train_options
 @quiet_option
-@friendly_errors
+@click.pass_obj
 def train(
+    settings: Settings,
+    /,
     data: tuple[str, ...],
     spec_path: Path | None,
     labels_path: Path | None,
@@ -125,7 +129,6 @@ def train(
     **options: Any,
 ) -> None:
     """Train a model on labelled HDF5 files (paths or bucket URLs), or queue a run with --submit."""
-    settings = cli_settings()
     if spec_path is not None:
         from audioset_batch.training.runs import load_spec, submit
         from worker.app import make_app
@@ -198,14 +201,13 @@ def _run_line(run: dict[str, Any]) -> str:
 
 @training.command("list")
 @click.option("--limit", default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def training_list(limit: int, as_json: bool) -> None:
+@json_option
+@click.pass_obj
+def training_list(settings: Settings, limit: int, as_json: bool) -> None:
     """List the newest queued training runs: status, iteration, loss, validation mAP."""
     from audioset_batch.settings import mask_url
     from audioset_batch.training.runs import observed
 
-    settings = cli_settings()
     store = open_jobs(settings)
     runs = [observed(store, run) for run in store.list_runs(limit)]
     if as_json:
@@ -222,12 +224,12 @@ def training_list(limit: int, as_json: bool) -> None:
 
 @training.command("show")
 @click.argument("run_id")
-@friendly_errors
-def training_show(run_id: str) -> None:
+@click.pass_obj
+def training_show(settings: Settings, run_id: str) -> None:
     """Print a training run's full record as JSON, including where its artifact landed."""
     from audioset_batch.training.runs import observed
 
-    store = open_jobs(cli_settings())
+    store = open_jobs(settings)
     click.echo(json.dumps(observed(store, store.get_run(run_id)), indent=2, default=str))
 
 
@@ -235,12 +237,12 @@ def training_show(run_id: str) -> None:
 @click.argument("run_id")
 @click.option("--interval", type=float, default=2.0, show_default=True)
 @quiet_option
-@friendly_errors
-def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
+@click.pass_obj
+def training_monitor(settings: Settings, run_id: str, interval: float, quiet: bool) -> None:
     """Follow a run until it completes, fails or is lost (its worker stopped); exit 1 unless it completed."""
     from audioset_batch.training.runs import observed
 
-    store = open_jobs(cli_settings())
+    store = open_jobs(settings)
     run = store.get_run(run_id)
     bar = progress_bar(run.get("iterations") or 0, run_id, "it", quiet)
     while True:
@@ -287,8 +289,9 @@ def training_monitor(run_id: str, interval: float, quiet: bool) -> None:
     show_default=True,
     help="Average the members' probabilities, or their log-odds (better for members calibrated differently).",
 )
-@friendly_errors
+@click.pass_obj
 def ensemble(
+    settings: Settings,
     members: tuple[Path, ...],
     output: Path,
     name: str,
@@ -312,7 +315,7 @@ def ensemble(
         from model.artifact import read_manifest
 
         first = read_manifest(members[0])  # members share frames and classes, or combining refuses them
-        held_out = load_dataset(list(validation_data), cli_settings(), frames=first.frames, classes=len(first.classes))
+        held_out = load_dataset(list(validation_data), settings, frames=first.frames, classes=len(first.classes))
     manifest = combine_artifacts(
         list(members),
         output,

@@ -24,7 +24,7 @@ from tests.helpers import write_h5
 def newcomer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path) -> Path:
     """A fresh working folder with nothing configured but the model (and float32 for exact tags)."""
     from audioset_batch.settings import get_settings
-    from audioset_batch.storage.object_store import _stores
+    from audioset_batch.storage.factory import _stores
 
     for name in list(os.environ):
         if name.startswith("AUDIOSET_"):
