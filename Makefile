@@ -21,6 +21,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # the docs site: a broken link fails
 
 test: install lint  ## lint, type-check and run every test (starts its own redis-server, S3 server and workers)
 	@command -v redis-server >/dev/null || { echo "tests need redis-server on PATH (apt-get install redis-server)"; exit 1; }
@@ -30,4 +31,4 @@ bench: install  ## performance figures as JSON (not a test)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) buckets .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) buckets site .pytest_cache .mypy_cache .ruff_cache

@@ -63,7 +63,7 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[tuple[str, 
 
 def warn_unknown_variables() -> None:
     for name, close in unknown_variables():
-        hint = f"; did you mean {close}?" if close else " (see the README's settings table)"
+        hint = f"; did you mean {close}?" if close else " (docs/configuration.md lists every setting)"
         logging.getLogger("audioset.settings").warning("%s is not a setting and is ignored%s", name, hint)
 
 

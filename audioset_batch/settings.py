@@ -20,7 +20,7 @@ DEFAULT_MODEL_PATH = DEFAULT_ARTIFACT
 
 
 class Settings(BaseSettings):
-    """One field per setting; the README's settings table mirrors this class."""
+    """One field per setting; docs/configuration.md's table mirrors this class."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -22,7 +22,6 @@ import platform
 import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,38 +30,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from model.artifact import DEFAULT_ARTIFACT, Manifest
+from benchmarks.files import ROOT, settings, write_file
+from benchmarks.memory import peak_rss_mb, worker_child_peak_rss_mb
+from benchmarks.training_speed import training_report
+from model.artifact import DEFAULT_ARTIFACT
 from model.labels import ClassLabel
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_file(path: Path, clips: int, seed: int = 0, classes: int = 0) -> Path:
-    """A synthetic AudioSet-layout file, written in chunks so the writer's memory stays flat; with ``classes``,
-    labels ``y`` too (about 2 per clip, as in AudioSet), so scoring it computes the summary's metrics."""
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        x = f.create_dataset("x", shape=(clips, 10, 128), dtype=np.uint8, chunks=(min(clips, 4096), 10, 128))
-        y = (
-            f.create_dataset("y", shape=(clips, classes), dtype=bool, chunks=(min(clips, 4096), classes))
-            if classes
-            else None
-        )
-        for start in range(0, clips, 65536):
-            stop = min(clips, start + 65536)
-            x[start:stop] = rng.integers(0, 256, size=(stop - start, 10, 128), dtype=np.uint8)
-            if y is not None:
-                y[start:stop] = rng.random((stop - start, classes)) < 2 / classes
-        f["video_id_list"] = np.array([f"v{i:010d}".encode() for i in range(clips)])
-        f["start_time_seconds"] = np.zeros(clips, dtype=np.float32)
-    return path
-
-
-def settings(model: Path) -> Any:
-    """The benchmarked configuration: the environment's settings with the benchmarked model."""
-    from audioset_batch.settings import load_settings
-
-    return load_settings(model_path=model)
 
 
 def forward_only(model: Path, clips: int, precision: str = "float32") -> float:
@@ -123,97 +95,6 @@ def seed_model(classes: list[ClassLabel], folder: Path) -> Path:
     return save_untrained(
         folder, DEFAULT_ARCHITECTURE, classes, 1024, name="seed-model", version="0", why="serving-speed baseline"
     )
-
-
-def peak_rss_mb(model: Path, path: Path, precision: str = "float32") -> dict[str, Any]:
-    """Peak RSS of `audioset score` in its own process, and of a process that only loads the model.
-
-    Read from VmHWM, the high-water mark of the process's own memory map. (``ru_maxrss``
-    would not do: Linux carries the parent's peak into a child across fork and exec, so
-    every child of a big benchmark process would report the benchmark's own peak.)
-    """
-    hwm = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
-    code = (
-        "import sys,runpy; sys.argv=['audioset','score',%r,'-o',%r]\n"
-        "try:\n    runpy.run_module('cli', run_name='__main__')\n"
-        "except SystemExit: pass\n" + hwm
-    )
-    load_only = (
-        "import numpy as np\nfrom model.inference import Predictor\n"
-        f"p=Predictor.from_artifact({str(model)!r}, precision={precision!r})\n"
-        "p.predict(np.zeros((1024,10,128),np.uint8))\n" + hwm
-    )
-    env = {
-        **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "AUDIOSET_PRECISION": precision,
-        "AUDIOSET_MODEL_PATH": str(model),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        run = subprocess.run(
-            [sys.executable, "-c", code % (str(path), str(Path(tmp) / "o.jsonl"))],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            check=True,
-        )
-        base = subprocess.run(
-            [sys.executable, "-c", load_only], capture_output=True, text=True, env=env, cwd=ROOT, check=True
-        )
-    scored = int(run.stdout.strip().splitlines()[-1]) / 1024
-    loaded = int(base.stdout.strip().splitlines()[-1]) / 1024
-    return {
-        "precision": precision,
-        "peak_rss_mb": round(scored, 1),
-        "model_loaded_rss_mb": round(loaded, 1),
-        "above_loaded_model_mb": round(scored - loaded, 1),
-    }
-
-
-def worker_child_peak_rss_mb(model: Path, path: Path, tmp: Path) -> float:
-    """Peak RSS of the worker child that scores ``path``, through ``audioset run`` (a real Celery worker on the
-    embedded broker): read from each pool process's VmHWM once the result is written."""
-    root = tmp / "rss-run"
-    shutil.rmtree(root, ignore_errors=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "AUDIOSET_MODEL_PATH": str(model)}
-    with (tmp / "rss-run.log").open("wb") as log:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "cli", "run", "--root", str(root)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            result = root / "results" / "predictions" / "incoming" / "rss.h5.summary.json"
-            deadline = time.monotonic() + 3600
-            while not (root / "incoming").is_dir():
-                time.sleep(0.2)
-            shutil.copy(path, root / "incoming" / ".rss.h5.part")
-            (root / "incoming" / ".rss.h5.part").rename(root / "incoming" / "rss.h5")
-            while not result.exists() and time.monotonic() < deadline and run.poll() is None:
-                time.sleep(0.5)
-            peaks = [_hwm_kib(pid) for pid in _descendants(run.pid)]
-        finally:
-            run.send_signal(2)
-            run.wait(120)
-    return round(max(peaks) / 1024, 1)
-
-
-def _descendants(pid: int) -> list[int]:
-    from tests.faults.conftest import child_pids
-
-    children = child_pids(pid)
-    return children + [grandchild for child in children for grandchild in _descendants(child)]
-
-
-def _hwm_kib(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def through_queue(model: Path, workers: int, files: int, clips: int, tmp: Path, threads: int = 0) -> float:
@@ -334,69 +215,6 @@ def serving_budget(report: dict[str, Any], baseline: float) -> dict[str, Any]:
         "seed_way_seed_model_clips_per_second": round(baseline, 1),
         "ratio": round(measured["clips_per_second"] / baseline, 3),
     }
-
-
-Recipe = tuple[str, int, int]  # architecture, hidden units, branches
-
-
-def training_recipes(manifest: Manifest) -> dict[str, Recipe]:
-    """What ``audioset train`` would run again: the model's own network, or each member's for an ensemble."""
-    from model.ensemble import trained_parts
-
-    return {part.tag: (part.architecture, part.hidden_units, part.branches) for part in trained_parts(manifest)}
-
-
-def training_speed(recipe: Recipe, classes: list[ClassLabel], iterations: int, precision: str, folder: Path) -> float:
-    """Iterations per second of a recipe (batches of 500, EMA, weight decay), after warm-up."""
-    from model.train_config import TrainConfig
-    from model.training import Progress, train
-
-    architecture, hidden_units, branches = recipe
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(4000, 10, 128), dtype=np.uint8)
-    y = rng.random((4000, len(classes))) < 0.005
-    y[np.arange(4000), rng.integers(0, len(classes), 4000)] = True
-    warmup = 3
-    config = TrainConfig(
-        architecture=architecture,
-        hidden_units=hidden_units,
-        branches=branches,
-        batch_size=500,
-        iterations=warmup + iterations,
-        eval_every=warmup + iterations,
-        checkpoint_every=warmup + iterations,
-        ema_decay=0.998,
-        weight_decay=0.1,
-        precision=precision,
-    )
-    marks: dict[int, float] = {}
-
-    def mark(p: Progress) -> None:
-        if p.iteration in (warmup, warmup + iterations):
-            marks[p.iteration] = time.perf_counter()
-
-    train(config, x, y, classes, folder, on_progress=mark)
-    # The last iteration's mark follows its evaluation and checkpoint; with many iterations that cost is small.
-    return iterations / (marks[warmup + iterations] - marks[warmup])
-
-
-def training_report(manifest: Manifest, iterations: int, tmp: Path) -> dict[str, Any]:
-    """Training speed in float32 and (where the CPU has it) bfloat16, by tag: one shape for one model or many."""
-    from model.inference import cpu_supports_bfloat16
-
-    classes = manifest.classes
-    reports: dict[str, dict[str, Any]] = {}
-    for index, (tag, recipe) in enumerate(training_recipes(manifest).items()):
-        fp32 = training_speed(recipe, classes, iterations, "float32", tmp / f"train-{index}-float32")
-        report: dict[str, Any] = {"float32_iterations_per_second": round(fp32, 2)}
-        if cpu_supports_bfloat16():
-            bf16 = training_speed(recipe, classes, iterations, "bfloat16", tmp / f"train-{index}-bfloat16")
-            report["bfloat16_iterations_per_second"] = round(bf16, 2)
-            report["bfloat16_speedup"] = round(bf16 / fp32, 2)
-        else:
-            report["bfloat16"] = {"skipped": "no avx512_bf16/AMX on this CPU"}
-        reports[tag] = report
-    return {"members": reports}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
     from audioset_batch.jobs.factory import open_job_store
     from audioset_batch.settings import load_settings
     from audioset_batch.storage.cos_store import CosStore
-    from benchmarks.__main__ import write_file
+    from benchmarks.files import write_file
     from producers.enqueue import enqueue
     from tests.conftest import Stack, free_port, start_redis, wait_for_port
     from tests.faults.conftest import child_pids, tally

@@ -44,7 +44,8 @@ def test_peak_rss_is_the_scoring_process_own_not_the_benchmark_process_peak(tmp_
 
     import numpy as np
 
-    from benchmarks.__main__ import peak_rss_mb, write_file
+    from benchmarks.files import write_file
+    from benchmarks.memory import peak_rss_mb
     from model.artifact import DEFAULT_ARTIFACT
 
     ballast = np.ones(3 * 1024**3, dtype=np.uint8)  # make this (parent) process's peak 3 GB, far above a scorer's
@@ -77,7 +78,7 @@ def test_benchmark_measures_the_model_it_is_given_and_each_member_of_an_ensemble
     training = report["training"]["members"]
     assert sorted(training) == ["fsa@2", "mla@1"]
     assert all(member["float32_iterations_per_second"] > 0 for member in training.values())
-    from benchmarks.__main__ import training_recipes
+    from benchmarks.training_speed import training_recipes
     from model.artifact import read_manifest
 
     # one shape for one model too: the model is its own only member

@@ -78,3 +78,12 @@ def test_every_package_and_module_of_the_core_sits_in_a_layer() -> None:
     assert here - placed == set(), "add these to the core's layers contract in pyproject.toml"
     tops = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
     assert tops - _layer_names(top) == set(), "add these packages to the top-level layers contract"
+
+
+def test_no_source_module_is_over_400_lines() -> None:
+    """A module that grows past this holds more than one job: split it by what each part is."""
+    tops = ["cli", "audioset_batch", "worker", "producers", "model", "benchmarks"]
+    sources = [p for top in tops for p in (ROOT / top).rglob("*.py")]
+    assert len(sources) > 50
+    long = {str(p.relative_to(ROOT)): n for p in sources if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

@@ -12,7 +12,7 @@ from model.architectures import ARCHITECTURES, UnknownArchitectureError, branch_
 from model.inference import Predictor
 from model.labels import LabelFileError, parse_labels
 from model.metrics import d_prime, evaluate
-from model.training import BalancedSampler, stratified_split
+from model.sampling import BalancedSampler, stratified_split
 from tests.helpers import build_artifact, make_labels
 
 

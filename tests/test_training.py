@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 
 from model import artifact
+from model.augmentation import frame_mix_batch, mix_batch, smooth_labels
 from model.labels import ClassLabel
+from model.lr_schedule import COSINE_FLOOR, learning_rate_at
 from model.soft_targets import stratified_folds
 from model.train_config import TrainConfig, TrainConfigError, TrainingDataError
-from model.training import (
-    COSINE_FLOOR,
-    Progress,
-    frame_mix_batch,
-    learning_rate_at,
-    mix_batch,
-    smooth_labels,
-    train,
-)
+from model.training import Progress, train
 from tests.helpers import learnable_dataset, make_labels
 
 
@@ -55,7 +49,7 @@ def train_until_interrupted(
 
 def out_of_fold_scores(config: TrainConfig, y: np.ndarray, run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(training clip indices, their fold, the fold predictions a cross-fit run saved) of a split run."""
-    from model.training import stratified_split
+    from model.sampling import stratified_split
 
     train_idx, _ = stratified_split(y, *config.validation_split)
     fold_of = stratified_folds(y[train_idx], config.cross_fit, config.seed)
@@ -145,7 +139,7 @@ def test_weight_average_is_evaluated_saved_and_resumed(tmp_path: Path) -> None:
 def test_weight_average_tracks_and_swaps() -> None:
     import keras
 
-    from model.training import WeightAverage
+    from model.weight_average import WeightAverage
 
     variable = keras.Variable(np.zeros(3, np.float32))
     average = WeightAverage([variable], decay=0.5, step=100)
@@ -400,7 +394,7 @@ def test_bfloat16_training_learns_resumes_and_ships_a_float32_artifact(tmp_path:
 
     from model.inference import Predictor
     from model.metrics import evaluate
-    from model.training import stratified_split
+    from model.sampling import stratified_split
 
     x, y = learnable_dataset(800, 6, seed=21)
     config = small_config(iterations=60, precision="bfloat16", ema_decay=0.9)
@@ -857,7 +851,7 @@ def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(t
     from model.architectures import build_model
     from model.clip_windows import tile_windows
     from model.inference import Predictor
-    from model.training import stratified_split
+    from model.sampling import stratified_split
 
     x, y = learnable_dataset(600, 4, seed=16)
     clip_level = small_config(architecture="feature_level_attention", iterations=40, cross_fit=2, distill_weight=0.7)

@@ -49,7 +49,7 @@ def get_app() -> Celery:
     """The worker's app, from the environment's settings; built once, on first use."""
     global _app
     if _app is None:
-        from worker.metrics import prepare_multiprocess_dir
+        from worker.prometheus_metrics import prepare_multiprocess_dir
 
         prepare_multiprocess_dir(get_settings())  # before anything imports prometheus_client
         _app = make_app()

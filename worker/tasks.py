@@ -30,13 +30,15 @@ from audioset_batch.errors import (
 from audioset_batch.logs import log_context
 from audioset_batch.retry_policy import backoff_delay, call_for_up_to
 from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
-from audioset_batch.scoring.pipeline import ObjectScorer, record_failure, soft_time_limit_error
+from audioset_batch.scoring.limits import soft_time_limit_error
+from audioset_batch.scoring.pipeline import ObjectScorer, record_failure
 from audioset_batch.settings import Settings, get_settings
 from audioset_batch.storage.locations import message_url
 from audioset_batch.storage.object_store import ObjectURL, check_source
 from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
-from worker import metrics, redelivery
+from worker import prometheus_metrics as metrics
+from worker import redelivery
 from worker.config import SCORE_TASK
 from worker.runtime import job_store, load_scorer, reset_scorer
 

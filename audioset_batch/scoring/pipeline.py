@@ -21,6 +21,7 @@ from audioset_batch.results.records import dumps, error_record, loads, now
 from audioset_batch.retry_policy import should_retry
 from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
 from audioset_batch.scoring.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
+from audioset_batch.scoring.limits import Deadline, OutputCap, reader_limits
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectStore, ObjectURL, translate_os_error
@@ -50,58 +51,6 @@ class FileScore:
     metrics: dict[str, Any] | None
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """The per-file time limit, checked between steps: it holds even where a storage SDK retries
-    through the worker's soft-time-limit signal."""
-
-    at: float
-    seconds: float
-
-    @classmethod
-    def after(cls, seconds: float) -> Deadline:
-        return cls(time.monotonic() + seconds, seconds)
-
-    def check(self) -> None:
-        if time.monotonic() > self.at:
-            raise soft_time_limit_error(self.seconds)
-
-
-def soft_time_limit_error(seconds: float) -> LimitExceededError:
-    """The error a file gets when it outlives the soft time limit (checked here or signalled by Celery)."""
-    return LimitExceededError(f"scoring took longer than AUDIOSET_SOFT_TIME_LIMIT={seconds:g}s")
-
-
-OUTPUT_FLOOR_BYTES = 16 * 1024**2
-
-
-@dataclass(frozen=True, slots=True)
-class OutputCap:
-    """The most result bytes one file may produce: ``AUDIOSET_MAX_OUTPUT_RATIO`` times the bytes it stores.
-
-    Real embeddings barely compress, so their results stay a few times their size; 200,000 zero clips gzip to
-    270 KB and would write 100 MB. Checked on a projection from the clips scored so far, so such a file is refused
-    after its first chunk, not after all its CPU time.
-    """
-
-    limit: int
-    stored: int
-    ratio: float
-
-    @classmethod
-    def for_file(cls, stored: int, ratio: float) -> OutputCap:
-        return cls(max(OUTPUT_FLOOR_BYTES, int(stored * ratio)), stored, ratio)
-
-    def check(self, written: int, clips_done: int, clips_total: int) -> None:
-        projected = written * clips_total // max(clips_done, 1)
-        if projected > self.limit:
-            raise LimitExceededError(
-                f"its results would take about {projected} bytes for {clips_total} clips, over "
-                f"AUDIOSET_MAX_OUTPUT_RATIO={self.ratio:g} x the {self.stored} bytes the file stores "
-                f"(at least {OUTPUT_FLOOR_BYTES} bytes); a file of real embeddings stays far below it"
-            )
 
 
 def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -153,11 +102,6 @@ def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk
         # On an error the file fails at once; a prediction still running is abandoned, not awaited
         # (the worker reloads its model after an unexpected error, so nothing reuses its state).
         pool.shutdown(wait=False, cancel_futures=True)
-
-
-def reader_limits(settings: Settings) -> Limits:
-    """The reader's limits from settings: the one place they are read."""
-    return Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
 
 
 def load_predictor(settings: Settings, model_path: Path | None = None, precision: str | None = None) -> Predictor:

@@ -10,7 +10,7 @@ import numpy as np
 
 from audioset_batch.errors import InputFileError, LocationError
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, LayoutError, Limits
-from audioset_batch.scoring.pipeline import reader_limits
+from audioset_batch.scoring.limits import reader_limits
 from audioset_batch.settings import Settings
 from audioset_batch.storage.locations import Location, distinct_inputs, local_file, parse
 from model.artifact import read_manifest
