@@ -7,7 +7,6 @@ import sys
 import time
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,7 +24,7 @@ from cli.common import (
     quiet_option,
 )
 from model.choices import COMBINES
-from model.train_config import TrainConfig, TrainConfigError
+from model.train_config import TrainConfig, TrainConfigError, bounds
 
 if TYPE_CHECKING:
     from model.choices import Combine
@@ -33,51 +32,62 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _choices(kind: Any) -> tuple[str, ...]:
+    """The values of a ``Literal`` annotation (also inside ``X | None``), or () for any other type."""
+    if typing.get_origin(kind) is typing.Literal:
+        return tuple(typing.get_args(kind))
+    return next((c for arg in typing.get_args(kind) if (c := _choices(arg))), ())
+
+
+def _click_type(kind: Any, limits: dict[str, Any]) -> Any:
+    """click's type for a number or text field, with its limits as a range."""
+    types = typing.get_args(kind) or (kind,)  # int | None -> (int, NoneType)
+    base = int if int in types else float if float in types else str
+    if base is str or not limits:
+        return base
+    return (click.IntRange if base is int else click.FloatRange)(**limits)
+
+
 def train_options(command: F) -> F:
     """One option per :class:`TrainConfig` field, named, typed, checked and explained by the field itself."""
-    hints = typing.get_type_hints(TrainConfig)
-    for spec in reversed(fields(TrainConfig)):
-        meta = spec.metadata
-        if meta.get("hidden"):
+    for name, info in reversed(TrainConfig.model_fields.items()):
+        extra: dict[str, Any] = info.json_schema_extra or {}  # type: ignore[assignment]
+        if extra.get("hidden"):
             continue
-        flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
-        default = spec.default if spec.default is not MISSING else spec.default_factory()  # type: ignore[misc]
-        kind = hints[spec.name]
-        kwargs: dict[str, Any] = {"help": meta.get("help") or None, "show_default": default not in (None, [])}
-        if "values" in meta:
-            kwargs["type"] = click.Choice(list(meta["values"]))
-            kwargs["default"] = next(k for k, v in meta["values"].items() if v == default)
-        elif "choices" in meta:
-            kwargs["type"], kwargs["default"] = click.Choice(list(meta["choices"])), default
-        elif meta.get("multiple"):
+        flag = extra.get("flag") or "--" + name.replace("_", "-")
+        default = info.get_default(call_default_factory=True)
+        kwargs: dict[str, Any] = {"help": info.description or None, "show_default": default not in (None, [])}
+        if "values" in extra:
+            kwargs["type"] = click.Choice(list(extra["values"]))
+            kwargs["default"] = next(k for k, v in extra["values"].items() if v == default)
+        elif choices := _choices(info.annotation):
+            kwargs["type"], kwargs["default"] = click.Choice(list(choices)), default
+        elif typing.get_origin(info.annotation) is list:
             kwargs["multiple"] = True
         else:
-            types = typing.get_args(kind) or (kind,)  # int | None -> (int, NoneType)
-            base = int if int in types else float if float in types else str
-            limits = {k: meta[k] for k in ("min", "max", "min_open", "max_open") if k in meta}
-            if base is int and limits:
-                kwargs["type"] = click.IntRange(**limits)
-            elif base is float and limits:
-                kwargs["type"] = click.FloatRange(**limits)
-            else:
-                kwargs["type"] = base
-            kwargs["default"] = default
-        command = click.option(flag, spec.name, **kwargs)(command)
+            b = bounds(info)
+            limits = {
+                **({"min": b.get("ge", b.get("gt"))} if {"ge", "gt"} & set(b) else {}),
+                **({"max": b.get("le", b.get("lt"))} if {"le", "lt"} & set(b) else {}),
+                **({"min_open": True} if "gt" in b else {}),
+                **({"max_open": True} if "lt" in b else {}),
+            }
+            kwargs["type"], kwargs["default"] = _click_type(info.annotation, limits), default
+        command = click.option(flag, name, **kwargs)(command)
     return command
 
 
 def config_from_options(options: dict[str, Any]) -> TrainConfig:
     """The run's :class:`TrainConfig` from the parsed options (a bad combination is a usage error)."""
     values: dict[str, Any] = {}
-    for spec in fields(TrainConfig):
-        if spec.name not in options:
+    for name, info in TrainConfig.model_fields.items():
+        if name not in options:
             continue
-        value = options[spec.name]
-        if "values" in spec.metadata:
-            value = spec.metadata["values"][value]
-        elif spec.metadata.get("multiple"):
-            value = list(value)
-        values[spec.name] = value
+        extra: dict[str, Any] = info.json_schema_extra or {}  # type: ignore[assignment]
+        value = options[name]
+        values[name] = (
+            extra["values"][value] if "values" in extra else list(value) if isinstance(value, tuple) else value
+        )
     values["checkpoint_every"] = values.get("eval_every", TrainConfig().eval_every)
     try:
         return TrainConfig(**values)

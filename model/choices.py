@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ARCHITECTURES = (
+Architecture = Literal[
     "decision_level_max_pooling",
     "decision_level_average_pooling",
     "decision_level_single_attention",
     "decision_level_multi_attention",
     "feature_level_attention",
     "frame_self_attention",
-)
+]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 DEFAULT_ARCHITECTURE = "decision_level_multi_attention"
 
 Precision = Literal["float32", "bfloat16", "int8", "auto"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,8 +112,7 @@ def _fold_scores(path: Path, held_shape: tuple[int, ...]) -> Any:
 
 def fold_config(config: TrainConfig) -> TrainConfig:
     """The settings of a run's --cross-fit fold models: the run's own, but for its ``fold_*`` ones, on hard labels."""
-    return replace(
-        config,
+    return config.but(
         cross_fit=0,
         teachers=[],
         architecture=config.fold_architecture or config.architecture,

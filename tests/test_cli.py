@@ -268,15 +268,14 @@ def test_unknown_job_or_run_is_one_clear_line(tmp_path: Path, monkeypatch: pytes
 
 def test_every_training_setting_is_a_train_option_with_its_help() -> None:
     """A new TrainConfig field is one edit: the option, its type, range and help come from the field."""
-    from dataclasses import fields
-
     from cli.training import config_from_options, train
     from model.train_config import TrainConfig
 
     options = {param.name: param for param in train.params}
-    for spec in fields(TrainConfig):
-        if not spec.metadata.get("hidden"):
-            assert spec.name in options and options[spec.name].help, spec.name  # type: ignore[attr-defined]
+    for name, info in TrainConfig.model_fields.items():
+        if not (info.json_schema_extra or {}).get("hidden"):  # type: ignore[union-attr]
+            assert name in options and options[name].help, name  # type: ignore[attr-defined]
+    assert "0<=x<1" in str(options["dropout"].type)  # the limits are the field's own
     parsed = train.make_context("train", ["x.h5", "--sampling", "shuffle", "--teacher", "a", "--eval-every", "7"])
     config = config_from_options(parsed.params)
     assert (config.balanced, config.teachers, config.checkpoint_every) == (False, ["a"], 7)

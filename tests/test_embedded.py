@@ -40,6 +40,10 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
         deadline = time.monotonic() + 60
         while not (root / "incoming").is_dir() and time.monotonic() < deadline:
             time.sleep(0.1)
+        wait_for(worker_ready(tmp_path), 120, "worker ready", process)
+        # Hand-written files in the run's queue folder: the worker drops them and goes on (it once stopped).
+        (root / ".broker" / "queue" / "0_a.audioset.score.msg").write_text("{}")
+        (root / ".broker" / "queue" / "0_b.audioset.score.msg").write_text("not json")
         source = write_h5(tmp_path / "drop.h5", clips=7, seed=3)
         staged = root / "incoming" / "day1" / ".drop.h5.part"
         staged.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +62,9 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
         assert len(lines) == 7 and lines[0]["source"] == "incoming/day1/drop.h5"
         assert (root / "results" / "predictions" / "incoming" / "day1" / "drop.h5.summary.json").exists()
         assert orjson.loads(error.read_bytes())["error"] == "NotHDF5Error"
+        log_text = (tmp_path / "run.log").read_text()
+        assert "dropped an item on 'audioset.score' that is not a task message" in log_text
+        assert "Unrecoverable error" not in log_text
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(90)
@@ -165,8 +172,10 @@ def test_a_second_run_in_the_same_folder_says_who_holds_it_and_leaves_the_first_
     first, log = start_run(root, tmp_path, tiny_model)
     try:
         wait_for(worker_ready(tmp_path), 120, "worker ready", first)
-        queued = root / ".broker" / "queue" / "0_live.audioset.score.msg"
-        queued.write_text("{}")  # the first run's queue and temp files must survive the second start
+        # The first run's queue and temp files must survive the second start (a queue its worker does not
+        # consume, so that only the second run could remove it).
+        queued = root / ".broker" / "queue" / "0_live.elsewhere.msg"
+        queued.write_text("{}")
         download = root / ".tmp" / "audioset-live" / "input.h5"
         download.parent.mkdir(parents=True)
         download.write_bytes(b"in use")

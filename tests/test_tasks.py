@@ -133,12 +133,14 @@ def test_scoring_messages_follow_one_versioned_schema() -> None:
 
 
 def test_a_hand_written_message_gets_the_routing_kombu_needs() -> None:
-    from worker.redis_transport import repaired
+    from worker.guarded_transports import repaired
 
-    fixed = repaired({"body": "x", "properties": {"delivery_info": {"exchange": 3}}}, "q")
+    message = {"body": "x", "headers": {"task": "t"}, "properties": {"delivery_info": {"exchange": 3}}}
+    fixed = repaired(message, "q")
     assert fixed is not None and fixed["properties"]["delivery_info"] == {"exchange": "q", "routing_key": "q"}
     assert isinstance(fixed["properties"]["delivery_tag"], str)
     assert repaired(["not", "a", "message"], "q") is None and repaired({"properties": "x"}, "q") is None
+    assert repaired({}, "q") is None and repaired({"body": "x", "headers": {"task": 1}}, "q") is None
 
 
 def test_only_deliveries_no_live_worker_holds_are_put_back() -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -608,20 +607,20 @@ def test_fold_models_can_be_another_architecture_trained_for_fewer_iterations(tm
     recorded = artifact.verify(result.artifact).training["hyperparameters"]
     assert (recorded["fold_architecture"], recorded["fold_iterations"]) == ("feature_level_attention", 20)
     # Resuming to more iterations extends the model only: the folds stay at --fold-iterations.
-    more = train(replace(config, iterations=60), x, y, make_labels(3), tmp_path / "run")
+    more = train(config.but(iterations=60), x, y, make_labels(3), tmp_path / "run")
     assert more.iterations_run == 60
     state = json.loads((tmp_path / "run" / "folds" / "fold-0" / "checkpoint" / "state.json").read_text())
     assert [entry["iteration"] for entry in state["history"]] == [20]
     # Finished folds are reused, never trained again, so folds of other settings are refused, not used: even when
     # the model itself has not started (its checkpoint would refuse the change too).
     shutil.rmtree(tmp_path / "run" / "checkpoint")
-    other = replace(config, fold_architecture="decision_level_average_pooling")
+    other = config.but(fold_architecture="decision_level_average_pooling")
     with pytest.raises(TrainingDataError, match=r"fold-0 holds a run with other data or settings \(architecture: "):
         train(other, x, y, make_labels(3), tmp_path / "run")
     predictions = tmp_path / "run" / "folds" / "fold-0" / "predictions.npz"
     written = predictions.stat().st_mtime_ns
     stages: set[str] = set()
-    renamed = replace(config, name="renamed", version="2")  # labels only: the folds do not depend on them
+    renamed = config.but(name="renamed", version="2")  # labels only: the folds do not depend on them
     train(renamed, x, y, make_labels(3), tmp_path / "run", on_progress=lambda p: stages.add(p.stage))
     assert stages == {""} and predictions.stat().st_mtime_ns == written  # reused, not trained again
 

@@ -67,19 +67,20 @@ def broker_ssl(url: str) -> dict[str, Any] | None:
     return options
 
 
-def use_guarded_redis_transport() -> None:
-    """``redis://`` and ``rediss://`` name kombu's Redis transport guarded against hand-written messages that lack
-    its routing fields (``worker/redis_transport.py``), in this process, under the names users know."""
+def use_guarded_transports() -> None:
+    """``redis://``, ``rediss://`` and ``filesystem://`` name kombu's transports guarded against hand-written
+    messages that lack their routing fields (``worker/guarded_transports.py``), in this process, under the names
+    users know."""
     from kombu.transport import TRANSPORT_ALIASES
 
     for scheme in ("redis", "rediss"):
-        TRANSPORT_ALIASES[scheme] = "worker.redis_transport:Transport"
+        TRANSPORT_ALIASES[scheme] = "worker.guarded_transports:RedisTransport"
+    TRANSPORT_ALIASES["filesystem"] = "worker.guarded_transports:FilesystemTransport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     options = transport_options(settings)
-    if not settings.broker_url.startswith("filesystem"):
-        use_guarded_redis_transport()
+    use_guarded_transports()
     return {
         "broker_use_ssl": broker_ssl(settings.broker_url),
         # The filesystem transport needs no host; naming one keeps kombu from warning that none was supplied.

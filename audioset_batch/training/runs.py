@@ -14,12 +14,12 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from audioset_batch.errors import AudiosetError, ConfigError
 from audioset_batch.jobs.job_store import JobStore
@@ -27,61 +27,44 @@ from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectURL, check_key, check_source
 from audioset_batch.task_names import TRAIN_TASK
-from model.train_config import TrainConfig
+from model.train_config import TrainConfig, TrainConfigError, describe
 from model.training import Progress
 
 log = logging.getLogger("audioset.training")
-SPEC_KEYS = {"data", "labels", "output", "validation"}
 RUN_ID = re.compile(r"^train-\d{8}-\d{6}-[0-9a-f]{6}$")
 
 
-@dataclass(slots=True)
-class TrainingSpec:
-    data: list[str]
-    output: str
-    labels: str | None
-    config: TrainConfig
-    validation: list[str] = field(default_factory=list)
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class TrainingSpec(BaseModel):
+    """A queued run as its YAML says it, flat: the data keys below plus any :class:`TrainConfig` setting."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    data: Annotated[list[str], BeforeValidator(_listed), Field(min_length=1)]
+    output: str = ""
+    labels: str | None = None
+    validation: Annotated[list[str], BeforeValidator(_listed)] = []
+    config: TrainConfig = Field(default_factory=TrainConfig)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "data": self.data,
-            "validation": self.validation,
-            "output": self.output,
-            "labels": self.labels,
-            **asdict(self.config),
-        }
+        return {**self.model_dump(exclude={"config"}), **self.config.to_json()}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any], source: str = "<spec>") -> TrainingSpec:
+    def from_json(cls, raw: Any, source: str = "<spec>") -> TrainingSpec:
+        """The spec from its YAML mapping; every problem is one :class:`ConfigError` naming the file."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping of settings")
-        allowed = SPEC_KEYS | {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ConfigError(f"{source}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        data = raw.get("data")
-        if isinstance(data, str):
-            data = [data]
-        if not data or not all(isinstance(d, str) for d in data):
-            raise ConfigError(f"{source}: 'data' must list one or more HDF5 paths or URLs")
-        config_keys = {f.name for f in fields(TrainConfig)}
+        own = set(cls.model_fields) - {"config"}
         try:
-            config = TrainConfig(**{k: v for k, v in raw.items() if k in config_keys})
-        except (TypeError, ValueError) as exc:
+            config = TrainConfig(**{k: v for k, v in raw.items() if k not in own})
+            return cls(**{k: v for k, v in raw.items() if k in own}, config=config)
+        except TrainConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        validation = raw.get("validation") or []
-        if isinstance(validation, str):
-            validation = [validation]
-        if not all(isinstance(v, str) for v in validation):
-            raise ConfigError(f"{source}: 'validation' must list HDF5 paths or URLs")
-        return cls(
-            data=list(data),
-            output=str(raw.get("output") or ""),
-            labels=raw.get("labels"),
-            config=config,
-            validation=list(validation),
-        )
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {describe(exc, cls)}") from None
 
 
 def load_spec(path: Path) -> TrainingSpec:

@@ -286,6 +286,9 @@ def test_forged_and_malformed_messages_are_refused_and_the_worker_goes_on(
         "scoring with unknown arguments": raw_message(
             "audioset.score_object", ["cos://a/b.h5"], {"shell": "rm -rf /"}, {"exchange": queue, "routing_key": queue}
         ),
+        "an empty mapping": b"{}",
+        "a message with no headers": json.dumps({"body": "eA==", "properties": {}}).encode(),
+        "not JSON at all": b"not json",
     }
     for payload in forged.values():
         client.lpush(queue, payload)
@@ -298,6 +301,7 @@ def test_forged_and_malformed_messages_are_refused_and_the_worker_goes_on(
     assert text.count("refused a malformed scoring message") == 2
     assert "url: Input should be a valid string" in text and "shell: Extra inputs are not permitted" in text
     assert "nothing.h5: ObjectNotFoundError" in text  # the one with no routing key was still handled, not dropped
+    assert text.count("that is not a task message") == 3 and "Unrecoverable error" not in text
     for case in forged:
         check(f"message: {case}", "refused, worker goes on", "refused, worker goes on")
 

@@ -1,0 +1,84 @@
+"""kombu's Redis and filesystem transports, with one guard: a message is checked for the fields kombu itself
+needs before kombu touches it.
+
+kombu reads ``properties.delivery_info.routing_key`` (and the delivery tag) of every message it takes off a queue
+without checking them; one written by hand without them raised ``KeyError`` inside the consumer, which dropped
+the message and restarted the connection (Redis) or stopped the worker with an unrecoverable error (the
+filesystem broker of ``audioset run``). Here such a message gets the queue it was taken from as its routing, a
+delivery tag if it has none, and then meets Celery's and the task's own checks, which refuse what is wrong; a
+file in the filesystem queue that is not JSON at all is dropped with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from json import JSONDecodeError
+from queue import Empty
+from typing import Any
+
+from kombu.transport import filesystem, redis
+
+log = logging.getLogger("audioset.worker")
+
+
+def repaired(message: Any, queue: str) -> dict[str, Any] | None:
+    """The message with the routing fields kombu needs, or None if it is not a task message at all."""
+    if not isinstance(message, dict) or not isinstance(message.get("properties", {}), dict):
+        return None
+    headers = message.get("headers")
+    if not isinstance(headers, dict) or not isinstance(headers.get("task"), str):
+        return None  # not a task message of Celery's protocol 2: Celery's consumer would stop on it
+    properties = message.setdefault("properties", {})
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict):
+        info = properties["delivery_info"] = {}
+    for field in ("exchange", "routing_key"):
+        if not isinstance(info.get(field), str):
+            log.warning("a message on %r had no valid %s; treating it as sent to that queue", queue, field)
+            info[field] = queue
+    if not isinstance(properties.get("delivery_tag"), str):
+        properties["delivery_tag"] = uuid.uuid4().hex
+    return message
+
+
+class _Guarded:
+    def _deliver(self, message: Any, queue: str) -> None:
+        fixed = repaired(message, queue)
+        if fixed is None:
+            log.error("dropped an item on %r that is not a task message (%s)", queue, type(message).__name__)
+            return
+        super()._deliver(fixed, queue)  # type: ignore[misc]
+
+
+class _RedisChannel(redis.Channel):  # type: ignore[misc]
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except JSONDecodeError as exc:  # the item is already off the queue; kombu would stop the worker
+            log.error("dropped an item that is not a task message: %s", exc)
+            return True
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)  # type: ignore[no-untyped-call]
+        except JSONDecodeError as exc:
+            log.error("dropped an item on %r that is not a task message: %s", queue, exc)
+            raise Empty() from None
+
+
+class RedisTransport(_Guarded, redis.Transport):  # type: ignore[misc]
+    Channel = _RedisChannel
+
+
+class _FilesystemChannel(filesystem.Channel):  # type: ignore[misc]
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)  # type: ignore[no-untyped-call]
+        except JSONDecodeError as exc:  # the file is already taken off the queue
+            log.error("dropped an item on %r that is not a task message: %s", queue, exc)
+            raise Empty() from None
+
+
+class FilesystemTransport(_Guarded, filesystem.Transport):  # type: ignore[misc]
+    Channel = _FilesystemChannel
