@@ -21,7 +21,7 @@ from worker.config import worker_command
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests compare exact float32 scores and model tags; the default (auto: int8 where TFLite runs) has tests of its own
-# (tests/test_worker_settings.py), which unset this.
+# (tests/worker/test_worker_settings.py), which unset this.
 os.environ.setdefault("AUDIOSET_PRECISION", "float32")
 
 

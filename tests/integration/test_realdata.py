@@ -19,7 +19,7 @@ from model.training import data_fingerprint
 
 pytestmark = pytest.mark.realdata
 
-MODEL_CARD = Path(__file__).resolve().parent.parent / "docs" / "model-card.md"
+MODEL_CARD = Path(__file__).resolve().parents[2] / "docs" / "model-card.md"
 
 
 def data_dir() -> Path:
