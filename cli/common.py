@@ -15,6 +15,7 @@ from audioset_batch.errors import AudiosetError, ConfigError
 from audioset_batch.jobs.job_store import JobStore, UnknownJobError
 from audioset_batch.settings import Settings, get_settings
 from model.artifact import ArtifactError
+from model.choices import PRECISIONS
 from model.inference import PrecisionUnavailableError
 from model.labels import LabelFileError
 from model.train_config import TrainConfigError, TrainingDataError
@@ -251,6 +252,12 @@ class AudiosetGroup(click.Group):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output: JSON on stdout.")
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="Inference precision (default: AUDIOSET_PRECISION).",
+)
 
 
 @click.group(cls=AudiosetGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -19,10 +19,10 @@ from cli.common import (
     main,
     note,
     output_file,
+    precision_option,
     warn,
 )
 from model.atomic_files import replacing
-from model.choices import PRECISIONS
 
 # --- scoring -----------------------------------------------------------------------------------
 
@@ -51,12 +51,7 @@ from model.choices import PRECISIONS
     default=None,
     help="Model artifact directory (default: the shipped model).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default=None,
-    help="Inference precision (default: AUDIOSET_PRECISION).",
-)
+@precision_option
 @click.pass_obj
 def score(
     settings: Settings,
@@ -203,12 +198,7 @@ def search(
     default=None,
     help="Write a PNG of per-class AP against class frequency.",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default=None,
-    help="Inference precision to evaluate (default: AUDIOSET_PRECISION).",
-)
+@precision_option
 @click.pass_obj
 def evaluate(
     settings: Settings,
