@@ -279,3 +279,33 @@ def test_every_training_setting_is_a_train_option_with_its_help() -> None:
     parsed = train.make_context("train", ["x.h5", "--sampling", "shuffle", "--teacher", "a", "--eval-every", "7"])
     config = config_from_options(parsed.params)
     assert (config.balanced, config.teachers, config.checkpoint_every) == (False, ["a"], 7)
+
+
+def test_a_bug_is_never_taken_for_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyError from a bug once printed as a user's mistake, and hid its traceback even under DEBUG."""
+    import cli.doctor
+    from audioset_batch.settings import get_settings
+
+    def broken(*args: object) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(cli.doctor, "run_checks", broken)
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: unexpected KeyError: 'boom' (AUDIOSET_LOG_LEVEL=DEBUG shows the traceback)"
+    monkeypatch.setenv("AUDIOSET_LOG_LEVEL", "DEBUG")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["doctor"])
+    assert isinstance(result.exception, KeyError)  # the traceback goes through
+
+
+def test_a_broken_setting_stops_every_command_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audioset_batch.settings import get_settings
+
+    monkeypatch.setenv("AUDIOSET_TOP_K", "0")
+    get_settings.cache_clear()
+    for command in (["config"], ["jobs", "list"], ["search", "Speech"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.stderr.startswith("error: invalid configuration") and "AUDIOSET_TOP_K" in result.stderr
+    assert CliRunner().invoke(main, ["score", "--help"]).exit_code == 0  # help needs no settings
