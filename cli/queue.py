@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from audioset_batch.jobs.job_store import JobStatus, JobStore, UnknownJobError
+from audioset_batch.logs import printable
 from audioset_batch.settings import Settings
 from cli.common import (
     fail,
@@ -40,7 +41,15 @@ def _consumers_hint(settings: Settings) -> str:
     return hint
 
 
-def _wait(jobs: JobStore, job: str, as_json: bool, timeout: float | None, quiet: bool, settings: Settings) -> int:
+def _wait(
+    jobs: JobStore,
+    job: str,
+    as_json: bool,
+    timeout: float | None,
+    quiet: bool,
+    settings: Settings,
+    failed: bool = False,
+) -> int:
     """Follow a job until nothing is pending (exit 1 if a file failed) or ``timeout`` passes (exit 124).
 
     While nothing moves, it asks the broker whether any worker consumes the queue, and says so when none does.
@@ -76,7 +85,7 @@ def _wait(jobs: JobStore, job: str, as_json: bool, timeout: float | None, quiet:
         if timeout is not None and now - started >= timeout:
             if bar is not None:
                 bar.close()
-            _print_status(status, as_json)
+            _print_status(status, as_json, _failed_items(jobs, job) if failed else None)
             fail(
                 f"job {job}: {status.pending} file(s) still pending after {timeout:g}s; the job goes on "
                 f"(`audioset jobs status {job} --wait` waits again)",
@@ -85,19 +94,30 @@ def _wait(jobs: JobStore, job: str, as_json: bool, timeout: float | None, quiet:
         time.sleep(0.5)
     if bar is not None:
         bar.close()
-    _print_status(status, as_json)
     return 1 if status.failed else 0
 
 
-def _print_status(status: JobStatus, as_json: bool) -> None:
+def _print_status(status: JobStatus, as_json: bool, failed: dict[str, dict[str, Any]] | None = None) -> None:
+    """The counts line (as it always was), then times, clips and pace; with ``failed``, each failed file and why."""
     if as_json:
-        click.echo(json.dumps(status.to_json()))
-    else:
-        click.echo(
-            f"{status.id}  {status.name}  total={status.total} scored={status.scored} "
-            f"skipped={status.skipped} failed={status.failed} pending={status.pending}"
-            f"{'  (finished)' if status.finished else ''}"
-        )
+        data = status.to_json()
+        if failed is not None:
+            data["failed_items"] = [{"item": item, **end} for item, end in sorted(failed.items())]
+        click.echo(json.dumps(data))
+        return
+    click.echo(
+        f"{status.id}  {status.name}  total={status.total} scored={status.scored} "
+        f"skipped={status.skipped} failed={status.failed} pending={status.pending}"
+        f"{'  (finished)' if status.finished else ''}"
+    )
+    data = status.to_json()
+    pace = f"{data['clips']} clips in {data['seconds']:.1f} s ({data['clips_per_second']:g} clips/s)"
+    when = f"created {data['created_at']}" + (f", finished {data['finished_at']}" if data["finished_at"] else "")
+    left = "" if status.finished or data["eta_seconds"] is None else f", about {data['eta_seconds']:.0f} s left"
+    click.echo(f"  {when}; {pace}{left}")
+    for item, end in sorted((failed or {}).items()):
+        reason = f"{end.get('error') or 'failed'}: {end.get('message') or 'no reason recorded'}"
+        click.echo(f"failed: {printable(item)}  {reason}")
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -174,7 +194,9 @@ def enqueue(
         skipped = result.objects - result.sent
         note(f"{result.sent} file(s) enqueued" + (f" ({skipped} already in the job)" if skipped else ""))
     if wait:
-        sys.exit(_wait(jobs, result.job, as_json, timeout, quiet, settings))
+        code = _wait(jobs, result.job, as_json, timeout, quiet, settings)
+        _print_status(jobs.status(result.job), as_json)
+        sys.exit(code)
 
 
 @main.group()
@@ -186,13 +208,13 @@ def jobs() -> None:
 @click.argument("job")
 @click.option("--wait", is_flag=True, help="Wait until nothing is pending; exit 1 if any file failed.")
 @with_wait_options
-@click.option("--failed", "show_failed", is_flag=True, help="Also list the failed files.")
+@click.option("--failed", "show_failed", is_flag=True, help="Also list each failed file and why it failed.")
 @json_option
 @click.pass_obj
 def jobs_status(
     settings: Settings, job: str, wait: bool, timeout: float | None, quiet: bool, show_failed: bool, as_json: bool
 ) -> None:
-    """Show a job's counts of scored, skipped, failed and pending files. JOB is its id or its name."""
+    """Show a job's counts, times, clips and pace; exit 1 if any file failed. JOB is its id or its name."""
     from audioset_batch.jobs.job_store import find_job
 
     jobs_store = open_jobs(settings)
@@ -200,13 +222,17 @@ def jobs_status(
         job = find_job(jobs_store, job)
     except UnknownJobError as exc:
         fail(f"{exc}{local_state_hint(settings)}", 2)
-    code = _wait(jobs_store, job, as_json, timeout, quiet, settings) if wait else 0
-    if not wait:
-        _print_status(jobs_store.status(job), as_json)
-    if show_failed:
-        for item in sorted(jobs_store.items(job, "failed")):
-            click.echo(f"failed: {item}")
-    sys.exit(code)
+    if wait:
+        _wait(jobs_store, job, as_json, timeout, quiet, settings, show_failed)
+    status = jobs_store.status(job)
+    _print_status(status, as_json, _failed_items(jobs_store, job) if show_failed else None)
+    sys.exit(1 if status.failed else 0)
+
+
+def _failed_items(store: JobStore, job: str) -> dict[str, dict[str, Any]]:
+    """Each failed item with how it ended (items failed before reasons were kept get an empty reason)."""
+    ends = store.ends(job, "failed")
+    return {item: ends.get(item, {}) for item in store.items(job, "failed")}
 
 
 @jobs.command("list")

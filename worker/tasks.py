@@ -27,6 +27,7 @@ from audioset_batch.errors import (
     LimitExceededError,
     TransientStorageError,
 )
+from audioset_batch.jobs.job_store import ItemEnd
 from audioset_batch.logs import log_context
 from audioset_batch.retry_policy import backoff_delay, call_for_up_to
 from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
@@ -132,16 +133,20 @@ def with_state_retry(what: str, call: Callable[[], T]) -> T:
     return call_for_up_to(STATE_RETRY_SECONDS, what, call, log)
 
 
-def _finish(job: str | None, item: str, status: str) -> None:
+def _finish(job: str | None, item: str, status: str, end: ItemEnd) -> None:
     if job:
-        with_state_retry(f"marking {item}", lambda: job_store().mark(job, item, status))
+        with_state_retry(f"marking {item}", lambda: job_store().mark(job, item, status, end))
+
+
+def _failure(error: BaseException) -> ItemEnd:
+    return ItemEnd(error=type(error).__name__, message=str(error))
 
 
 def _failed(
     scorer: ObjectScorer, parsed: ObjectURL, error: BaseException, attempt: int, job: str | None, item: str
 ) -> dict[str, Any]:
     scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=job)
-    _finish(job, item, "failed")
+    _finish(job, item, "failed", _failure(error))
     if metrics.enabled():
         metrics.record_file("failed", 0, 0.0, type(error).__name__)
     return {"source": str(parsed), "status": "failed", "error": type(error).__name__}
@@ -204,7 +209,7 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
         )
     except Exception as exc:
         log.error("could not write the error record for %s after the hard time limit: %s", url, exc)
-    _finish(job, item, "failed")
+    _finish(job, item, "failed", _failure(error))
 
 
 # ``throws``: a failed file is an expected outcome: Celery logs it in one line, without a traceback.
@@ -240,14 +245,14 @@ def _score(
         parsed = check_source(message_url(url, settings), settings.allowed_sources)
     except AudiosetError as exc:
         log.error("rejected task for %r: %s", url, exc)
-        _finish(job, item, "failed")
+        _finish(job, item, "failed", _failure(exc))
         return {"source": url, "status": "failed", "error": type(exc).__name__}
     try:
         scorer = load_scorer()
     except Exception as exc:  # only where the model loads lazily (solo/threads pools): still end the file
         log.exception("cannot score %s: the model failed to load", url)
         record_failure(settings, parsed, exc, attempts=attempt, etag=None, model=str(settings.model_path), job=job)
-        _finish(job, item, "failed")
+        _finish(job, item, "failed", _failure(exc))
         return {"source": str(parsed), "status": "failed", "error": type(exc).__name__}
     if attempt > settings.max_attempts:
         exhausted = AttemptsExhaustedError(
@@ -275,7 +280,8 @@ def _score(
         log.exception("unexpected error scoring %s", url)
         reset_scorer()  # the next file starts from a freshly loaded model
         return _failed(scorer, parsed, exc, attempt, job, item)
-    _finish(job, item, outcome.status)
+    end = ItemEnd(outcome.error, outcome.message, outcome.clips, time.monotonic() - started)
+    _finish(job, item, outcome.status, end)
     if metrics.enabled():
         metrics.record_file(outcome.status, outcome.clips, time.monotonic() - started, outcome.error)
     return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}

@@ -11,10 +11,15 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from audioset_batch.logs import printable
 
 FINAL_STATUSES = ("scored", "skipped", "failed")
 STATUSES = ("pending", *FINAL_STATUSES)
+#: A failure message is kept up to this many characters (it can quote an untrusted file's contents).
+MESSAGE_LIMIT = 1000
 # Jobs a long-running producer keeps as its memory of what it already sent (see producers/).
 PRODUCER_JOB_PREFIXES = ("watch-", "listen-")
 
@@ -34,6 +39,27 @@ class UnknownRunError(UnknownJobError):
     what, listed_by = "training run", "audioset training list"
 
 
+def iso(moment: float | None) -> str | None:
+    """Epoch seconds as the ISO 8601 UTC time the results' records use."""
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemEnd:
+    """How one file of a job ended, kept beside its status: ``jobs status --failed`` shows it."""
+
+    error: str | None = None  # the error class, for a failed file
+    message: str | None = None
+    clips: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Bounded and escaped: the message may quote an untrusted file, and every reader prints it."""
+        message = None if self.message is None else printable(self.message[:MESSAGE_LIMIT])
+        error = None if self.error is None else printable(self.error[:200])
+        return {"error": error, "message": message, "clips": int(self.clips), "seconds": round(self.seconds, 3)}
+
+
 @dataclass(frozen=True, slots=True)
 class JobStatus:
     id: str
@@ -43,6 +69,8 @@ class JobStatus:
     scored: int
     skipped: int
     failed: int
+    clips: int = 0  # clips scored so far
+    last_end: float | None = None  # when a file last ended
 
     @property
     def done(self) -> int:
@@ -56,8 +84,34 @@ class JobStatus:
     def finished(self) -> bool:
         return self.pending == 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "pending": self.pending, "finished": self.finished}
+    @property
+    def finished_at(self) -> float | None:
+        return self.last_end if self.finished and self.total else None
+
+    def rates(self, now: float | None = None) -> dict[str, float | None]:
+        """Seconds since the job was made (to its end, once finished), files and clips per second, and the
+        seconds left at that pace (None until a file has ended, 0 once finished)."""
+        end = self.finished_at or (time.time() if now is None else now)
+        seconds = max(end - self.created, 1e-9)
+        ended = self.done + self.failed
+        per_file = ended / seconds
+        eta = 0.0 if self.finished else (self.pending / per_file if ended else None)
+        return {
+            "seconds": round(seconds, 3),
+            "files_per_second": round(per_file, 3),
+            "clips_per_second": round(self.clips / seconds, 1),
+            "eta_seconds": None if eta is None else round(eta, 1),
+        }
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        data = {**asdict(self), "pending": self.pending, "finished": self.finished}
+        data.pop("last_end")
+        return {
+            **data,
+            "created_at": iso(self.created),
+            "finished_at": iso(self.finished_at),
+            **self.rates(now),
+        }
 
 
 class JobStore(Protocol):
@@ -73,7 +127,13 @@ class JobStore(Protocol):
         """Remove finished items (their objects are gone); ``pending`` ones stay. Returns how many."""
         ...
 
-    def mark(self, job_id: str, source: str, status: str) -> bool: ...
+    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None) -> bool:
+        """Move a ``pending`` item to a final status, keeping how it ended; False if it was not pending."""
+        ...
+
+    def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
+        """Item -> how it ended (:meth:`ItemEnd.to_json`, plus ``status`` and ``at``), for ended items."""
+        ...
 
     def status(self, job_id: str) -> JobStatus: ...
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from audioset_batch.jobs.job_store import (
     FINAL_STATUSES,
+    ItemEnd,
     JobStatus,
     UnknownJobError,
     UnknownRunError,
@@ -33,6 +34,7 @@ for i, source in ipairs(ARGV) do
   local status = redis.call('HGET', KEYS[1], source)
   if status and status ~= 'pending' then
     redis.call('HDEL', KEYS[1], source)
+    redis.call('HDEL', KEYS[3], source)
     redis.call('HINCRBY', KEYS[2], status, -1)
     n = n + 1
   end
@@ -41,11 +43,15 @@ if n > 0 then redis.call('HINCRBY', KEYS[2], 'total', -n) end
 return n
 """
 
+# KEYS: items, counts, ends, the job's own hash; ARGV: item, status, how it ended (JSON), clips, now.
 _MARK_LUA = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[2], 'clips', tonumber(ARGV[4]))
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[4], 'last_end', ARGV[5])
 return 1
 """
 
@@ -104,7 +110,7 @@ class RedisJobStore:
         return int(self._forget(keys=keys, args=list(sources)))  # type: ignore[arg-type]
 
     def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
-        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts")]
+        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts"), self._k("job", job_id, "ends")]
         dropped, batch = 0, []
         for source in sources:
             batch.append(source)
@@ -115,11 +121,24 @@ class RedisJobStore:
             dropped += int(self._drop_finished(keys=keys, args=batch))  # type: ignore[arg-type]
         return dropped
 
-    def mark(self, job_id: str, source: str, status: str) -> bool:
+    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None) -> bool:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}")
-        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "counts")]
-        return bool(self._mark(keys=keys, args=[source, status]))
+        ended = (end or ItemEnd()).to_json()
+        now = time.time()
+        keys = [
+            self._k("job", job_id, "items"),
+            self._k("job", job_id, "counts"),
+            self._k("job", job_id, "ends"),
+            self._k("job", job_id),
+        ]
+        args = [source, status, json.dumps({**ended, "status": status, "at": now}), ended["clips"], now]
+        return bool(self._mark(keys=keys, args=args))
+
+    def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
+        raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "ends"))  # type: ignore[assignment]
+        ends = {item: json.loads(value) for item, value in raw.items()}
+        return {item: end for item, end in ends.items() if status is None or end.get("status") == status}
 
     def status(self, job_id: str) -> JobStatus:
         meta: dict[str, str] = self.redis.hgetall(self._k("job", job_id))  # type: ignore[assignment]
@@ -135,6 +154,8 @@ class RedisJobStore:
             scored=counts.get("scored", 0),
             skipped=counts.get("skipped", 0),
             failed=counts.get("failed", 0),
+            clips=counts.get("clips", 0),
+            last_end=float(meta["last_end"]) if "last_end" in meta else None,
         )
 
     def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:
@@ -155,7 +176,8 @@ class RedisJobStore:
 
     def delete_job(self, job_id: str) -> bool:
         pipe = self.redis.pipeline()  # MULTI/EXEC: a reader sees the job whole or not at all
-        pipe.delete(self._k("job", job_id), self._k("job", job_id, "items"), self._k("job", job_id, "counts"))
+        parts = ("items", "counts", "ends")
+        pipe.delete(self._k("job", job_id), *(self._k("job", job_id, part) for part in parts))
         pipe.zrem(self._k("jobs"), job_id)
         deleted, _ = pipe.execute()
         return bool(deleted)

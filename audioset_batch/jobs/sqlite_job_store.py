@@ -13,6 +13,7 @@ from typing import Any
 
 from audioset_batch.jobs.job_store import (
     FINAL_STATUSES,
+    ItemEnd,
     JobStatus,
     UnknownJobError,
     UnknownRunError,
@@ -38,6 +39,10 @@ class SqliteJobStore:
                 CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, created REAL, record TEXT);
                 """
             )
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+            for column, kind in (("ended", "REAL"), ("clips", "INTEGER DEFAULT 0"), ("end_json", "TEXT")):
+                if column not in columns:  # a state file from before the column existed
+                    conn.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -68,7 +73,7 @@ class SqliteJobStore:
         added: list[str] = []
         with self._transaction() as conn:
             for source in sources:
-                cursor = conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, 'pending')", (job_id, source))
+                cursor = conn.execute("INSERT OR IGNORE INTO items (job, source, status) VALUES (?, ?, 'pending')", (job_id, source))
                 if cursor.rowcount == 1:
                     added.append(source)
         return added
@@ -84,13 +89,23 @@ class SqliteJobStore:
     def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
         return self._delete_items(job_id, sources, pending=False)
 
-    def mark(self, job_id: str, source: str, status: str) -> bool:
+    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None) -> bool:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}")
+        ended, now = (end or ItemEnd()).to_json(), time.time()
         cursor = self._conn().execute(
-            "UPDATE items SET status = ? WHERE job = ? AND source = ? AND status = 'pending'", (status, job_id, source)
+            "UPDATE items SET status = ?, ended = ?, clips = ?, end_json = ? "
+            "WHERE job = ? AND source = ? AND status = 'pending'",
+            (status, now, ended["clips"], json.dumps({**ended, "status": status, "at": now}), job_id, source),
         )
         return cursor.rowcount == 1
+
+    def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
+        rows = self._conn().execute(
+            "SELECT source, end_json FROM items WHERE job = ? AND status != 'pending' AND (? IS NULL OR status = ?)",
+            (job_id, status, status),
+        )
+        return {source: json.loads(raw) if raw else {"status": status} for source, raw in rows}
 
     def status(self, job_id: str) -> JobStatus:
         conn = self._conn()
@@ -100,6 +115,9 @@ class SqliteJobStore:
         counts = dict(
             conn.execute("SELECT status, COUNT(*) FROM items WHERE job = ? GROUP BY status", (job_id,)).fetchall()
         )
+        clips, last_end = conn.execute(
+            "SELECT COALESCE(SUM(clips), 0), MAX(ended) FROM items WHERE job = ?", (job_id,)
+        ).fetchone()
         return JobStatus(
             id=job_id,
             name=row[0],
@@ -108,6 +126,8 @@ class SqliteJobStore:
             scored=counts.get("scored", 0),
             skipped=counts.get("skipped", 0),
             failed=counts.get("failed", 0),
+            clips=int(clips),
+            last_end=last_end,
         )
 
     def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from model.inference import Predictor
 
 log = logging.getLogger("audioset.pipeline")
+ALREADY_SCORED = "already scored: same ETag, model and output settings (--force scores it again)"
 Status = Literal["scored", "skipped", "failed"]
 
 
@@ -280,7 +281,7 @@ class ObjectScorer:
                 )
             if not force and self.already_scored(url, info.etag):
                 log.info("skip %s: already scored (etag %s, %s)", source, info.etag, self.model)
-                return Outcome(source, "skipped", result=keys.jsonl)
+                return Outcome(source, "skipped", message=ALREADY_SCORED, result=keys.jsonl)
             try:
                 return self._score(url, keys, store, attempt=attempt, job=job, deadline=deadline)
             except OSError as exc:  # the worker's own temp disk: full is worth a retry, the rest is final

@@ -128,3 +128,45 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
 def test_unsupported_state_url() -> None:
     with pytest.raises(ValueError, match="unsupported job store"):
         open_job_store("postgres://x")
+
+
+def test_how_each_file_ended_is_kept_bounded_and_escaped(jobs: JobStore) -> None:
+    from audioset_batch.jobs.job_store import MESSAGE_LIMIT, ItemEnd
+
+    job = jobs.create_job()
+    jobs.add_items(job, ["a", "b", "c"])
+    started = jobs.status(job)
+    assert (started.clips, started.finished_at) == (0, None)
+    assert started.to_json()["eta_seconds"] is None  # no pace before a file has ended
+    assert jobs.mark(job, "a", "scored", ItemEnd(clips=40, seconds=1.5))
+    hostile = "LayoutError\u202e: <script>" + "x" * 5000  # a message can quote an untrusted file
+    assert jobs.mark(job, "b", "failed", ItemEnd(error="LayoutError", message=hostile))
+    assert not jobs.mark(job, "b", "scored", ItemEnd(clips=99))  # a late duplicate changes nothing
+    running = jobs.status(job)
+    assert (running.clips, running.finished, running.finished_at) == (40, False, None)
+    assert running.to_json()["eta_seconds"] is not None  # one file left at the pace of the two that ended
+    failed = jobs.ends(job, "failed")
+    assert list(failed) == ["b"] and failed["b"]["error"] == "LayoutError"
+    assert len(failed["b"]["message"]) <= MESSAGE_LIMIT + 10 and "\u202e" not in failed["b"]["message"]
+    assert jobs.ends(job)["a"] == {**jobs.ends(job)["a"], "status": "scored", "clips": 40, "seconds": 1.5}
+    assert jobs.mark(job, "c", "skipped")
+    done = jobs.status(job).to_json()
+    assert done["finished"] and done["finished_at"] and done["created_at"].endswith("+00:00")
+    assert done["eta_seconds"] == 0 and done["clips"] == 40 and done["seconds"] > 0
+    assert jobs.delete_job(job) and jobs.ends(job) == {}
+
+
+def test_a_state_file_from_before_reasons_were_kept_opens_and_counts(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the schema of earlier releases
+        conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT, created REAL)")
+        conn.execute("CREATE TABLE items (job TEXT, source TEXT, status TEXT, PRIMARY KEY (job, source))")
+        conn.execute("INSERT INTO jobs VALUES ('j', 'j', 1.0)")
+        conn.executemany("INSERT INTO items VALUES ('j', ?, ?)", [("a", "failed"), ("b", "pending")])
+    store = SqliteJobStore(path)
+    assert store.ends("j", "failed") == {"a": {"status": "failed"}}
+    assert store.mark("j", "b", "scored")
+    status = store.status("j")
+    assert (status.failed, status.scored, status.finished) == (1, 1, True)

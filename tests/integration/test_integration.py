@@ -58,6 +58,16 @@ def test_prefix_is_scored_corrupt_file_is_isolated_reenqueue_is_noop_force_repla
     assert first.returncode == 1, first.stderr  # one file failed
     status = json.loads(first.stdout.splitlines()[-1])
     assert (status["total"], status["scored"], status["failed"], status["pending"]) == (4, 3, 1, 0)
+    assert status["clips"] == sum(clips.values()) and status["finished_at"] >= status["created_at"]
+
+    # Why a file failed is in the job, through the real worker: no need to open its .error.json.
+    shown = cli(stack, "jobs", "status", "nightly", "--failed")
+    assert shown.returncode == 1, shown.stderr  # a job with a failed file exits 1, with or without --wait
+    failed_line = next(line for line in shown.stdout.splitlines() if line.startswith("failed:"))
+    assert "batch/corrupt.h5" in failed_line and "NotHDF5Error: " in failed_line and "not an HDF5 file" in failed_line
+    assert f"{sum(clips.values())} clips in" in shown.stdout and "finished 20" in shown.stdout
+    as_json = json.loads(cli(stack, "jobs", "status", "nightly", "--failed", "--json").stdout)
+    assert [(f["item"].endswith("corrupt.h5"), f["error"]) for f in as_json["failed_items"]] == [(True, "NotHDF5Error")]
 
     modified = {}
     for key, n in clips.items():
