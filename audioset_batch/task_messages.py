@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from audioset_batch.errors import AudiosetError
 
@@ -30,11 +30,15 @@ class ScoreMessage(BaseModel):
     job: StrictStr | None = Field(None, max_length=200)
     item: StrictStr | None = Field(None, max_length=8192)
     force: StrictBool = False
+    generation: StrictInt = Field(
+        default=0, ge=0
+    )  # raised by `jobs retry`; sent only when not 0 (older workers refuse it)
     v: Literal[1] = 1  # SCHEMA_VERSION; messages from before the field existed are version 1
 
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments a producer sends (the URL goes as the one positional argument)."""
-        return {"job": self.job, "item": self.item, "force": self.force, "v": self.v}
+        sent = {"job": self.job, "item": self.item, "force": self.force, "v": self.v}
+        return {**sent, "generation": self.generation} if self.generation else sent
 
     @classmethod
     def parse(cls, args: Any, kwargs: Any) -> ScoreMessage:

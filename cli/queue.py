@@ -201,7 +201,7 @@ def enqueue(
 
 @main.group()
 def jobs() -> None:
-    """Inspect jobs (counts of scored, skipped, failed and pending files) and remove old ones."""
+    """Follow, retry and cancel jobs (counts of scored, skipped, failed and pending files), and remove old ones."""
 
 
 @jobs.command("status")
@@ -233,6 +233,45 @@ def _failed_items(store: JobStore, job: str) -> dict[str, dict[str, Any]]:
     """Each failed item with how it ended (items failed before reasons were kept get an empty reason)."""
     ends = store.ends(job, "failed")
     return {item: ends.get(item, {}) for item in store.items(job, "failed")}
+
+
+@jobs.command("retry")
+@click.argument("job")
+@click.option(
+    "--all", "everything", is_flag=True, help="Score every file of the job again, not only the failed ones (--force)."
+)
+@click.pass_obj
+def jobs_retry(settings: Settings, job: str, everything: bool) -> None:
+    """Send a job's failed files to the workers again (each exactly once, even if run twice or during the job)."""
+    from audioset_batch.jobs.job_store import FINAL_STATUSES, find_job
+    from producers.enqueue import resend
+    from worker.app import make_app
+
+    store = open_jobs(settings)
+    try:
+        job = find_job(store, job)
+    except UnknownJobError as exc:
+        fail(f"{exc}{local_state_hint(settings)}", 2)
+    statuses = FINAL_STATUSES if everything else ("failed",)
+    sent = resend(make_app(settings), store, job, statuses, settings, force=everything)
+    what = "file(s)" if everything else "failed file(s)"
+    note(f"job {job}: {sent} {what} sent again; follow it with: audioset jobs status {job} --wait")
+
+
+@jobs.command("cancel")
+@click.argument("job")
+@click.pass_obj
+def jobs_cancel(settings: Settings, job: str) -> None:
+    """Cancel a job: its pending files are not scored (workers check each one before they start it)."""
+    from audioset_batch.jobs.job_store import find_job
+
+    store = open_jobs(settings)
+    try:
+        job = find_job(store, job)
+    except UnknownJobError as exc:
+        fail(f"{exc}{local_state_hint(settings)}", 2)
+    cancelled = store.cancel(job)
+    note(f"job {job}: {cancelled} pending file(s) cancelled; a file a worker is scoring now finishes and is recorded")
 
 
 @jobs.command("list")

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from celery import Task, shared_task
@@ -133,20 +134,30 @@ def with_state_retry(what: str, call: Callable[[], T]) -> T:
     return call_for_up_to(STATE_RETRY_SECONDS, what, call, log)
 
 
-def _finish(job: str | None, item: str, status: str, end: ItemEnd) -> None:
-    if job:
-        with_state_retry(f"marking {item}", lambda: job_store().mark(job, item, status, end))
+@dataclass(frozen=True, slots=True)
+class JobItem:
+    """The job item a message stands for, and the generation it was sent in (raised by `jobs retry`)."""
+
+    job: str | None
+    item: str
+    generation: int = 0
 
 
-def _failure(error: BaseException) -> ItemEnd:
-    return ItemEnd(error=type(error).__name__, message=str(error))
+def _finish(ref: JobItem, status: str, end: ItemEnd) -> None:
+    if ref.job:
+        job = ref.job
+        with_state_retry(f"marking {ref.item}", lambda: job_store().mark(job, ref.item, status, end, ref.generation))
+
+
+def _failure(error: BaseException, url: str) -> ItemEnd:
+    return ItemEnd(error=type(error).__name__, message=str(error), url=url)
 
 
 def _failed(
-    scorer: ObjectScorer, parsed: ObjectURL, error: BaseException, attempt: int, job: str | None, item: str
+    scorer: ObjectScorer, parsed: ObjectURL, error: BaseException, attempt: int, ref: JobItem
 ) -> dict[str, Any]:
-    scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=job)
-    _finish(job, item, "failed", _failure(error))
+    scorer.record_failure(parsed, error, attempts=attempt, etag=None, job=ref.job)
+    _finish(ref, "failed", _failure(error, str(parsed)))
     if metrics.enabled():
         metrics.record_file("failed", 0, 0.0, type(error).__name__)
     return {"source": str(parsed), "status": "failed", "error": type(error).__name__}
@@ -160,8 +171,7 @@ def _retry_or_fail(
     delay: float,
     attempt: int,
     max_attempts: int,
-    job: str | None,
-    item: str,
+    ref: JobItem,
 ) -> dict[str, Any]:
     """Send the file round again, or end it with a record if that cannot happen.
 
@@ -178,7 +188,7 @@ def _retry_or_fail(
     except Exception as exc:  # Celery refused the retry: it re-raises the error itself
         reason = exc
     log.error("cannot retry %s on attempt %d; ending it with an error record", parsed, attempt)
-    return _failed(scorer, parsed, reason, attempt, job, item)
+    return _failed(scorer, parsed, reason, attempt, ref)
 
 
 class ScoringTask(Task):  # type: ignore[misc]
@@ -197,7 +207,7 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
     settings = get_settings()
     url = str(args[0]) if args else str(kwargs.get("url", ""))
     job = kwargs.get("job")
-    item = kwargs.get("item") or url
+    ref = JobItem(job, kwargs.get("item") or url, kwargs.get("generation") or 0)
     error = LimitExceededError(
         f"the worker process was killed at AUDIOSET_TIME_LIMIT={settings.time_limit}s (the hard limit); "
         f"the file did not finish within AUDIOSET_SOFT_TIME_LIMIT={settings.soft_time_limit}s either"
@@ -209,7 +219,7 @@ def hard_time_limit_reached(args: list[Any], kwargs: dict[str, Any]) -> None:
         )
     except Exception as exc:
         log.error("could not write the error record for %s after the hard time limit: %s", url, exc)
-    _finish(job, item, "failed", _failure(error))
+    _finish(ref, "failed", _failure(error, url))
 
 
 # ``throws``: a failed file is an expected outcome: Celery logs it in one line, without a traceback.
@@ -224,11 +234,11 @@ def score_object(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"status": "refused", "error": type(exc).__name__, "message": str(exc)}
     settings = get_settings()
     url, job, force = message.url, message.job, message.force
-    item = message.item or url
+    ref = JobItem(job, message.item or url, message.generation)
     attempt = with_state_retry("counting deliveries", lambda: job_store().count_delivery(self.request.id or url))
     token = log_context.set({"job": job, "source": url, "attempt": attempt, "task_id": self.request.id})
     try:
-        result = _score(self, settings, url, job, force, item, attempt)
+        result = _score(self, settings, url, ref, force, attempt)
     finally:
         log_context.reset(token)
     if result["status"] == "failed":  # everything is recorded; now let Celery and Flower count it as failed
@@ -236,33 +246,46 @@ def score_object(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     return result
 
 
-def _score(
-    self: Task, settings: Settings, url: str, job: str | None, force: bool, item: str, attempt: int
-) -> dict[str, Any]:
+def _not_to_score(ref: JobItem) -> str:
+    """Why a message is not to be scored, or "": its item was cancelled, or a retry sent it again since (the job
+    store is asked, not the worker's memory: Celery's revokes are lost when a worker restarts)."""
+    job = ref.job or ""
+    status, generation = with_state_retry(f"reading {ref.item}", lambda: job_store().item_state(job, ref.item))
+    if status == "cancelled":
+        return f"job {job} was cancelled"
+    if generation != ref.generation:
+        return f"`jobs retry` sent it again since (generation {generation}; this message is {ref.generation})"
+    return ""
+
+
+def _score(self: Task, settings: Settings, url: str, ref: JobItem, force: bool, attempt: int) -> dict[str, Any]:
+    if ref.job and (why := _not_to_score(ref)):
+        log.info("not scoring %s: %s", url, why)
+        return {"source": url, "status": "not-scored", "message": why}
     try:
         # Refused here, not only by producers: a task pushed straight into the queue must stay inside the allow-list.
         # No error record: its key could be a real file's result key in another bucket.
         parsed = check_source(message_url(url, settings), settings.allowed_sources)
     except AudiosetError as exc:
         log.error("rejected task for %r: %s", url, exc)
-        _finish(job, item, "failed", _failure(exc))
+        _finish(ref, "failed", _failure(exc, url))
         return {"source": url, "status": "failed", "error": type(exc).__name__}
     try:
         scorer = load_scorer()
     except Exception as exc:  # only where the model loads lazily (solo/threads pools): still end the file
         log.exception("cannot score %s: the model failed to load", url)
-        record_failure(settings, parsed, exc, attempts=attempt, etag=None, model=str(settings.model_path), job=job)
-        _finish(job, item, "failed", _failure(exc))
+        record_failure(settings, parsed, exc, attempts=attempt, etag=None, model=str(settings.model_path), job=ref.job)
+        _finish(ref, "failed", _failure(exc, str(parsed)))
         return {"source": str(parsed), "status": "failed", "error": type(exc).__name__}
     if attempt > settings.max_attempts:
         exhausted = AttemptsExhaustedError(
             f"delivered {attempt} times, over AUDIOSET_MAX_ATTEMPTS={settings.max_attempts}; "
             "the worker handling it was lost each time"
         )
-        return _failed(scorer, parsed, exhausted, attempt, job, item)
+        return _failed(scorer, parsed, exhausted, attempt, ref)
     started = time.monotonic()
     try:
-        outcome = scorer.score(parsed, force=force, attempt=attempt, job=job)
+        outcome = scorer.score(parsed, force=force, attempt=attempt, job=ref.job)
     except TransientStorageError as exc:  # the scorer let it through: should_retry() said retry
         delay = backoff_delay(attempt, settings.retry_backoff, settings.retry_backoff_max)
         log.warning(
@@ -273,15 +296,15 @@ def _score(
             delay,
             exc,
         )
-        return _retry_or_fail(self, scorer, parsed, exc, delay, attempt, settings.max_attempts, job, item)
+        return _retry_or_fail(self, scorer, parsed, exc, delay, attempt, settings.max_attempts, ref)
     except SoftTimeLimitExceeded:
-        return _failed(scorer, parsed, soft_time_limit_error(settings.soft_time_limit), attempt, job, item)
+        return _failed(scorer, parsed, soft_time_limit_error(settings.soft_time_limit), attempt, ref)
     except Exception as exc:
         log.exception("unexpected error scoring %s", url)
         reset_scorer()  # the next file starts from a freshly loaded model
-        return _failed(scorer, parsed, exc, attempt, job, item)
-    end = ItemEnd(outcome.error, outcome.message, outcome.clips, time.monotonic() - started)
-    _finish(job, item, outcome.status, end)
+        return _failed(scorer, parsed, exc, attempt, ref)
+    end = ItemEnd(outcome.error, outcome.message, outcome.clips, time.monotonic() - started, str(parsed))
+    _finish(ref, outcome.status, end)
     if metrics.enabled():
         metrics.record_file(outcome.status, outcome.clips, time.monotonic() - started, outcome.error)
     return {"source": outcome.source, "status": outcome.status, "clips": outcome.clips, "error": outcome.error}

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from audioset_batch.logs import printable
 
-FINAL_STATUSES = ("scored", "skipped", "failed")
+FINAL_STATUSES = ("scored", "skipped", "failed", "cancelled")
 STATUSES = ("pending", *FINAL_STATUSES)
 #: A failure message is kept up to this many characters (it can quote an untrusted file's contents).
 MESSAGE_LIMIT = 1000
@@ -52,12 +52,19 @@ class ItemEnd:
     message: str | None = None
     clips: int = 0
     seconds: float = 0.0
+    url: str | None = None  # the object the task read: what `jobs retry` sends again
 
     def to_json(self) -> dict[str, Any]:
         """Bounded and escaped: the message may quote an untrusted file, and every reader prints it."""
         message = None if self.message is None else printable(self.message[:MESSAGE_LIMIT])
         error = None if self.error is None else printable(self.error[:200])
-        return {"error": error, "message": message, "clips": int(self.clips), "seconds": round(self.seconds, 3)}
+        return {
+            "error": error,
+            "message": message,
+            "clips": int(self.clips),
+            "seconds": round(self.seconds, 3),
+            "url": self.url,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,7 @@ class JobStatus:
     failed: int
     clips: int = 0  # clips scored so far
     last_end: float | None = None  # when a file last ended
+    cancelled: int = 0
 
     @property
     def done(self) -> int:
@@ -78,7 +86,12 @@ class JobStatus:
 
     @property
     def pending(self) -> int:
-        return max(0, self.total - self.done - self.failed)
+        return max(0, self.total - self.done - self.failed - self.cancelled)
+
+    @property
+    def state(self) -> str:
+        """``running`` while files are pending, then ``cancelled`` if any file was, else ``finished``."""
+        return "running" if self.pending else "cancelled" if self.cancelled else "finished"
 
     @property
     def finished(self) -> bool:
@@ -93,7 +106,7 @@ class JobStatus:
         seconds left at that pace (None until a file has ended, 0 once finished)."""
         end = self.finished_at or (time.time() if now is None else now)
         seconds = max(end - self.created, 1e-9)
-        ended = self.done + self.failed
+        ended = self.done + self.failed + self.cancelled
         per_file = ended / seconds
         eta = 0.0 if self.finished else (self.pending / per_file if ended else None)
         return {
@@ -104,7 +117,7 @@ class JobStatus:
         }
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
-        data = {**asdict(self), "pending": self.pending, "finished": self.finished}
+        data = {**asdict(self), "pending": self.pending, "finished": self.finished, "state": self.state}
         data.pop("last_end")
         return {
             **data,
@@ -127,8 +140,23 @@ class JobStore(Protocol):
         """Remove finished items (their objects are gone); ``pending`` ones stay. Returns how many."""
         ...
 
-    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None) -> bool:
-        """Move a ``pending`` item to a final status, keeping how it ended; False if it was not pending."""
+    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None, generation: int = 0) -> bool:
+        """Move a ``pending`` item to a final status, keeping how it ended; False if it was not pending, or if
+        ``generation`` is not the item's (a message sent before a retry). A ``cancelled`` item that a worker was
+        already scoring takes the status it really ended with."""
+        ...
+
+    def item_state(self, job_id: str, source: str) -> tuple[str | None, int]:
+        """The item's status (None if the job does not hold it) and generation."""
+        ...
+
+    def retry(self, job_id: str, statuses: Iterable[str]) -> dict[str, int]:
+        """Items with one of these final statuses back to ``pending``, each with its generation raised (so a
+        message sent before cannot mark it); returns item -> new generation."""
+        ...
+
+    def cancel(self, job_id: str) -> int:
+        """Every ``pending`` item ends ``cancelled``; returns how many."""
         ...
 
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:

@@ -43,16 +43,63 @@ if n > 0 then redis.call('HINCRBY', KEYS[2], 'total', -n) end
 return n
 """
 
-# KEYS: items, counts, ends, the job's own hash; ARGV: item, status, how it ended (JSON), clips, now.
+# KEYS: items, counts, ends, the job's own hash, generations; ARGV: item, status, how it ended (JSON), clips, now,
+# generation. A cancelled item that a worker was already scoring takes the status it really ended with.
 _MARK_LUA = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old ~= 'pending' then return 0 end
+if old ~= 'pending' and not (old == 'cancelled' and ARGV[2] ~= 'cancelled') then return 0 end
+if tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0') ~= tonumber(ARGV[6]) then return 0 end
+if old == 'cancelled' then redis.call('HINCRBY', KEYS[2], 'cancelled', -1) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[2], 'clips', tonumber(ARGV[4]))
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[4], 'last_end', ARGV[5])
 return 1
+"""
+
+# KEYS: items, counts, ends, generations; ARGV: the statuses to send again. Returns item, generation, item, ...
+_RETRY_LUA = """
+local want = {}
+for i, status in ipairs(ARGV) do want[status] = true end
+local moved = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local item, status = all[i], all[i + 1]
+  if want[status] then
+    redis.call('HSET', KEYS[1], item, 'pending')
+    redis.call('HINCRBY', KEYS[2], status, -1)
+    local ended = redis.call('HGET', KEYS[3], item)
+    if ended then
+      local ok, data = pcall(cjson.decode, ended)
+      if ok and type(data) == 'table' and tonumber(data['clips']) then
+        redis.call('HINCRBY', KEYS[2], 'clips', string.format('%d', -tonumber(data['clips'])))
+      end
+      redis.call('HDEL', KEYS[3], item)
+    end
+    table.insert(moved, item)
+    table.insert(moved, redis.call('HINCRBY', KEYS[4], item, 1))
+  end
+end
+return moved
+"""
+
+# KEYS: items, counts, ends, the job's own hash; ARGV: now, how a cancelled item ended (JSON).
+_CANCEL_LUA = """
+local n = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == 'pending' then
+    redis.call('HSET', KEYS[1], all[i], 'cancelled')
+    redis.call('HSET', KEYS[3], all[i], ARGV[2])
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[2], 'cancelled', n)
+  redis.call('HSET', KEYS[4], 'last_end', ARGV[1])
+end
+return n
 """
 
 
@@ -74,6 +121,8 @@ class RedisJobStore:
         self._mark = self.redis.register_script(_MARK_LUA)
         self._forget = self.redis.register_script(_FORGET_LUA)
         self._drop_finished = self.redis.register_script(_DROP_FINISHED_LUA)
+        self._retry = self.redis.register_script(_RETRY_LUA)
+        self._cancel = self.redis.register_script(_CANCEL_LUA)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -121,19 +170,38 @@ class RedisJobStore:
             dropped += int(self._drop_finished(keys=keys, args=batch))  # type: ignore[arg-type]
         return dropped
 
-    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None) -> bool:
+    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None, generation: int = 0) -> bool:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}")
         ended = (end or ItemEnd()).to_json()
         now = time.time()
-        keys = [
-            self._k("job", job_id, "items"),
-            self._k("job", job_id, "counts"),
-            self._k("job", job_id, "ends"),
-            self._k("job", job_id),
-        ]
-        args = [source, status, json.dumps({**ended, "status": status, "at": now}), ended["clips"], now]
+        keys = [*self._item_keys(job_id), self._k("job", job_id), self._k("job", job_id, "gens")]
+        args = [source, status, json.dumps({**ended, "status": status, "at": now}), ended["clips"], now, generation]
         return bool(self._mark(keys=keys, args=args))
+
+    def _item_keys(self, job_id: str) -> list[str]:
+        return [self._k("job", job_id, part) for part in ("items", "counts", "ends")]
+
+    def item_state(self, job_id: str, source: str) -> tuple[str | None, int]:
+        pipe = self.redis.pipeline()
+        pipe.hget(self._k("job", job_id, "items"), source)
+        pipe.hget(self._k("job", job_id, "gens"), source)
+        status, generation = pipe.execute()
+        return status, int(generation or 0)
+
+    def retry(self, job_id: str, statuses: Iterable[str]) -> dict[str, int]:
+        self.status(job_id)  # an unknown job is an error, not an empty retry
+        keys = [*self._item_keys(job_id), self._k("job", job_id, "gens")]
+        flat = self._retry(keys=keys, args=[s for s in statuses if s in FINAL_STATUSES])
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def cancel(self, job_id: str) -> int:
+        self.status(job_id)
+        now = time.time()
+        ended = json.dumps(
+            {**ItemEnd(message="cancelled before a worker took it").to_json(), "status": "cancelled", "at": now}
+        )
+        return int(self._cancel(keys=[*self._item_keys(job_id), self._k("job", job_id)], args=[now, ended]))
 
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
         raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "ends"))  # type: ignore[assignment]
@@ -156,6 +224,7 @@ class RedisJobStore:
             failed=counts.get("failed", 0),
             clips=counts.get("clips", 0),
             last_end=float(meta["last_end"]) if "last_end" in meta else None,
+            cancelled=counts.get("cancelled", 0),
         )
 
     def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:
@@ -176,7 +245,7 @@ class RedisJobStore:
 
     def delete_job(self, job_id: str) -> bool:
         pipe = self.redis.pipeline()  # MULTI/EXEC: a reader sees the job whole or not at all
-        parts = ("items", "counts", "ends")
+        parts = ("items", "counts", "ends", "gens")
         pipe.delete(self._k("job", job_id), *(self._k("job", job_id, part) for part in parts))
         pipe.zrem(self._k("jobs"), job_id)
         deleted, _ = pipe.execute()

@@ -40,7 +40,13 @@ class SqliteJobStore:
                 """
             )
             columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
-            for column, kind in (("ended", "REAL"), ("clips", "INTEGER DEFAULT 0"), ("end_json", "TEXT")):
+            added = (
+                ("ended", "REAL"),
+                ("clips", "INTEGER DEFAULT 0"),
+                ("end_json", "TEXT"),
+                ("gen", "INTEGER DEFAULT 0"),
+            )
+            for column, kind in added:
                 if column not in columns:  # a state file from before the column existed
                     conn.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
 
@@ -73,7 +79,9 @@ class SqliteJobStore:
         added: list[str] = []
         with self._transaction() as conn:
             for source in sources:
-                cursor = conn.execute("INSERT OR IGNORE INTO items (job, source, status) VALUES (?, ?, 'pending')", (job_id, source))
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO items (job, source, status) VALUES (?, ?, 'pending')", (job_id, source)
+                )
                 if cursor.rowcount == 1:
                     added.append(source)
         return added
@@ -89,16 +97,55 @@ class SqliteJobStore:
     def drop_finished_items(self, job_id: str, sources: Iterable[str]) -> int:
         return self._delete_items(job_id, sources, pending=False)
 
-    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None) -> bool:
+    def mark(self, job_id: str, source: str, status: str, end: ItemEnd | None = None, generation: int = 0) -> bool:
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}")
         ended, now = (end or ItemEnd()).to_json(), time.time()
         cursor = self._conn().execute(
-            "UPDATE items SET status = ?, ended = ?, clips = ?, end_json = ? "
-            "WHERE job = ? AND source = ? AND status = 'pending'",
-            (status, now, ended["clips"], json.dumps({**ended, "status": status, "at": now}), job_id, source),
+            "UPDATE items SET status = ?, ended = ?, clips = ?, end_json = ? WHERE job = ? AND source = ? "
+            "AND COALESCE(gen, 0) = ? AND (status = 'pending' OR (status = 'cancelled' AND ? != 'cancelled'))",
+            (
+                status,
+                now,
+                ended["clips"],
+                json.dumps({**ended, "status": status, "at": now}),
+                job_id,
+                source,
+                generation,
+                status,
+            ),
         )
         return cursor.rowcount == 1
+
+    def item_state(self, job_id: str, source: str) -> tuple[str | None, int]:
+        row = (
+            self._conn()
+            .execute("SELECT status, COALESCE(gen, 0) FROM items WHERE job = ? AND source = ?", (job_id, source))
+            .fetchone()
+        )
+        return (None, 0) if row is None else (row[0], int(row[1]))
+
+    def retry(self, job_id: str, statuses: Iterable[str]) -> dict[str, int]:
+        self.status(job_id)  # an unknown job is an error, not an empty retry
+        wanted = [s for s in statuses if s in FINAL_STATUSES]
+        marks = ", ".join("?" * len(wanted)) or "NULL"
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE items SET status = 'pending', gen = COALESCE(gen, 0) + 1, ended = NULL, clips = 0, "
+                f"end_json = NULL WHERE job = ? AND status IN ({marks}) RETURNING source, gen",
+                (job_id, *wanted),
+            ).fetchall()
+        return {source: int(gen) for source, gen in rows}
+
+    def cancel(self, job_id: str) -> int:
+        self.status(job_id)
+        now = time.time()
+        ended = {**ItemEnd(message="cancelled before a worker took it").to_json(), "status": "cancelled", "at": now}
+        cursor = self._conn().execute(
+            "UPDATE items SET status = 'cancelled', ended = ?, end_json = ? WHERE job = ? AND status = 'pending'",
+            (now, json.dumps(ended), job_id),
+        )
+        return cursor.rowcount
 
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
         rows = self._conn().execute(
@@ -128,6 +175,7 @@ class SqliteJobStore:
             failed=counts.get("failed", 0),
             clips=int(clips),
             last_end=last_end,
+            cancelled=counts.get("cancelled", 0),
         )
 
     def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:

@@ -170,3 +170,31 @@ def test_a_state_file_from_before_reasons_were_kept_opens_and_counts(tmp_path: P
     assert store.mark("j", "b", "scored")
     status = store.status("j")
     assert (status.failed, status.scored, status.finished) == (1, 1, True)
+
+
+def test_retry_and_cancel_move_items_with_generations_that_stale_messages_cannot_match(jobs: JobStore) -> None:
+    from audioset_batch.jobs.job_store import ItemEnd
+
+    job = jobs.create_job()
+    jobs.add_items(job, ["a", "b", "c", "d"])
+    jobs.mark(job, "a", "scored", ItemEnd(clips=10))
+    jobs.mark(job, "b", "failed", ItemEnd(error="LayoutError", message="bad", url="cos://in/b.h5"))
+    assert jobs.retry(job, ["failed"]) == {"b": 1}
+    assert jobs.retry(job, ["failed"]) == {}  # twice is harmless: b is pending now
+    assert jobs.item_state(job, "b") == ("pending", 1) and jobs.ends(job, "failed") == {}
+    assert not jobs.mark(job, "b", "failed", ItemEnd(error="LayoutError"))  # a message from before the retry
+    assert jobs.mark(job, "b", "scored", ItemEnd(clips=5), generation=1)
+    assert jobs.status(job).clips == 15
+    assert jobs.cancel(job) == 2 and jobs.cancel(job) == 0  # c and d; twice is harmless
+    status = jobs.status(job)
+    assert (status.cancelled, status.pending, status.finished, status.state) == (2, 0, True, "cancelled")
+    assert jobs.ends(job, "cancelled")["c"]["message"] == "cancelled before a worker took it"
+    assert jobs.mark(job, "c", "scored", ItemEnd(clips=3))  # it was already being scored: it records how it ended
+    assert not jobs.mark(job, "d", "cancelled")
+    status = jobs.status(job)
+    assert (status.scored, status.cancelled, status.clips) == (3, 1, 18)
+    assert jobs.retry(job, ["scored", "skipped", "failed", "cancelled"]) == {"a": 1, "b": 2, "c": 1, "d": 1}
+    status = jobs.status(job)
+    assert (status.pending, status.scored, status.cancelled, status.clips, status.state) == (4, 0, 0, 0, "running")
+    with pytest.raises(UnknownJobError):
+        jobs.retry("no-such-job", ["failed"])
