@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     )
     results_bucket: str = Field("results", description="Bucket that results are written to.")
     results_prefix: str = Field("predictions/", description="Key prefix for every result object.")
+    manifest_interval: float = Field(
+        10.0, ge=0, le=86_400, description="Seconds between rewrites of a changed job's manifest; 0 writes none."
+    )
     allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="Comma-separated buckets (or bucket/prefix) that producers may enqueue and workers may read; "

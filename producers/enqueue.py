@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from celery import Celery
 
 from audioset_batch.errors import LocationError
-from audioset_batch.jobs.job_store import ItemEnd, JobStore
+from audioset_batch.jobs.job_store import ItemEnd, JobStore, item_url
 from audioset_batch.settings import Settings
 from audioset_batch.storage.locations import object_inputs, queue_url
 from audioset_batch.storage.object_store import ObjectURL, check_source
@@ -94,21 +93,13 @@ def enqueue(
     return Enqueued(job=job, objects=len(objects), sent=sent)
 
 
-_VERSION = re.compile(r"#[0-9A-Fa-f-]{8,}$")
-
-
-def item_url(item: str) -> str:
-    """The object URL of an item recorded before items kept their URL: ``<url>`` or ``<url>#<etag>``."""
-    return _VERSION.sub("", item)
-
-
 def resend(
     app: Celery, jobs: JobStore, job: str, statuses: Iterable[str], settings: Settings, force: bool = False
 ) -> int:
     """``jobs retry``: the job's items with these statuses go back to pending with a new generation, and each
     one's task is sent again; an item whose task cannot be sent ends failed again, saying why (never pending
     with no task). Returns how many were sent."""
-    urls = {item: end.get("url") or item_url(item) for item, end in jobs.ends(job).items()}
+    urls = {item: item_url(item, end) for item, end in jobs.ends(job).items()}
     sent = 0
     for item, generation in jobs.retry(job, statuses).items():
         url = urls.get(item) or item_url(item)

@@ -39,8 +39,8 @@ from audioset_batch.storage.locations import message_url
 from audioset_batch.storage.object_store import ObjectURL, check_source
 from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
 from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
+from worker import manifests, redelivery
 from worker import prometheus_metrics as metrics
-from worker import redelivery
 from worker.config import SCORE_TASK
 from worker.runtime import job_store, load_scorer, reset_scorer
 
@@ -111,11 +111,13 @@ def _start_redelivery(sender: Any = None, **_: Any) -> None:
     seconds, not after the visibility timeout (``worker/redelivery.py``)."""
     if sender is not None:
         redelivery.start(sender.app, sender.hostname)
+        manifests.start(get_settings())
 
 
 @worker_shutdown.connect
 def _stop_redelivery(**_: Any) -> None:
     redelivery.stop()
+    manifests.stop()
 
 
 @worker_process_shutdown.connect

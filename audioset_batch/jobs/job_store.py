@@ -7,6 +7,7 @@ status; a duplicate delivery cannot move it again, so counts never double.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -159,6 +160,18 @@ class JobStore(Protocol):
         """Every ``pending`` item ends ``cancelled``; returns how many."""
         ...
 
+    def take_changed(self) -> list[str]:
+        """The jobs changed since the last call (items added, ended, retried or cancelled), forgetting them."""
+        ...
+
+    def note_changed(self, job_id: str) -> None:
+        """Count a job as changed again (its manifest could not be written)."""
+        ...
+
+    def claim(self, name: str, seconds: float) -> bool:
+        """Hold ``name`` for ``seconds`` unless another process holds it: one manifest writer at a time."""
+        ...
+
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
         """Item -> how it ended (:meth:`ItemEnd.to_json`, plus ``status`` and ``at``), for ended items."""
         ...
@@ -184,6 +197,15 @@ class JobStore(Protocol):
     def get_run(self, run_id: str) -> dict[str, Any]: ...
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]: ...
+
+
+_VERSION = re.compile(r"#[0-9A-Fa-f-]{8,}$")
+
+
+def item_url(item: str, end: dict[str, Any] | None = None) -> str:
+    """The object URL an item stands for: the one its task read, or (for items ended before items kept it) the
+    item itself, ``<url>`` or a watcher's ``<url>#<etag>``."""
+    return str((end or {}).get("url") or _VERSION.sub("", item))
 
 
 def new_job_id() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -152,6 +153,7 @@ class RedisJobStore:
         added = [s for s, new in zip(sources, pipe.execute(), strict=True) if new]
         if added:
             self.redis.hincrby(self._k("job", job_id, "counts"), "total", len(added))
+            self._changed(job_id)
         return added
 
     def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
@@ -177,7 +179,26 @@ class RedisJobStore:
         now = time.time()
         keys = [*self._item_keys(job_id), self._k("job", job_id), self._k("job", job_id, "gens")]
         args = [source, status, json.dumps({**ended, "status": status, "at": now}), ended["clips"], now, generation]
-        return bool(self._mark(keys=keys, args=args))
+        marked = bool(self._mark(keys=keys, args=args))
+        if marked:
+            self._changed(job_id)
+        return marked
+
+    def _changed(self, job_id: str) -> None:
+        self.redis.sadd(self._k("changed"), job_id)
+
+    def take_changed(self) -> list[str]:
+        pipe = self.redis.pipeline()  # MULTI/EXEC: a job changed meanwhile is in this answer or the next
+        pipe.smembers(self._k("changed"))
+        pipe.delete(self._k("changed"))
+        changed, _ = pipe.execute()
+        return sorted(changed)
+
+    def note_changed(self, job_id: str) -> None:
+        self._changed(job_id)
+
+    def claim(self, name: str, seconds: float) -> bool:
+        return bool(self.redis.set(self._k("claim", name), str(os.getpid()), nx=True, px=max(1, int(seconds * 1000))))
 
     def _item_keys(self, job_id: str) -> list[str]:
         return [self._k("job", job_id, part) for part in ("items", "counts", "ends")]
@@ -193,6 +214,7 @@ class RedisJobStore:
         self.status(job_id)  # an unknown job is an error, not an empty retry
         keys = [*self._item_keys(job_id), self._k("job", job_id, "gens")]
         flat = self._retry(keys=keys, args=[s for s in statuses if s in FINAL_STATUSES])
+        self._changed(job_id)
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def cancel(self, job_id: str) -> int:
@@ -201,7 +223,9 @@ class RedisJobStore:
         ended = json.dumps(
             {**ItemEnd(message="cancelled before a worker took it").to_json(), "status": "cancelled", "at": now}
         )
-        return int(self._cancel(keys=[*self._item_keys(job_id), self._k("job", job_id)], args=[now, ended]))
+        cancelled = int(self._cancel(keys=[*self._item_keys(job_id), self._k("job", job_id)], args=[now, ended]))
+        self._changed(job_id)
+        return cancelled
 
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
         raw: dict[str, str] = self.redis.hgetall(self._k("job", job_id, "ends"))  # type: ignore[assignment]

@@ -37,6 +37,8 @@ class SqliteJobStore:
                 CREATE TABLE IF NOT EXISTS deliveries (task_id TEXT PRIMARY KEY, n INTEGER);
                 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
                 CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, created REAL, record TEXT);
+                CREATE TABLE IF NOT EXISTS changed (job TEXT PRIMARY KEY);
+                CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, until REAL);
                 """
             )
             columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
@@ -84,6 +86,8 @@ class SqliteJobStore:
                 )
                 if cursor.rowcount == 1:
                     added.append(source)
+            if added:
+                conn.execute("INSERT OR IGNORE INTO changed VALUES (?)", (job_id,))
         return added
 
     def _delete_items(self, job_id: str, sources: Iterable[str], pending: bool) -> int:
@@ -117,6 +121,24 @@ class SqliteJobStore:
         )
         return cursor.rowcount == 1
 
+    def take_changed(self) -> list[str]:
+        with self._transaction() as conn:
+            changed = [row[0] for row in conn.execute("SELECT job FROM changed ORDER BY job")]
+            conn.execute("DELETE FROM changed")
+        return changed
+
+    def note_changed(self, job_id: str) -> None:
+        self._conn().execute("INSERT OR IGNORE INTO changed VALUES (?)", (job_id,))
+
+    def claim(self, name: str, seconds: float) -> bool:
+        now = time.time()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT until FROM claims WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] > now:
+                return False
+            conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?)", (name, now + seconds))
+        return True
+
     def item_state(self, job_id: str, source: str) -> tuple[str | None, int]:
         row = (
             self._conn()
@@ -135,6 +157,7 @@ class SqliteJobStore:
                 f"end_json = NULL WHERE job = ? AND status IN ({marks}) RETURNING source, gen",
                 (job_id, *wanted),
             ).fetchall()
+        self.note_changed(job_id)
         return {source: int(gen) for source, gen in rows}
 
     def cancel(self, job_id: str) -> int:
@@ -145,6 +168,7 @@ class SqliteJobStore:
             "UPDATE items SET status = 'cancelled', ended = ?, end_json = ? WHERE job = ? AND status = 'pending'",
             (now, json.dumps(ended), job_id),
         )
+        self.note_changed(job_id)
         return cursor.rowcount
 
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:

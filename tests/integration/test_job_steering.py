@@ -86,3 +86,39 @@ def test_retry_scores_the_failed_files_once_and_a_stale_message_cannot_mark_them
     assert (final.scored, final.skipped, final.failed, final.clips) == (2, 0, 0, 10)  # re-scored, not skipped
     late = store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/retry/late.h5.jsonl") or b""
     assert [orjson.loads(line)["index"] for line in late.splitlines()] == list(range(6))  # replaced, not appended
+
+
+def test_a_jobs_manifest_lists_every_file_how_it_ended_and_where_its_results_are(stack: Stack, tmp_path: Path) -> None:
+    from audioset_batch.results.job_manifest import manifest_key
+
+    store = CosStore(stack.settings())
+    for i in range(2):
+        store.upload_file(write_h5(tmp_path / f"m{i}.h5", clips=3 + i, seed=i), stack.input_bucket, f"man/m{i}.h5")
+    store.put_bytes(b"<script>not hdf5</script>", stack.input_bucket, "man/bad.h5")
+    env = {**stack.env, "AUDIOSET_MANIFEST_INTERVAL": "0.5"}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        done = cli(stack, "enqueue", f"cos://{stack.input_bucket}/man/", "--job", "with-manifest", "--wait", "--json")
+        assert done.returncode == 1, done.stderr  # bad.h5 failed
+        job = json.loads(done.stdout.splitlines()[-1])["id"]
+        key = manifest_key("predictions/", job)
+        deadline = time.monotonic() + 30
+        manifest: dict[str, object] = {}
+        while manifest.get("job", {}).get("state") != "finished":  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"no finished manifest at {key}: {manifest}"
+            manifest = orjson.loads(store.get_bytes(stack.results_bucket, key) or b"{}")
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    assert manifest["version"] == 1 and manifest["model"] == "tiny@0"
+    totals = manifest["job"]
+    assert isinstance(totals, dict)
+    assert (totals["id"], totals["total"], totals["scored"], totals["failed"], totals["clips"]) == (job, 3, 2, 1, 7)
+    files = {f["item"].rsplit("/", 1)[1]: f for f in manifest["files"]}  # type: ignore[attr-defined]
+    assert sorted(files) == ["bad.h5", "m0.h5", "m1.h5"]
+    bad, good = files["bad.h5"], files["m1.h5"]
+    assert (bad["status"], bad["error"], bad["results"]["jsonl"]) == ("failed", "NotHDF5Error", None)
+    assert store.get_bytes(stack.results_bucket, bad["results"]["error"]) is not None
+    assert (good["status"], good["clips"], good["error"]) == ("scored", 4, None)
+    lines = store.get_bytes(stack.results_bucket, good["results"]["jsonl"]) or b""
+    assert len(lines.splitlines()) == 4 and store.get_bytes(stack.results_bucket, good["results"]["summary"])
