@@ -156,26 +156,17 @@ def output_file(path: Path) -> Path:
 
 
 def open_jobs(settings: Settings) -> JobStore:
-    """The job store a command reads: the configured one, or the local ``audioset run`` state.
-
-    With no ``AUDIOSET_STATE_URL`` and Redis unreachable, the state ``audioset run`` keeps in
-    ``AUDIOSET_LOCAL_ROOT`` is read instead, and a line says so.
-    """
+    """The job store a command reads, in this order: ``AUDIOSET_STATE_URL`` when set; else the state of an
+    ``audioset run`` kept in ``AUDIOSET_LOCAL_ROOT`` (the folder where it ran), whatever listens on the broker's
+    port; else the broker's Redis. A line says when the local state is read."""
     from audioset_batch.jobs.factory import open_job_store
-    from audioset_batch.settings import mask_url
 
-    url = settings.effective_state_url
     local = local_state(settings)
-    if local is None or settings.state_url or not url.startswith(("redis://", "rediss://")):
-        return open_job_store(url)
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
-    except redis.exceptions.RedisError:
-        note(f"Redis at {mask_url(url)} is not reachable: reading the local `audioset run` state in {local}")
-        return open_job_store(f"sqlite:///{local.resolve()}")
-    return open_job_store(url)
+    if settings.state_url or local is None:
+        return open_job_store(settings.effective_state_url)
+    if not settings.broker_url.startswith("filesystem"):
+        note(f"reading the local `audioset run` state in {local} (AUDIOSET_STATE_URL chooses another job store)")
+    return open_job_store(f"sqlite:///{local.resolve()}")
 
 
 def local_state(settings: Settings) -> Path | None:

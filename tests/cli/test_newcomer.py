@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RedisServer
 from tests.helpers import write_h5
 
 
@@ -291,6 +291,28 @@ def test_jobs_find_the_local_run_state_when_redis_is_not_there(newcomer: Path) -
     assert result.exit_code == 0, result.output
     assert "reading the local `audioset run` state" in result.output and job in result.stdout
     assert run("jobs", "status", "local").exit_code == 0
+
+
+def test_jobs_read_the_local_run_state_where_it_ran_whatever_listens_on_the_broker_port(
+    newcomer: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis on the broker's port once answered instead, with "no jobs"; AUDIOSET_STATE_URL still chooses."""
+    from audioset_batch.jobs.factory import open_job_store
+    from audioset_batch.settings import get_settings
+    from cli.embedded import embedded_state_file
+
+    state = embedded_state_file(newcomer / "buckets")
+    state.parent.mkdir(parents=True)
+    job = open_job_store(f"sqlite:///{state}").create_job(name="local")
+    monkeypatch.setenv("AUDIOSET_BROKER_URL", redis_server.db_url(5))  # a live Redis, holding no jobs
+    get_settings.cache_clear()
+    result = run("jobs", "list")
+    assert result.exit_code == 0 and job in result.stdout, result.output
+    assert "reading the local `audioset run` state" in result.stderr
+    monkeypatch.setenv("AUDIOSET_STATE_URL", redis_server.db_url(5))
+    get_settings.cache_clear()
+    chosen = run("jobs", "list")
+    assert chosen.exit_code == 0 and job not in chosen.stdout and "local `audioset run` state" not in chosen.output
 
 
 # --- 9. doctor and settings tell the truth ---------------------------------------------------------
