@@ -71,7 +71,9 @@ def _wait(
         if bar is not None:
             bar.total = status.total
             bar.n = status.done + status.failed
-            bar.set_postfix(scored=status.scored, skipped=status.skipped, failed=status.failed, refresh=False)
+            bar.set_postfix(
+                clips=status.clips, scored=status.scored, skipped=status.skipped, failed=status.failed, refresh=False
+            )
             bar.refresh()
         if status.finished:
             break

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import click
 
+from audioset_batch.logs import printable
 from audioset_batch.settings import Settings
 from cli.common import (
     LocalPath,
@@ -20,6 +21,8 @@ from cli.common import (
     note,
     output_file,
     precision_option,
+    progress_bar,
+    quiet_option,
     warn,
 )
 from model.atomic_files import replacing
@@ -52,6 +55,7 @@ from model.atomic_files import replacing
     help="Model artifact directory (default: the shipped model).",
 )
 @precision_option
+@quiet_option
 @click.pass_obj
 def score(
     settings: Settings,
@@ -61,6 +65,7 @@ def score(
     top_k: int | None,
     model_path: Path | None,
     precision: str | None,
+    quiet: bool,
 ) -> None:
     """Score SOURCES in-process, with no queue; writes the worker's JSONL format.
 
@@ -85,9 +90,20 @@ def score(
         full_scores=(scores == "full") if scores else None,
     )
 
+    bar = progress_bar(0, "score", "clip", quiet)
+    shown = [""]
+
+    def progress(source: str, done: int, total: int) -> None:
+        if source != shown[0]:  # a bar per file: its clips, with their pace and the time left
+            shown[0] = source
+            bar.reset(total=total)
+            bar.set_description(printable(source.rsplit("/", 1)[-1])[:40])
+        bar.n = done
+        bar.refresh()
+
     def score_all(out: IO[bytes]) -> int:
         failed = 0
-        for ended in score_locations(scorer, found.values(), settings, out):
+        for ended in score_locations(scorer, found.values(), settings, out, progress):
             if not isinstance(ended, Skipped):
                 note(f"scored {ended.summary['source']}", **ended.summary)
                 continue
@@ -109,6 +125,7 @@ def score(
                 failed = score_all(fh)
             if failed == len(found):  # leaves an earlier output as it was
                 fail(f"none of the {len(found)} file(s) could be scored (see above); {output} is unchanged")
+    bar.close()
     if failed:
         fail(f"{failed} of {len(found)} file(s) could not be scored (see above); the rest are in {output}")
 

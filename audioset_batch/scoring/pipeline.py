@@ -7,7 +7,7 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("audioset.pipeline")
 ALREADY_SCORED = "already scored: same ETag, model and output settings (--force scores it again)"
 Status = Literal["scored", "skipped", "failed"]
+Progress = Callable[[int, int], None]  # clips scored so far, clips in the file
 
 
 @dataclass(slots=True)
@@ -130,8 +131,10 @@ def score_file(
     deadline: Deadline | None = None,
     frames: int | None = None,
     max_output_ratio: float | None = None,
+    progress: Progress | None = None,
 ) -> FileScore:
-    """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``.
+    """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``; ``progress(done, total)``
+    hears of the clips scored after each chunk.
 
     Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is
     the model's frames per clip: a file with any other count is refused before the model sees it.
@@ -177,6 +180,8 @@ def score_file(
             out.write(lines)
             if streamed is not None and chunk.y is not None:
                 streamed.add(chunk.y.astype(bool), scores)
+            if progress is not None:
+                progress(chunk.start + len(scores), embeddings.clips)
         clips = embeddings.clips
         if streamed is not None:
             try:
@@ -227,7 +232,14 @@ class ObjectScorer:
         )
         return cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
 
-    def score_local(self, path: Path, out: IO[bytes], source: str, deadline: Deadline | None = None) -> FileScore:
+    def score_local(
+        self,
+        path: Path,
+        out: IO[bytes],
+        source: str,
+        deadline: Deadline | None = None,
+        progress: Progress | None = None,
+    ) -> FileScore:
         """Score one local file into ``out`` with this scorer's model, options and limits."""
         return score_file(
             path,
@@ -243,6 +255,7 @@ class ObjectScorer:
             deadline=deadline,
             frames=self.frames,
             max_output_ratio=self.settings.max_output_ratio,
+            progress=progress,
         )
 
     def _store(self, url: ObjectURL) -> ObjectStore:

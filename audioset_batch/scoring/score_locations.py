@@ -6,9 +6,10 @@ input is scored, so a file that fails half way leaves no lines of its own.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -34,14 +35,20 @@ class Skipped:
 
 
 def score_locations(
-    scorer: ObjectScorer, locations: Iterable[Location], settings: Settings, out: IO[bytes]
+    scorer: ObjectScorer,
+    locations: Iterable[Location],
+    settings: Settings,
+    out: IO[bytes],
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Iterator[Scored | Skipped]:
-    """Score each location into ``out`` in turn, yielding how each ended (its summary, or why it was skipped)."""
+    """Score each location into ``out`` in turn, yielding how each ended (its summary, or why it was skipped);
+    ``progress(source, done, total)`` hears of the clips scored in the file at hand after each chunk."""
     for location in locations:
         source = f"{location.bucket}/{location.key}" if isinstance(location, ObjectURL) else str(location)
         try:
             with local_file(location, settings, suffix=".h5") as path, tempfile.TemporaryFile() as spool:
-                result = scorer.score_local(path, spool, source)
+                hear = None if progress is None else functools.partial(progress, source)
+                result = scorer.score_local(path, spool, source, progress=hear)
                 spool.seek(0)
                 shutil.copyfileobj(spool, out)
         except (InputFileError, StorageError) as exc:

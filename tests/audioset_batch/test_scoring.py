@@ -150,3 +150,60 @@ def test_the_output_cap_passes_full_scores_of_real_sized_files_at_its_default(tm
     assert out.tell() > 16 * 1024**2  # above the floor: the ratio, not the floor, let it through
     with pytest.raises(LimitExceededError, match="AUDIOSET_MAX_OUTPUT_RATIO=1"):
         score_file(path, io.BytesIO(), max_output_ratio=1, **common)  # type: ignore[arg-type]
+
+
+def test_progress_hears_of_the_clips_after_each_chunk(tmp_path: Path) -> None:
+    path = write_h5(tmp_path / "p.h5", clips=25, classes=4)
+    heard: list[tuple[int, int]] = []
+    score_file(
+        path,
+        io.BytesIO(),
+        predict=lambda x: np.full((len(x), 4), 0.5, dtype=np.float32),
+        classes=make_labels(4),
+        model="m",
+        source="s",
+        options=OutputOptions(top_k=2),
+        chunk_clips=10,
+        progress=lambda done, total: heard.append((done, total)),
+    )
+    assert heard == [(10, 25), (20, 25), (25, 25)]
+
+
+def test_score_shows_a_clip_bar_with_the_time_left_on_a_terminal_and_none_with_quiet(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from tests.conftest import ROOT
+
+    path = write_h5(tmp_path / "bar.h5", clips=30, classes=12)
+    env = {**os.environ, "AUDIOSET_MODEL_PATH": str(tiny_model), "AUDIOSET_READ_CHUNK_CLIPS": "10"}
+
+    def stderr_on_a_terminal(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a width
+        command = [sys.executable, "-m", "cli", "score", str(path), "-o", str(tmp_path / "o.jsonl"), *extra]
+        done = subprocess.run(command, env=env, cwd=ROOT, stderr=follower, stdout=subprocess.DEVNULL, timeout=300)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        assert done.returncode == 0
+        return b"".join(chunks).decode(errors="replace")
+
+    shown = stderr_on_a_terminal()
+    assert "bar.h5" in shown and "30/30" in shown and "clip/s" in shown and "<" in shown  # pace, time left
+    assert "30/30" not in stderr_on_a_terminal("--quiet")
