@@ -112,3 +112,17 @@ def test_soak_command_kills_a_child_restarts_redis_and_reports_every_file() -> N
     assert report["results"] == {"scored": 16, "errored": 0, "lost": 0, "duplicated": 0}
     assert report["job"]["pending"] == 0 and report["job"]["scored"] + report["job"]["skipped"] == 16
     assert report["child_killed_at_seconds"] >= 0 and report["redis_restarted_at_seconds"] >= 0
+
+
+def test_manifest_benchmark_writes_a_whole_manifest_and_reports_its_cost() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.manifest", "--files", "200", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["files"] == 200 and report["manifest_bytes"] > 200 * 100
+    assert report["manifest_write_ms_per_file"] > 0 and report["job_store_mark_ms_per_file"] > 0
