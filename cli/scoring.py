@@ -216,6 +216,7 @@ def search(
     help="Write a PNG of per-class AP against class frequency.",
 )
 @precision_option
+@quiet_option
 @click.pass_obj
 def evaluate(
     settings: Settings,
@@ -225,6 +226,7 @@ def evaluate(
     per_class: Path | None,
     plot: Path | None,
     precision: str | None,
+    quiet: bool,
 ) -> None:
     """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
     from audioset_batch.scoring.pipeline import load_predictor
@@ -233,7 +235,10 @@ def evaluate(
 
     predictor = load_predictor(settings, model_path, precision)
     dataset = load_dataset(list(data), settings, frames=predictor.frames, classes=predictor.classes)
-    result = compute(dataset.y, predictor.predict(dataset.x))
+    bar = progress_bar(len(dataset.x), "evaluate", "clip", quiet)
+    scores = predictor.predict(dataset.x, progress=bar.update)
+    bar.close()
+    result = compute(dataset.y, scores)
     classes = predictor.manifest.classes
     if per_class:
         with output_file(per_class).open("w", newline="", encoding="utf-8") as fh:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,12 +177,15 @@ class Predictor:
     def classes(self) -> int:
         return len(self.manifest.classes)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities ``(clips, classes)`` float32 for uint8 or float embeddings."""
+    def predict(self, x: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Probabilities ``(clips, classes)`` float32 for uint8 or float embeddings; ``progress(n)`` hears of each
+        batch of ``n`` clips done (a long evaluation's progress bar)."""
         if x.shape[0] == 0:
             return np.zeros((0, self.classes), dtype=np.float32)
         outputs = []
         for start in range(0, x.shape[0], self.batch_size):
             batch = dequantize(x[start : start + self.batch_size])
             outputs.append(np.asarray(self._forward(batch), dtype=np.float32))
+            if progress is not None:
+                progress(len(batch))
         return np.concatenate(outputs, axis=0)

@@ -169,7 +169,7 @@ def test_progress_hears_of_the_clips_after_each_chunk(tmp_path: Path) -> None:
     assert heard == [(10, 25), (20, 25), (25, 25)]
 
 
-def test_score_shows_a_clip_bar_with_the_time_left_on_a_terminal_and_none_with_quiet(
+def test_score_and_evaluate_show_a_clip_bar_with_the_time_left_on_a_terminal_and_none_with_quiet(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     import fcntl
@@ -185,11 +185,18 @@ def test_score_shows_a_clip_bar_with_the_time_left_on_a_terminal_and_none_with_q
     path = write_h5(tmp_path / "bar.h5", clips=30, classes=12)
     env = {**os.environ, "AUDIOSET_MODEL_PATH": str(tiny_model), "AUDIOSET_READ_CHUNK_CLIPS": "10"}
 
-    def stderr_on_a_terminal(*extra: str) -> str:
+    def stderr_on_a_terminal(*extra: str, command: tuple[str, ...] = ()) -> str:
         leader, follower = pty.openpty()
         fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a width
-        command = [sys.executable, "-m", "cli", "score", str(path), "-o", str(tmp_path / "o.jsonl"), *extra]
-        done = subprocess.run(command, env=env, cwd=ROOT, stderr=follower, stdout=subprocess.DEVNULL, timeout=300)
+        args = command or ("score", str(path), "-o", str(tmp_path / "o.jsonl"))
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", *args, *extra],
+            env=env,
+            cwd=ROOT,
+            stderr=follower,
+            stdout=subprocess.DEVNULL,
+            timeout=300,
+        )
         os.close(follower)
         chunks = []
         while True:
@@ -207,3 +214,5 @@ def test_score_shows_a_clip_bar_with_the_time_left_on_a_terminal_and_none_with_q
     shown = stderr_on_a_terminal()
     assert "bar.h5" in shown and "30/30" in shown and "clip/s" in shown and "<" in shown  # pace, time left
     assert "30/30" not in stderr_on_a_terminal("--quiet")
+    evaluated = stderr_on_a_terminal(command=("evaluate", str(tiny_model), str(path)))
+    assert "evaluate" in evaluated and "30/30" in evaluated  # the long evaluation shows its clips too
