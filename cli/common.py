@@ -180,8 +180,8 @@ def local_state(settings: Settings) -> Path | None:
 def local_state_hint(settings: Settings) -> str:
     """Where to look when a job is not found: the other job store, if there is one."""
     local = local_state(settings)
-    if local is None or settings.effective_state_url.startswith("sqlite:"):
-        return ""
+    if local is None or not settings.state_url or settings.state_url.startswith("sqlite:"):
+        return ""  # no local state, or it is the one that was read
     return f"; jobs of `audioset run` are in its own state: AUDIOSET_STATE_URL=sqlite:///{local.resolve()}"
 
 

@@ -112,5 +112,6 @@ def resend(
             log.error("job %s: could not send %s again: %s: %s", job, item, type(exc).__name__, exc)
             why = ItemEnd(error=type(exc).__name__, message=f"could not be sent again: {exc}", url=url)
             jobs.mark(job, item, "failed", why, generation)
-    jobs.incr_counter("retried", sent)
+    if sent:
+        jobs.incr_counter("retried", sent)
     return sent
