@@ -88,6 +88,17 @@ def resolve_precision(requested: str) -> str:
     return "float32"
 
 
+def _compute_in_bfloat16(config: dict[str, Any]) -> None:
+    """Every layer of a functional model's config computes in bfloat16, inside nested models too (an ensemble's
+    members are models of their own: setting the top level only once left them computing in float32)."""
+    for layer in config.get("layers", []):
+        inner = layer.get("config", {})
+        if "layers" in inner:
+            _compute_in_bfloat16(inner)
+        elif layer.get("class_name") != "InputLayer" and "dtype" in inner:
+            inner["dtype"] = "mixed_bfloat16"
+
+
 def with_precision(keras_model: keras.Model, precision: str) -> keras.Model:
     """A copy of the model computing in bfloat16 (weights stay float32; outputs are cast back)."""
     if precision == "float32":
@@ -96,9 +107,7 @@ def with_precision(keras_model: keras.Model, precision: str) -> keras.Model:
     import keras
 
     config = keras_model.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer" and "dtype" in layer["config"]:
-            layer["config"]["dtype"] = "mixed_bfloat16"
+    _compute_in_bfloat16(config)
     copy = keras.Model.from_config(config)
     copy.set_weights(keras_model.get_weights())
     return copy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -163,3 +164,32 @@ def test_many_predictors_in_one_process_do_not_warn_of_retracing(tiny_model: Pat
     finally:
         logging.getLogger("tensorflow").removeHandler(handler)
     assert not [message for message in seen if "retracing" in message]
+
+
+def test_bfloat16_reaches_the_layers_of_every_member_of_an_ensemble(tmp_path: Path) -> None:
+    """An ensemble's members are nested models: bfloat16 once reached only the top level, so the members (all
+    the arithmetic) computed in float32 and --precision bfloat16 ran at float32's speed."""
+    from model.artifact import load
+    from model.ensemble import combine
+    from model.inference import dequantize, with_precision
+    from tests.helpers import build_artifact
+
+    members = [load(build_artifact(tmp_path / f"m{i}", seed=i))[0] for i in range(2)]
+    ensemble = combine(members)
+    fast = with_precision(ensemble, "bfloat16")
+
+    def dense_policies(model: Any) -> list[str]:
+        found = []
+        for layer in model.layers:
+            if hasattr(layer, "layers"):
+                found += dense_policies(layer)
+            elif hasattr(layer, "kernel"):
+                found.append(layer.dtype_policy.name)
+        return found
+
+    policies = dense_policies(fast)
+    assert len(policies) >= 4 and set(policies) == {"mixed_bfloat16"}
+    assert set(dense_policies(ensemble)) == {"float32"}  # the served float32 model is untouched
+    x = np.random.default_rng(0).integers(0, 256, size=(6, 10, 128), dtype=np.uint8)
+    close = np.asarray(fast(dequantize(x)), dtype=np.float32) - np.asarray(ensemble(dequantize(x)))
+    assert np.abs(close).max() < 0.05  # the same model, in a coarser arithmetic
