@@ -1,5 +1,8 @@
-"""The one writer of job manifests (``audioset_batch/results/job_manifest.py``): a thread of each worker's main
-process, of which one at a time (a claim in the job store) rewrites the manifest of every job changed since."""
+"""The one writer of job manifests (``audioset_batch/results/job_manifest.py``): a thread of each worker process
+(pool child), of which one at a time (a claim in the job store) rewrites the manifest of every job changed since.
+
+Not in the worker's main process: it forks a new child when one dies, and a fork while this thread holds a lock
+(an HTTP connection pool's, logging's) would leave the new child stuck on it."""
 
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ _running: list[ManifestWriter] = []
 
 
 def start(settings: Settings) -> None:
-    """Start the writer in this (main) process, once; ``AUDIOSET_MANIFEST_INTERVAL=0`` writes none."""
+    """Start the writer in this (child) process, once; ``AUDIOSET_MANIFEST_INTERVAL=0`` writes none."""
     if _running or settings.manifest_interval <= 0:
         return
     writer = ManifestWriter(settings)

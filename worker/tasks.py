@@ -96,6 +96,9 @@ def _load_model_in_child(**_: Any) -> None:
         os._exit(1)
     if metrics.enabled():
         metrics.metrics().model.labels(scorer.model).set(1)
+    # In the child, never in the parent: the parent forks a new child when one dies, and a fork while a thread
+    # holds a lock (an HTTP pool's, logging's) leaves the new child stuck on it.
+    manifests.start(get_settings())
 
 
 @worker_init.connect
@@ -111,17 +114,16 @@ def _start_redelivery(sender: Any = None, **_: Any) -> None:
     seconds, not after the visibility timeout (``worker/redelivery.py``)."""
     if sender is not None:
         redelivery.start(sender.app, sender.hostname)
-        manifests.start(get_settings())
 
 
 @worker_shutdown.connect
 def _stop_redelivery(**_: Any) -> None:
     redelivery.stop()
-    manifests.stop()
 
 
 @worker_process_shutdown.connect
 def _forget_child(pid: int | None = None, **_: Any) -> None:
+    manifests.stop()  # this child's writer, after a last round (a no-op where it never started)
     if pid:
         metrics.process_died(pid)
 
