@@ -153,7 +153,7 @@ class RedisJobStore:
         added = [s for s, new in zip(sources, pipe.execute(), strict=True) if new]
         if added:
             self.redis.hincrby(self._k("job", job_id, "counts"), "total", len(added))
-            self._changed(job_id)
+            self.note_changed(job_id)
         return added
 
     def forget_items(self, job_id: str, sources: Iterable[str]) -> int:
@@ -181,11 +181,8 @@ class RedisJobStore:
         args = [source, status, json.dumps({**ended, "status": status, "at": now}), ended["clips"], now, generation]
         marked = bool(self._mark(keys=keys, args=args))
         if marked:
-            self._changed(job_id)
+            self.note_changed(job_id)
         return marked
-
-    def _changed(self, job_id: str) -> None:
-        self.redis.sadd(self._k("changed"), job_id)
 
     def take_changed(self) -> list[str]:
         pipe = self.redis.pipeline()  # MULTI/EXEC: a job changed meanwhile is in this answer or the next
@@ -195,7 +192,7 @@ class RedisJobStore:
         return sorted(changed)
 
     def note_changed(self, job_id: str) -> None:
-        self._changed(job_id)
+        self.redis.sadd(self._k("changed"), job_id)
 
     def claim(self, name: str, seconds: float) -> bool:
         return bool(self.redis.set(self._k("claim", name), str(os.getpid()), nx=True, px=max(1, int(seconds * 1000))))
@@ -214,7 +211,7 @@ class RedisJobStore:
         self.status(job_id)  # an unknown job is an error, not an empty retry
         keys = [*self._item_keys(job_id), self._k("job", job_id, "gens")]
         flat = self._retry(keys=keys, args=[s for s in statuses if s in FINAL_STATUSES])
-        self._changed(job_id)
+        self.note_changed(job_id)
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def cancel(self, job_id: str) -> int:
@@ -224,7 +221,7 @@ class RedisJobStore:
             {**ItemEnd(message="cancelled before a worker took it").to_json(), "status": "cancelled", "at": now}
         )
         cancelled = int(self._cancel(keys=[*self._item_keys(job_id), self._k("job", job_id)], args=[now, ended]))
-        self._changed(job_id)
+        self.note_changed(job_id)
         return cancelled
 
     def ends(self, job_id: str, status: str | None = None) -> dict[str, dict[str, Any]]:
