@@ -123,6 +123,24 @@ class Settings(BaseSettings):
         256, ge=1, le=10_000, description="Open HTTP connections the listener holds; past it the slowest is dropped."
     )
     listen_timeout: float = Field(10.0, gt=0, description="Seconds an HTTP client has to send its whole request.")
+    ui_host: str = Field("127.0.0.1", description="Address `audioset ui` (and `audioset run`'s dashboard) binds to.")
+    ui_port: int = Field(8765, ge=0, le=65535, description="Port of the dashboard; 0 = any free port.")
+    ui_token: SecretStr | None = Field(
+        None,
+        description="Token the dashboard asks for at login; unset = a new random one each start, printed in the "
+        "login URL (loopback only).",
+    )
+    ui_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Host names the dashboard answers besides loopback and its bind address (comma-separated).",
+    )
+
+    @field_validator("ui_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("allowed_sources", mode="before")
     @classmethod

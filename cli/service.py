@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -157,9 +158,10 @@ def print_err(line: str) -> None:
 @click.option("--demo", is_flag=True, help="Drop a sample file in, print its top labels, then exit.")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Worker processes.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --demo waits for its result.")
+@click.option("--no-ui", is_flag=True, help="Do not start the web dashboard.")
 @click.pass_obj
-def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, timeout: float) -> None:
-    """Run the whole service locally: folder buckets, embedded broker, a worker and a watcher."""
+def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, timeout: float, no_ui: bool) -> None:
+    """Run the whole service locally: folder buckets, embedded broker, a worker, a watcher and the dashboard."""
     from audioset_batch.storage.local_store import LocalStore
     from cli.demo import write_sample
     from cli.embedded import INCOMING, RESULTS, EmbeddedService
@@ -171,8 +173,14 @@ def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, tim
     service.start(log_file=worker_log, say=note)
     try:
         if not demo:
+            board = None if no_ui else _run_dashboard(service.settings)
             note("copy .h5 files into the incoming folder; Ctrl-C stops")
-            sys.exit(service.serve_forever(say=note))
+            try:
+                code = service.serve_forever(say=note)
+            finally:
+                if board is not None:
+                    board.server.stop()
+            sys.exit(code)
         key = "demo/sample.h5"
         origin = write_sample(service.root / INCOMING / key)
         etag = LocalStore(service.root).stat(INCOMING, key).etag
@@ -184,6 +192,18 @@ def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, tim
         _print_top_labels(service.root / RESULTS / record["result"].split("/", 1)[1], limit=5)
     finally:
         service.shutdown()
+
+
+def _run_dashboard(settings: Settings) -> Any:
+    """The run's dashboard over its own state; on another port when AUDIOSET_UI_PORT is taken."""
+    from audioset_batch.jobs.factory import open_job_store
+    from cli.dashboard import start_dashboard
+
+    jobs = open_job_store(settings.effective_state_url)
+    try:
+        return start_dashboard(settings, jobs)
+    except OSError:
+        return start_dashboard(settings, jobs, port=0)
 
 
 def _print_top_labels(jsonl: Path, limit: int) -> None:

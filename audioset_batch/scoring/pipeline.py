@@ -7,8 +7,7 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -19,8 +18,9 @@ from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededEr
 from audioset_batch.results.keys import ResultKeys, result_keys
 from audioset_batch.results.records import dumps, error_record, loads, now
 from audioset_batch.retry_policy import should_retry
+from audioset_batch.scoring.chunk_stream import predicted, prefetched
 from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
-from audioset_batch.scoring.hdf5_reader import Chunk, EmbeddingFile, Limits, NonFiniteError
+from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.limits import Deadline, OutputCap, reader_limits
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
@@ -53,57 +53,10 @@ class FileScore:
     metrics: dict[str, Any] | None
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-def prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    """Read the next chunk on a helper thread while the caller scores this one.
-
-    HDF5 reads and TensorFlow both release the GIL, so disk and model overlap; at most
-    two chunks are in memory at once.
-    """
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdf5-read")
-    try:
-        pending = pool.submit(next, chunks, None)
-        while (chunk := pending.result()) is not None:
-            pending = pool.submit(next, chunks, None)
-            yield chunk
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # never wait on a stuck helper: the file is failing anyway
-
-
-def predicted(chunks: Iterator[Chunk], predict: Predict) -> Iterator[tuple[Chunk, np.ndarray]]:
-    """Predict the next chunk on a helper thread while the caller encodes this one.
-
-    The model releases the GIL, so encoding JSON (which holds it) no longer waits for
-    the model and the model no longer waits for encoding. One thread owns the model,
-    which is what a TFLite interpreter requires; at most one prediction is in flight.
-    """
-
-    def checked(chunk: Chunk) -> np.ndarray:
-        scores = np.asarray(predict(chunk.x), dtype=np.float32)
-        if scores.shape[0] != chunk.x.shape[0]:
-            raise ValueError(f"model returned {scores.shape[0]} rows for {chunk.x.shape[0]} clips")
-        if not np.isfinite(scores).all():
-            last = chunk.start + len(scores) - 1
-            raise NonFiniteError(f"the model gave non-finite scores for clips {chunk.start}..{last}")
-        return scores
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-    try:
-        current = next(chunks, None)
-        if current is None:
-            return
-        pending = pool.submit(checked, current)
-        for following in chunks:
-            scores = pending.result()
-            pending = pool.submit(checked, following)
-            yield current, scores
-            current = following
-        yield current, pending.result()
-    finally:
-        # On an error the file fails at once; a prediction still running is abandoned, not awaited
-        # (the worker reloads its model after an unexpected error, so nothing reuses its state).
-        pool.shutdown(wait=False, cancel_futures=True)
+    #: Clips per class that ranked first in them: a job's label distribution is the sum over its files.
+    top_labels: dict[str, int] = field(default_factory=dict)
+    #: Average precision of each class with a positive clip, when the file carries labels.
+    per_class_ap: dict[str, float] | None = None
 
 
 def load_predictor(settings: Settings, model_path: Path | None = None, precision: str | None = None) -> Predictor:
@@ -146,6 +99,8 @@ def score_file(
     notes: list[str] = []
     streamed: StreamedEvaluation | None = None
     metrics = None
+    per_class_ap = None
+    firsts = np.zeros(len(classes), dtype=np.int64)
     with contextlib.ExitStack() as resources:
         embeddings = resources.enter_context(EmbeddingFile(path, limits or Limits(), frames=frames))
         want_metrics = embeddings.y is not None
@@ -175,6 +130,8 @@ def score_file(
                 options=options,
             )
             written += len(lines)
+            if len(scores):
+                firsts += np.bincount(np.argmax(scores, axis=1), minlength=len(classes))[: len(classes)]
             if cap is not None:
                 cap.check(written, chunk.start + len(scores), embeddings.clips)
             out.write(lines)
@@ -185,10 +142,23 @@ def score_file(
         clips = embeddings.clips
         if streamed is not None:
             try:
-                metrics = streamed.result().summary()
+                evaluation = streamed.result()
+                metrics = evaluation.summary()
+                per_class_ap = {
+                    str(c.index): round(c.average_precision, 4)
+                    for c in evaluation.per_class
+                    if c.average_precision is not None
+                }
             except ValueError:  # no class has a positive clip
                 notes.append("metrics skipped: y has no positive labels")
-    return FileScore(clips=clips, metrics=metrics, seconds=time.monotonic() - started, notes=notes)
+    return FileScore(
+        clips=clips,
+        metrics=metrics,
+        seconds=time.monotonic() - started,
+        notes=notes,
+        top_labels={str(i): int(n) for i in np.flatnonzero(firsts) for n in [firsts[i]]},
+        per_class_ap=per_class_ap,
+    )
 
 
 class ObjectScorer:
@@ -341,6 +311,8 @@ class ObjectScorer:
                 "full_scores": self.options.full_scores,
                 "result": f"{bucket}/{keys.jsonl}",
                 "metrics": scored.metrics,
+                "per_class_ap": scored.per_class_ap,
+                "top_labels": scored.top_labels,
                 "notes": scored.notes,
                 "attempt": attempt,
                 "job": job,

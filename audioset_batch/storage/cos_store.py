@@ -163,9 +163,10 @@ class CosStore:
             f"cos://{bucket}/{key}", self.client.put_object, Bucket=bucket, Key=key, Body=data, ContentType=content_type
         )
 
-    def get_bytes(self, bucket: str, key: str) -> bytes | None:
+    def get_bytes(self, bucket: str, key: str, limit: int | None = None) -> bytes | None:
+        ranged = {} if limit is None else {"Range": f"bytes=0-{max(limit, 1) - 1}"}
         try:
-            response = self._call(f"cos://{bucket}/{key}", self.client.get_object, Bucket=bucket, Key=key)
+            response = self._call(f"cos://{bucket}/{key}", self.client.get_object, Bucket=bucket, Key=key, **ranged)
         except ObjectNotFoundError:
             return None
         data: bytes = response["Body"].read()

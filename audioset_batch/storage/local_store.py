@@ -123,10 +123,11 @@ class LocalStore:
         self._write(bucket, key, lambda fh: fh.write(data))
 
     @_os_errors
-    def get_bytes(self, bucket: str, key: str) -> bytes | None:
+    def get_bytes(self, bucket: str, key: str, limit: int | None = None) -> bytes | None:
         path = self._path(bucket, key)
         try:
-            return path.read_bytes()
+            with path.open("rb") as fh:
+                return fh.read() if limit is None else fh.read(limit)
         except FileNotFoundError:
             return None
 
