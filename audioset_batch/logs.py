@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
 from audioset_batch.settings import ENV_PREFIX, MASK, Settings, url_password
 from model.native_logs import show_native_logs
@@ -29,14 +30,9 @@ class ContextFilter(logging.Filter):
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, including passwords inside Redis URLs."""
     values = [
-        s.get_secret_value()
-        for s in (
-            settings.cos_access_key_id,
-            settings.cos_secret_access_key,
-            settings.cos_api_key,
-            settings.listen_token,
-        )
-        if s is not None
+        value.get_secret_value()
+        for name in type(settings).model_fields
+        if isinstance(value := getattr(settings, name), SecretStr)  # every secret field, the day it is added
     ]
     for url in (settings.broker_url, settings.state_url, settings.cos_endpoint, settings.cos_auth_endpoint):
         if url and (password := url_password(url)):

@@ -86,8 +86,10 @@ class Views:
         return self.page(request, "job.html", **self._job_context(request))
 
     def job_fragment(self, request: Request) -> Response:
-        part = "_job_files.html" if request.query_params.get("part") == "files" else "_job_summary.html"
-        return self.page(request, part, **self._job_context(request))
+        if request.query_params.get("part") == "files":
+            return self.page(request, "_job_files.html", **self._job_context(request))
+        job = reading.job_row(self.sources.jobs.status(self._job(request)))
+        return self.page(request, "_job_summary.html", job=job)  # polled every few seconds: counts only
 
     def _job_context(self, request: Request) -> dict[str, Any]:
         job = self._job(request)

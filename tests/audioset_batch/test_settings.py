@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from audioset_batch.errors import ConfigError
-from audioset_batch.settings import load_settings
+from audioset_batch.settings import Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +119,21 @@ def test_secrets_come_from_files_in_the_secrets_dir(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("AUDIOSET_SECRETS_DIR", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"AUDIOSET_SECRETS_DIR: .* is not a folder"):
         load_settings()
+
+
+def test_every_secret_setting_is_masked_in_log_lines_including_ones_added_later() -> None:
+    import logging
+
+    from pydantic import SecretStr
+
+    from audioset_batch.logs import RedactingFilter, secrets_of
+
+    secret_fields = [name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)]
+    assert {"listen_token", "ui_token", "cos_secret_access_key"} <= set(secret_fields)
+    values = {name: f"secret-{name}-value" for name in secret_fields}
+    settings = load_settings(**values, cos_instance_id="instance")  # an API key needs its instance id
+    assert all(isinstance(getattr(settings, name), SecretStr) for name in values)
+    line = " ".join(values.values())
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "oops %s", (line,), None)
+    RedactingFilter(secrets_of(settings)).filter(record)
+    assert not any(value in record.getMessage() for value in values.values()), record.getMessage()

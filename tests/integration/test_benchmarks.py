@@ -126,3 +126,19 @@ def test_manifest_benchmark_writes_a_whole_manifest_and_reports_its_cost() -> No
     report = json.loads(run.stdout)
     assert report["files"] == 200 and report["manifest_bytes"] > 200 * 100
     assert report["manifest_write_ms_per_file"] > 0 and report["job_store_mark_ms_per_file"] > 0
+
+
+def test_dashboard_benchmark_serves_a_big_job_from_both_job_stores() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dashboard", "--files", "300", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["files"] == 300
+    for kind in ("redis", "sqlite"):
+        assert set(report[kind]) >= {"jobs_list_ms", "job_page_ms", "job_live_summary_ms", "api_job_ms"}
+        assert all(value > 0 for value in report[kind].values())

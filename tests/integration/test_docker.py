@@ -21,7 +21,7 @@ def compose() -> dict[str, Any]:
 
 def test_compose_parses_with_expected_services() -> None:
     services = compose()["services"]
-    assert {"redis", "minio", "minio-setup", "worker", "listener", "flower"} <= set(services)
+    assert {"redis", "minio", "minio-setup", "worker", "listener", "dashboard", "flower"} <= set(services)
     assert "container_name" not in services["worker"], "container_name would break --scale worker=N"
     assert "ports" not in services["worker"], "published ports would break --scale worker=N"
 
@@ -68,6 +68,7 @@ def test_control_plane_needs_credentials() -> None:
     assert "MINIO_NOTIFY_REDIS_PASSWORD_AUDIOSET" in services["minio"]["environment"]
     assert "--basic-auth" in " ".join(services["flower"]["command"])
     assert services["listener"]["environment"]["AUDIOSET_LISTEN_TOKEN"].startswith("${AUDIOSET_LISTEN_TOKEN:?")
+    assert services["dashboard"]["environment"]["AUDIOSET_UI_TOKEN"].startswith("${AUDIOSET_UI_TOKEN:?")
     assert services["worker"]["environment"]["AUDIOSET_ALLOWED_SOURCES"] == "incoming"
     assert "change-me" not in text  # no default secret anywhere
 
@@ -94,7 +95,7 @@ def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:
 def test_services_get_their_own_cos_keys_as_secret_files_not_the_root_login_in_their_environment() -> None:
     services = compose()["services"]
     text = COMPOSE.read_text(encoding="utf-8")
-    for name in ("worker", "listener"):
+    for name in ("worker", "listener", "dashboard"):
         environment = services[name]["environment"]
         assert environment["AUDIOSET_SECRETS_DIR"] == "/run/secrets", name
         assert not {"AUDIOSET_COS_ACCESS_KEY_ID", "AUDIOSET_COS_SECRET_ACCESS_KEY"} & set(environment), name
