@@ -18,6 +18,7 @@ def start_dashboard(settings: Settings, jobs: JobStore, host: str | None = None,
     """Start the dashboard on a thread and say where it is; the caller stops it (``.server.stop()``)."""
     from dashboard.factory import make_dashboard
 
+    jobs.list_jobs(1)  # an unreachable job store is one line now, not an error on every page later
     board = make_dashboard(settings, jobs, host, port)
     board.server.start()
     if board.generated:

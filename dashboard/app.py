@@ -8,6 +8,8 @@ seconds; the page works without it (reload).
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs, urlencode
 
 from celery import Celery
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,6 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from audioset_batch.errors import AudiosetError
 from audioset_batch.jobs.job_store import FINAL_STATUSES, STATUSES, UnknownJobError, find_job
 from audioset_batch.results.search import Hit, UnknownLabelError
 from dashboard import reading
@@ -30,6 +34,7 @@ from dashboard.reading import Sources
 from dashboard.security import COOKIE, MAX_BODY, Guard, Keys, allowed_hosts, bearer_of, safe_next
 
 HERE = Path(__file__).parent
+log = logging.getLogger("audioset.dashboard")
 #: Seconds between a page's refreshes of its live parts.
 REFRESH_SECONDS = 2
 FORM_TIMEOUT = 10.0
@@ -255,6 +260,19 @@ def _not_found(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(message, status_code=404)
 
 
+#: What a page may meet when a store is down; anything else is a bug and keeps its traceback in the log.
+UNAVAILABLE: tuple[type[Exception], ...] = (AudiosetError, RedisError, sqlite3.Error, OSError)
+
+
+def _failed(request: Request, exc: Exception) -> Response:
+    """A page that could not be read (the job store or the bucket is down): one line, the details in the log."""
+    log.error("dashboard: %s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    message = f"could not read the job store or the results ({type(exc).__name__}); the dashboard's log says more"
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=503)
+    return PlainTextResponse(message, status_code=503)
+
+
 def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -283,5 +301,9 @@ def build_app(sources: Sources, token: str, bind_host: str, make_app: Callable[[
     return Starlette(
         routes=routes,
         middleware=[Middleware(Guard, keys=keys, hosts=hosts)],
-        exception_handlers={UnknownJobError: _not_found, 404: _not_found},
+        exception_handlers={
+            UnknownJobError: _not_found,
+            404: _not_found,
+            **dict.fromkeys(UNAVAILABLE, _failed),
+        },
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -65,6 +67,13 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
         log_text = (tmp_path / "run.log").read_text()
         assert "dropped an item on 'audioset.score' that is not a task message" in log_text
         assert "Unrecoverable error" not in log_text
+        # The run's dashboard, at the URL it printed, shows the run's job: the scored file and the failed one.
+        login = re.search(r"dashboard: (http://127\.0\.0\.1:\d+/login\?token=\S+)", log_text)
+        assert login, log_text[-3000:]
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the session cookie
+        with browser.open(login.group(1), timeout=30) as page:  # logs in, follows to the jobs page
+            jobs_page = page.read().decode()
+        assert "watch file://incoming/" in jobs_page and 'data-field="failed">1<' in jobs_page
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(90)

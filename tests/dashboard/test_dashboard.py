@@ -265,3 +265,24 @@ def test_ui_refuses_a_public_address_without_a_token_in_one_line(tmp_path: Path)
     assert result.exit_code != 0
     assert "AUDIOSET_UI_TOKEN" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_job_store_that_goes_away_is_a_503_that_says_so(tmp_path: Path) -> None:
+    from audioset_batch.jobs.redis_job_store import RedisJobStore
+
+    settings = load_settings(local_root=tmp_path, results_bucket="results")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # nothing listens here once the probe closes
+    jobs = RedisJobStore(f"redis://127.0.0.1:{dead}/0")
+    sources = Sources(settings=settings, jobs=jobs, results=LocalStore(tmp_path), classes=CLASSES, model="fake@1")
+    server = DashboardServer(build_app(sources, TOKEN, "127.0.0.1", lambda: None), "127.0.0.1", 0)  # type: ignore[arg-type,return-value]
+    server.start()
+    try:
+        board = Board(server=server, jobs=jobs, job="none", root=tmp_path)
+        status, _, body = board.request("GET", "/")
+        assert status == 503 and "could not read the job store" in body and "ConnectionError" in body
+        status, _, body = board.request("GET", "/api/jobs")
+        assert status == 503 and "job store" in json.loads(body)["error"]
+    finally:
+        server.stop()
