@@ -79,6 +79,18 @@ class Settings(BaseSettings):
         description="Inference precision; auto = int8 (with TFLite), else bfloat16 where supported, else float32.",
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")
+    window_hop: int = Field(
+        5,
+        ge=1,
+        le=10,
+        description="Recordings: frames from one window's start to the next (1..10, the window's length).",
+    )
+    event_threshold: float = Field(
+        0.5, gt=0, le=1, description="Recordings: the score at which a window counts a class as present (events)."
+    )
+    seconds_per_frame: float = Field(
+        0.96, gt=0, le=3600, description="Recordings: seconds between frames, unless the file's attribute says."
+    )
     metrics_max_clips: int = Field(
         200_000, ge=0, description="Compute mAP/AUC in the summary only up to this many clips (memory)."
     )
@@ -96,6 +108,9 @@ class Settings(BaseSettings):
     # Limits
     max_object_bytes: int = Field(16 * 1024**3, ge=1, description="Largest input object accepted.")
     max_clips: int = Field(10_000_000, ge=1, description="Most clips accepted in one file.")
+    max_frames: int = Field(
+        10_000_000, ge=1, description="Most frames in one clip or recording (10,000,000 is about 110 days)."
+    )
     max_chunk_bytes: int = Field(
         256 * 1024**2, ge=1, description="Largest HDF5 chunk (decompressed) accepted: guards against compression bombs."
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +51,13 @@ from model.atomic_files import replacing
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Labels per clip (default: AUDIOSET_TOP_K).")
 @click.option(
+    "--events",
+    "events_path",
+    type=LocalPath(dir_okay=False, allow_dash=False, path_type=Path),
+    default=None,
+    help="Where the events of recordings go (default: beside --output as NAME.events.jsonl).",
+)
+@click.option(
     "--model",
     "model_path",
     type=ModelPath(),
@@ -63,6 +73,7 @@ def score(
     output: Path,
     scores: str | None,
     top_k: int | None,
+    events_path: Path | None,
     model_path: Path | None,
     precision: str | None,
     quiet: bool,
@@ -71,7 +82,8 @@ def score(
 
     Each source is a file, a folder (its .h5/.hdf5 files), or a bucket object or prefix: a local
     path, file:///absolute/path, file://bucket/key, cos://bucket/key or s3://bucket/key. A file
-    that cannot be scored is reported and skipped; the exit code is then 1.
+    that cannot be scored is reported and skipped; the exit code is then 1. Recordings (clips of any
+    other length than the model's 10 frames) get one line per window, and their events go to --events.
     """
     from audioset_batch.errors import InputFileError
     from audioset_batch.scoring.pipeline import ObjectScorer
@@ -101,9 +113,18 @@ def score(
         bar.n = done
         bar.refresh()
 
+    if events_path is None and target is not None:
+        events_path = target.with_name(target.name.removesuffix(".jsonl") + ".events.jsonl")
+    events_target = None if events_path is None else output_file(events_path)
+    spools = contextlib.ExitStack()
+    events = None
+    if events_target is not None:  # a temporary file beside it, linked into place once every file is scored
+        spool = tempfile.NamedTemporaryFile(dir=events_target.parent, prefix=".events-")  # noqa: SIM115 (the stack)
+        events = spools.enter_context(spool)
+
     def score_all(out: IO[bytes]) -> int:
         failed = 0
-        for ended in score_locations(scorer, found.values(), settings, out, progress):
+        for ended in score_locations(scorer, found.values(), settings, out, progress, events):
             if not isinstance(ended, Skipped):
                 note(f"scored {ended.summary['source']}", **ended.summary)
                 continue
@@ -116,6 +137,16 @@ def score(
             warn(f"{name}: {type(exc).__name__}: {exc} (skipped)")
         return failed
 
+    with spools:
+        failed = _score_into(target, output, score_all, len(found))
+        bar.close()
+        _keep_events(events, events_target)
+    if failed:
+        fail(f"{failed} of {len(found)} file(s) could not be scored (see above); the rest are in {output}")
+
+
+def _score_into(target: Path | None, output: Path, score_all: Any, files: int) -> int:
+    """Score into stdout, or into ``target`` (replaced whole, only if any file was scored)."""
     if target is None:
         failed = score_all(sys.stdout.buffer)
         sys.stdout.flush()
@@ -123,11 +154,19 @@ def score(
         with replacing(target) as tmp_target:
             with tmp_target.open("wb") as fh:
                 failed = score_all(fh)
-            if failed == len(found):  # leaves an earlier output as it was
-                fail(f"none of the {len(found)} file(s) could be scored (see above); {output} is unchanged")
-    bar.close()
-    if failed:
-        fail(f"{failed} of {len(found)} file(s) could not be scored (see above); the rest are in {output}")
+            if failed == files:  # leaves an earlier output as it was
+                fail(f"none of the {files} file(s) could be scored (see above); {output} is unchanged")
+    return int(failed)
+
+
+def _keep_events(spool: IO[bytes] | None, target: Path | None) -> None:
+    """The events file, where any recording had events; never an empty one beside clip results."""
+    if spool is None or target is None or not spool.tell():
+        return
+    spool.flush()
+    os.link(spool.name, target.with_name(f".{target.name}.new"))
+    os.replace(target.with_name(f".{target.name}.new"), target)
+    note(f"events: {target}")
 
 
 @main.command()

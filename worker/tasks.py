@@ -30,10 +30,11 @@ from audioset_batch.errors import (
 )
 from audioset_batch.jobs.job_store import ItemEnd
 from audioset_batch.logs import log_context
+from audioset_batch.results.failures import record_failure
 from audioset_batch.retry_policy import backoff_delay, call_for_up_to
 from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
 from audioset_batch.scoring.limits import soft_time_limit_error
-from audioset_batch.scoring.pipeline import ObjectScorer, record_failure
+from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
 from audioset_batch.storage.locations import message_url
 from audioset_batch.storage.object_store import ObjectURL, check_source

@@ -9,6 +9,7 @@ from audioset_batch.storage.object_store import check_bucket, check_key
 JSONL_SUFFIX = ".jsonl"
 SUMMARY_SUFFIX = ".summary.json"
 ERROR_SUFFIX = ".error.json"
+EVENTS_SUFFIX = ".events.jsonl"  # also ends in .jsonl: readers of clip records skip it by this suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,7 @@ class ResultKeys:
     jsonl: str
     summary: str
     error: str
+    events: str
 
 
 def result_keys(bucket: str, input_key: str, prefix: str) -> ResultKeys:
@@ -27,4 +29,6 @@ def result_keys(bucket: str, input_key: str, prefix: str) -> ResultKeys:
     check_bucket(bucket)
     check_key(input_key)
     base = f"{prefix}{bucket}/{input_key}"
-    return ResultKeys(jsonl=base + JSONL_SUFFIX, summary=base + SUMMARY_SUFFIX, error=base + ERROR_SUFFIX)
+    return ResultKeys(
+        jsonl=base + JSONL_SUFFIX, summary=base + SUMMARY_SUFFIX, error=base + ERROR_SUFFIX, events=base + EVENTS_SUFFIX
+    )

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import orjson
 
 from audioset_batch.errors import AudiosetError
-from audioset_batch.results.keys import JSONL_SUFFIX
+from audioset_batch.results.keys import EVENTS_SUFFIX, JSONL_SUFFIX
 from audioset_batch.storage.object_store import ObjectStore, ObjectURL
 from model.labels import ClassLabel
 
@@ -38,12 +38,13 @@ class Hit:
     video_id: str | None
     start_time_seconds: float | None
     results: str = ""  # the results object (or file) the hit was read from
+    offset_seconds: float | None = None  # a window of a recording: where it starts within the clip
 
     @property
     def youtube_url(self) -> str | None:
         if not self.video_id:
             return None
-        start = int(self.start_time_seconds or 0)
+        start = int((self.start_time_seconds or 0) + (self.offset_seconds or 0))
         return f"https://www.youtube.com/watch?v={quote(self.video_id, safe='')}&t={start}"
 
     def to_json(self) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_sco
         score = clip_score(record, label)
         if score is None or score < min_score:
             continue
-        video_id, start = record.get("video_id"), record.get("start_time_seconds")
+        video_id, start, offset = record.get("video_id"), record.get("start_time_seconds"), record.get("offset_seconds")
         hit = Hit(
             score,
             str(record.get("source")),
@@ -92,6 +93,7 @@ def search_records(records: Iterable[dict[str, Any]], label: ClassLabel, min_sco
             video_id if isinstance(video_id, str) else None,
             float(start) if isinstance(start, int | float) else None,
             str(record.get(ORIGIN, "")),
+            float(offset) if isinstance(offset, int | float) else None,
         )
         if len(heap) < limit:
             heapq.heappush(heap, hit)
@@ -136,7 +138,7 @@ def result_records(store: ObjectStore, url: ObjectURL, skipped: Skipped | None =
     the largest object. Each record carries the results object it came from under ``"results"``.
     """
     for info in store.list(url.bucket, url.key):
-        if not info.key.endswith(JSONL_SUFFIX):
+        if not info.key.endswith(JSONL_SUFFIX) or info.key.endswith(EVENTS_SUFFIX):
             continue
         with tempfile.TemporaryFile() as fh:
             store.download(url.bucket, info.key, fh)
@@ -147,6 +149,11 @@ def result_records(store: ObjectStore, url: ObjectURL, skipped: Skipped | None =
 def folder_records(folder: Path, skipped: Skipped | None = None) -> Iterator[dict[str, Any]]:
     """The same over a local folder of results (downloaded, or a folder bucket given by path)."""
     for path in sorted(folder.rglob(f"*{JSONL_SUFFIX}")):
-        if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+        if path.is_file() and not path.is_symlink() and not path.name.startswith(".") and not _events(path):
             with path.open("rb") as fh:
                 yield from _lines(fh, str(path), skipped)
+
+
+def _events(path: Path) -> bool:
+    """An events file (``.events.jsonl``) holds events, not clip records: search reads it only on purpose."""
+    return path.name.endswith(EVENTS_SUFFIX)

@@ -22,6 +22,11 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 class OutputOptions:
     top_k: int = 5
     full_scores: bool = False
+    #: Recordings (clips of any other length than the model's): frames between window starts, the score at
+    #: which a window counts a class as present (for events), and seconds per frame unless the file says.
+    window_hop: int = 5
+    event_threshold: float = 0.5
+    seconds_per_frame: float = 0.96
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +54,10 @@ def encode_records(
     video_ids: Sequence[str | None] | None = None,
     start_times: np.ndarray | None = None,
     options: OutputOptions = OutputOptions(),
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> bytes:
-    """One JSON line per clip (newline-terminated), in input order."""
+    """One JSON line per clip (newline-terminated), in input order. With ``windows`` (each row's clip index, and
+    start and end seconds within its clip), one line per window, its ``index`` the clip's."""
     scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 2 or scores.shape[1] != len(classes):
         raise ValueError(f"scores shape {scores.shape} does not match {len(classes)} classes")
@@ -64,9 +71,14 @@ def encode_records(
             start_time = float(start_times[row])
         record: dict[str, object] = {
             "source": source,
-            "index": start_index + row,
+            "index": start_index + row if windows is None else int(windows[0][row]),
             "video_id": video_ids[row] if video_ids is not None else None,
             "start_time_seconds": start_time,
+        }
+        if windows is not None:
+            record["offset_seconds"] = round(float(windows[1][row]), 3)
+            record["end_seconds"] = round(float(windows[2][row]), 3)
+        record |= {
             "model": model,
             "labels": [
                 {"index": int(c), "mid": mids[c], "name": names[c], "score": v}

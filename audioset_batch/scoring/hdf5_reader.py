@@ -8,12 +8,7 @@ error naming the dataset; reading is chunked, so memory stays flat.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import math
-import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +38,14 @@ from audioset_batch.errors import (
     TruncatedFileError,
     VirtualDatasetError,
 )
+from audioset_batch.scoring.embedding_values import check_values, declared_seconds_per_frame
+from audioset_batch.scoring.hdf5_isolation import HDF5_PREFIX_VARIABLES, pin_external_prefixes
 from audioset_batch.scoring.vlen_lengths import vlen_lengths
+from audioset_batch.scoring.windows import cut_windows, window_starts
 
 EMBEDDING_WIDTH = 128
 __all__ = [
+    "HDF5_PREFIX_VARIABLES",
     "Chunk",
     "CorruptFileError",
     "EmbeddingFile",
@@ -72,11 +71,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    start: int
+    """Consecutive rows for the model: clips, or (for recordings) windows of clips, with what each row carries."""
+
+    start: int  # the first row's number in the file (clip, or window counted over the whole file)
     x: np.ndarray
     video_ids: list[str | None] | None
     start_times: np.ndarray | None
     y: np.ndarray | None
+    clip_index: np.ndarray | None = None  # windows only: the clip each row was cut from
+    frame_starts: np.ndarray | None = None  # windows only: the row's first frame within its clip
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,60 +90,13 @@ class Limits:
     max_id_bytes: int = 1024
     max_classes: int = 100_000
     max_abs_value: float = 1e4  # float embeddings are about [-2, 2]; beyond this float32 scores overflow
+    max_frames: int = 10_000_000  # frames in one clip or recording (about 110 days at 0.96 s)
 
 
 # Declared bytes over stored bytes beyond which a dataset is refused. gzip tops out near 1,032:1, so any
 # dataset whose chunks were really written passes; one whose chunks were never written stores ~0 bytes.
 MAX_DECLARED_OVER_STORED = 2048
 SPARSE_FLOOR_BYTES = 1024**2
-
-HDF5_PREFIX_VARIABLES = ("HDF5_EXTFILE_PREFIX", "HDF5_VDS_PREFIX", "HDF5_EXT_PREFIX")
-_EMPTY_PREFIX = "audioset-hdf5-nothing-"
-
-
-def pin_external_prefixes() -> Path:
-    """Point HDF5's search paths for external data, virtual sources and external links at an
-    empty private folder. A second layer behind the reader's refusals: even a path HDF5 resolves
-    on its own then finds nothing. Called once at process start by the worker and the CLI."""
-    pinned = os.environ.get(HDF5_PREFIX_VARIABLES[0], "")
-    if pinned and Path(pinned).name.startswith(_EMPTY_PREFIX) and Path(pinned).is_dir():
-        return Path(pinned)  # already pinned in this process (or inherited from the parent)
-    empty = Path(tempfile.mkdtemp(prefix=f"{_EMPTY_PREFIX}{os.getpid()}-"))
-    atexit.register(_remove_empty, empty)
-    _remove_orphans(empty.parent)
-    for name in HDF5_PREFIX_VARIABLES:
-        os.environ[name] = str(empty)
-    return empty
-
-
-def _remove_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()
-
-
-def _remove_orphans(folder: Path) -> None:
-    """Remove the empty folders of processes that died without their exit handlers (kill -9)."""
-    for path in folder.glob(f"{_EMPTY_PREFIX}*-*"):
-        pid = path.name.removeprefix(_EMPTY_PREFIX).partition("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and sys.platform.startswith("linux"):
-            _remove_empty(path)  # rmdir: never removes a folder something was put in
-
-
-def _first_bad_clip(ok: np.ndarray) -> int | None:
-    """Index of the first clip with any value where ``ok`` (clips x frames x width) is False, or None."""
-    clip_ok = ok.reshape(len(ok), -1).all(axis=1)
-    return None if clip_ok.all() else int(np.flatnonzero(~clip_ok)[0])
-
-
-def _first_code_clip(x: np.ndarray) -> int | None:
-    """Index of the first float clip made only of whole numbers in 0..255 (above 2 somewhere), or None.
-
-    Float embeddings are continuous, about [-2, 2]; uint8 codes cast to float are a conversion slip that would
-    otherwise be scored without dequantising, and every score would be wrong without a word.
-    """
-    flat = x.reshape(len(x), -1)
-    codes = ((flat == np.floor(flat)) & (flat >= 0) & (flat <= 255)).all(axis=1) & (flat.max(axis=1, initial=0) > 2)
-    return int(np.flatnonzero(codes)[0]) if codes.any() else None
 
 
 def _classify_open_error(path: Path, exc: OSError) -> InputFileError:
@@ -163,10 +119,15 @@ def _decode_id(value: object) -> str | None:
 class EmbeddingFile:
     """An open, validated embedding file. Use as a context manager."""
 
-    def __init__(self, path: str | Path, limits: Limits | None = None, frames: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, limits: Limits | None = None, frames: int | None = None, windows: bool = False
+    ) -> None:
+        """``frames``: the model's frames per clip. With ``windows``, clips of any other length (and a rank-2
+        ``x`` of T x 128, one recording) are accepted and read as windows (:meth:`window_chunks`)."""
         self.path = Path(path)
         self.limits = limits or Limits()
         self.expected_frames = frames
+        self.accept_windows = windows
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -248,16 +209,23 @@ class EmbeddingFile:
     def _validate(self) -> None:
         x = self._dataset("x", required=True)
         assert x is not None
-        if x.ndim != 3:
-            raise LayoutError(
-                f"dataset 'x' has rank {x.ndim} (shape {x.shape}); expected 3: clips x frames x {EMBEDDING_WIDTH}"
+        self.recording = x.ndim == 2 and self.accept_windows  # T x 128: one recording
+        if x.ndim != 3 and not self.recording:
+            expected = "3: clips x frames x 128" + (
+                ", or 2: frames x 128 (one recording)" if self.accept_windows else ""
             )
-        clips, frames, width = x.shape
+            raise LayoutError(f"dataset 'x' has rank {x.ndim} (shape {x.shape}); expected {expected}")
+        clips, frames, width = (1, *x.shape) if self.recording else x.shape
         if width != EMBEDDING_WIDTH:
             raise LayoutError(f"dataset 'x' has width {width} (shape {x.shape}); expected {EMBEDDING_WIDTH}")
         if clips == 0 or frames == 0:
-            raise EmptyDatasetError(f"dataset 'x' holds no clips (shape {x.shape})")
-        if self.expected_frames is not None and frames != self.expected_frames:
+            raise EmptyDatasetError(f"dataset 'x' holds no {'frames' if self.recording else 'clips'} (shape {x.shape})")
+        if frames > self.limits.max_frames:
+            raise LimitExceededError(
+                f"dataset 'x' has {frames} frames per clip, over the limit AUDIOSET_MAX_FRAMES={self.limits.max_frames}"
+            )
+        self.windowed = self.recording or (self.expected_frames is not None and frames != self.expected_frames)
+        if self.windowed and not self.accept_windows:
             raise FrameCountError(
                 f"dataset 'x' has {frames} frames per clip (shape {x.shape}); the model takes "
                 f"{self.expected_frames} (10 one-second VGGish embeddings per clip, zero-padded when shorter)"
@@ -277,6 +245,7 @@ class EmbeddingFile:
             )
         self.x = x
         self.clips, self.frames = int(clips), int(frames)
+        self.seconds_per_frame = declared_seconds_per_frame(self.x.attrs, self._file.attrs)
 
         self.video_ids = self._dataset("video_id_list", required=False)
         if self.video_ids is not None:
@@ -345,21 +314,51 @@ class EmbeddingFile:
                 y = np.asarray(self.y[start:stop]) if self.y is not None else None
             except OSError as exc:
                 raise CorruptFileError(f"cannot read clips {start}..{stop - 1}: {exc}") from None
-            if x.dtype != np.uint8:
-                if (bad := _first_bad_clip(np.isfinite(x))) is not None:
-                    raise NonFiniteError(f"dataset 'x' has NaN or infinite values (first at clip {start + bad})")
-                if (bad := _first_bad_clip(np.abs(x) <= self.limits.max_abs_value)) is not None:
-                    raise NonFiniteError(
-                        f"dataset 'x' has values beyond ±{self.limits.max_abs_value:g} (first at clip {start + bad}); "
-                        "float embeddings are expected in about [-2, 2]"
-                    )
-                if (bad := _first_code_clip(x)) is not None:
-                    raise LayoutError(
-                        f"dataset 'x' is float but holds 8-bit codes (whole numbers 0-255, first at clip "
-                        f"{start + bad}): store x as uint8, as the AudioSet release does, or dequantise it as "
-                        "(x - 128) / 128"
-                    )
+            check_values(x, self.limits.max_abs_value, start)
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)
+
+    def window_count(self, width: int, hop: int) -> int:
+        return self.clips * len(window_starts(self.frames, width, hop))
+
+    def window_chunks(self, width: int, hop: int, size: int) -> Iterator[Chunk]:
+        """Every clip's windows (:func:`~audioset_batch.scoring.windows.window_starts`), in file order, at most
+        ``size`` per chunk and ``Limits.max_read_bytes`` per read: a long recording is read a slice of frames at a
+        time, never whole."""
+        starts = window_starts(self.frames, width, hop)
+        window_bytes = width * EMBEDDING_WIDTH * int(self.x.dtype.itemsize) + 64
+        size = max(1, min(size, self.limits.max_read_bytes // (2 * window_bytes)))
+        row = 0
+        for clip in range(self.clips):
+            video_id = self._read_ids(clip, clip + 1)[0] if self.video_ids is not None else None
+            start_time = float(self.start_times[clip]) if self.start_times is not None else None
+            for first in range(0, len(starts), size):
+                batch = starts[first : first + size]
+                lo, hi = int(batch[0]), min(int(batch[-1]) + width, self.frames)
+                try:
+                    frames = np.asarray(self.x[lo:hi] if self.recording else self.x[clip, lo:hi])
+                except OSError as exc:
+                    raise CorruptFileError(f"cannot read clip {clip} frames {lo}..{hi - 1}: {exc}") from None
+                check_values(frames[None], self.limits.max_abs_value, clip, f" (frames {lo}..{hi - 1})")
+                x = cut_windows(frames, lo, batch, width)
+                yield Chunk(
+                    start=row,
+                    x=x,
+                    video_ids=[video_id] * len(batch),
+                    start_times=None if start_time is None else np.full(len(batch), start_time),
+                    y=None,
+                    clip_index=np.full(len(batch), clip, dtype=np.int64),
+                    frame_starts=batch,
+                )
+                row += len(batch)
+
+    def labels_of(self, clip: int) -> np.ndarray | None:
+        """One clip's labels (``y`` row), or None when the file has none or they are skipped."""
+        if self.y is None:
+            return None
+        try:
+            return np.asarray(self.y[clip])
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read the labels of clip {clip}: {exc}") from None
 
     def _read_ids(self, start: int, stop: int) -> list[str | None]:
         """Video ids of clips ``start..stop-1``, never decoding more than the id limit allows per clip.

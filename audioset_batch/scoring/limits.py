@@ -1,5 +1,5 @@
-"""What one file may cost a worker: time (the soft limit, checked between steps), result bytes, and the
-reader's clip and chunk limits, each read from settings in one place."""
+"""What one file may cost a worker (time, checked between steps; result bytes; the reader's clip, chunk and frame
+limits) and what its records hold (top-k, full scores, windows of recordings): each read from settings here."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from audioset_batch.errors import LimitExceededError
+from audioset_batch.scoring.clip_records import OutputOptions
 from audioset_batch.scoring.hdf5_reader import Limits
 from audioset_batch.settings import Settings
 
@@ -65,4 +66,17 @@ class OutputCap:
 
 def reader_limits(settings: Settings) -> Limits:
     """The reader's limits from settings: the one place they are read."""
-    return Limits(max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes)
+    return Limits(
+        max_clips=settings.max_clips, max_chunk_bytes=settings.max_chunk_bytes, max_frames=settings.max_frames
+    )
+
+
+def output_options(settings: Settings, top_k: int | None = None, full_scores: bool | None = None) -> OutputOptions:
+    """What each record holds and how recordings are windowed: the one place these settings are read."""
+    return OutputOptions(
+        top_k=top_k or settings.top_k,
+        full_scores=settings.full_scores if full_scores is None else full_scores,
+        window_hop=settings.window_hop,
+        event_threshold=settings.event_threshold,
+        seconds_per_frame=settings.seconds_per_frame,
+    )

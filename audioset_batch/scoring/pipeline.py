@@ -14,14 +14,16 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from audioset_batch.errors import AudiosetError, InputFileError, LimitExceededError, StorageError
+from audioset_batch.errors import ConfigError, InputFileError, LimitExceededError, StorageError
+from audioset_batch.results.failures import record_failure
 from audioset_batch.results.keys import ResultKeys, result_keys
-from audioset_batch.results.records import dumps, error_record, loads, now
+from audioset_batch.results.records import dumps, loads, now
 from audioset_batch.retry_policy import should_retry
 from audioset_batch.scoring.chunk_stream import predicted, prefetched
 from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
-from audioset_batch.scoring.limits import Deadline, OutputCap, reader_limits
+from audioset_batch.scoring.limits import Deadline, OutputCap, output_options, reader_limits
+from audioset_batch.scoring.recordings import WindowScore, score_windows
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectStore, ObjectURL, translate_os_error
@@ -57,6 +59,10 @@ class FileScore:
     top_labels: dict[str, int] = field(default_factory=dict)
     #: Average precision of each class with a positive clip, when the file carries labels.
     per_class_ap: dict[str, float] | None = None
+    #: Recordings only: windows scored, events found, and the seconds per frame their offsets use.
+    windows: int | None = None
+    events: int | None = None
+    seconds_per_frame: float | None = None
 
 
 def load_predictor(settings: Settings, model_path: Path | None = None, precision: str | None = None) -> Predictor:
@@ -85,13 +91,15 @@ def score_file(
     frames: int | None = None,
     max_output_ratio: float | None = None,
     progress: Progress | None = None,
+    events_out: IO[bytes] | None = None,
 ) -> FileScore:
     """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``; ``progress(done, total)``
     hears of the clips scored after each chunk.
 
-    Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is
-    the model's frames per clip: a file with any other count is refused before the model sees it.
-    ``max_output_ratio`` bounds the bytes written (:class:`OutputCap`).
+    Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is the model's frames
+    per clip: a file of clips of any other length (or of one T x 128 recording) is scored as windows
+    (:mod:`recordings`), one record per window, and its events go to ``events_out``. ``max_output_ratio`` bounds
+    the bytes written (:class:`OutputCap`).
     """
     started = time.monotonic()
     cap = OutputCap.for_file(path.stat().st_size, max_output_ratio) if max_output_ratio else None
@@ -100,9 +108,11 @@ def score_file(
     streamed: StreamedEvaluation | None = None
     metrics = None
     per_class_ap = None
+    recording: WindowScore | None = None
     firsts = np.zeros(len(classes), dtype=np.int64)
     with contextlib.ExitStack() as resources:
-        embeddings = resources.enter_context(EmbeddingFile(path, limits or Limits(), frames=frames))
+        windows = frames is not None
+        embeddings = resources.enter_context(EmbeddingFile(path, limits or Limits(), frames=frames, windows=windows))
         want_metrics = embeddings.y is not None
         if want_metrics and embeddings.classes != len(classes):
             notes.append(f"metrics skipped: y has {embeddings.classes} classes, the model {len(classes)}")
@@ -116,29 +126,49 @@ def score_file(
             streamed = resources.enter_context(StreamedEvaluation(len(classes)))
         else:
             embeddings.skip_labels()
-        for chunk, scores in predicted(prefetched(embeddings.chunks(chunk_clips)), predict):
-            if deadline is not None:
-                deadline.check()
-            lines = encode_records(
-                scores,
+        if embeddings.windowed:
+            assert frames is not None
+            recording = score_windows(
+                embeddings,
+                out,
+                events_out,
+                predict=predict,
                 classes=classes,
-                source=source,
                 model=model,
-                start_index=chunk.start,
-                video_ids=chunk.video_ids,
-                start_times=chunk.start_times,
+                source=source,
                 options=options,
+                width=frames,
+                chunk_rows=chunk_clips,
+                streamed=streamed,
+                deadline=deadline,
+                cap=cap,
+                progress=progress,
             )
-            written += len(lines)
-            if len(scores):
-                firsts += np.bincount(np.argmax(scores, axis=1), minlength=len(classes))[: len(classes)]
-            if cap is not None:
-                cap.check(written, chunk.start + len(scores), embeddings.clips)
-            out.write(lines)
-            if streamed is not None and chunk.y is not None:
-                streamed.add(chunk.y.astype(bool), scores)
-            if progress is not None:
-                progress(chunk.start + len(scores), embeddings.clips)
+            firsts = recording.firsts
+        else:
+            for chunk, scores in predicted(prefetched(embeddings.chunks(chunk_clips)), predict):
+                if deadline is not None:
+                    deadline.check()
+                lines = encode_records(
+                    scores,
+                    classes=classes,
+                    source=source,
+                    model=model,
+                    start_index=chunk.start,
+                    video_ids=chunk.video_ids,
+                    start_times=chunk.start_times,
+                    options=options,
+                )
+                written += len(lines)
+                if len(scores):
+                    firsts += np.bincount(np.argmax(scores, axis=1), minlength=len(classes))[: len(classes)]
+                if cap is not None:
+                    cap.check(written, chunk.start + len(scores), embeddings.clips)
+                out.write(lines)
+                if streamed is not None and chunk.y is not None:
+                    streamed.add(chunk.y.astype(bool), scores)
+                if progress is not None:
+                    progress(chunk.start + len(scores), embeddings.clips)
         clips = embeddings.clips
         if streamed is not None:
             try:
@@ -158,6 +188,9 @@ def score_file(
         notes=notes,
         top_labels={str(i): int(n) for i in np.flatnonzero(firsts) for n in [firsts[i]]},
         per_class_ap=per_class_ap,
+        windows=None if recording is None else recording.windows,
+        events=None if recording is None else recording.events,
+        seconds_per_frame=None if recording is None else recording.seconds_per_frame,
     )
 
 
@@ -182,7 +215,12 @@ class ObjectScorer:
         self.classes = classes
         self.model = model
         self.frames = frames
-        self.options = options or OutputOptions(top_k=settings.top_k, full_scores=settings.full_scores)
+        self.options = options or output_options(settings)
+        if frames is not None and not 1 <= self.options.window_hop <= frames:
+            raise ConfigError(
+                f"AUDIOSET_WINDOW_HOP={self.options.window_hop}: windows would skip frames; use 1..{frames} "
+                f"(the model's window of {frames} frames)"
+            )
         self.limits = reader_limits(settings)
 
     @classmethod
@@ -197,9 +235,7 @@ class ObjectScorer:
     ) -> ObjectScorer:
         """Load the model and build the scorer from settings; each keyword overrides its setting."""
         predictor = load_predictor(settings, model_path, precision)
-        options = OutputOptions(
-            top_k=top_k or settings.top_k, full_scores=settings.full_scores if full_scores is None else full_scores
-        )
+        options = output_options(settings, top_k=top_k, full_scores=full_scores)
         return cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
 
     def score_local(
@@ -209,6 +245,7 @@ class ObjectScorer:
         source: str,
         deadline: Deadline | None = None,
         progress: Progress | None = None,
+        events_out: IO[bytes] | None = None,
     ) -> FileScore:
         """Score one local file into ``out`` with this scorer's model, options and limits."""
         return score_file(
@@ -226,6 +263,7 @@ class ObjectScorer:
             frames=self.frames,
             max_output_ratio=self.settings.max_output_ratio,
             progress=progress,
+            events_out=events_out,
         )
 
     def _store(self, url: ObjectURL) -> ObjectStore:
@@ -244,6 +282,9 @@ class ObjectScorer:
             and summary.get("model") == self.model
             and summary.get("top_k") == self.options.top_k
             and summary.get("full_scores") == self.options.full_scores
+            # summaries from before recordings were scored are of clip files, which these settings do not touch
+            and summary.get("window_hop", self.options.window_hop) == self.options.window_hop
+            and summary.get("event_threshold", self.options.event_threshold) == self.options.event_threshold
         )
 
     def score(self, url: ObjectURL, *, force: bool = False, attempt: int = 1, job: str | None = None) -> Outcome:
@@ -294,12 +335,16 @@ class ObjectScorer:
                 info = store.download(url.bucket, url.key, fh)
             deadline.check()
             t1 = time.monotonic()
-            out_path = Path(tmp) / "result.jsonl"
-            with out_path.open("wb") as out:
-                scored = self.score_local(local, out, source, deadline)
+            out_path, events_path = Path(tmp) / "result.jsonl", Path(tmp) / "events.jsonl"
+            with out_path.open("wb") as out, events_path.open("wb") as events:
+                scored = self.score_local(local, out, source, deadline, events_out=events)
             t2 = time.monotonic()
-            # The JSONL lands first, then the summary: a summary always points at a complete JSONL.
+            # The JSONL and events land first, then the summary: a summary always points at complete results.
             store.upload_file(out_path, bucket, keys.jsonl, content_type="application/x-ndjson")
+            if scored.windows is not None:
+                store.upload_file(events_path, bucket, keys.events, content_type="application/x-ndjson")
+            else:
+                store.delete(bucket, keys.events)  # from an earlier version of the object that held recordings
             summary: dict[str, Any] = {
                 "source": source,
                 "etag": info.etag,
@@ -309,7 +354,10 @@ class ObjectScorer:
                 "classes": len(self.classes),
                 "top_k": self.options.top_k,
                 "full_scores": self.options.full_scores,
+                "window_hop": self.options.window_hop,
+                "event_threshold": self.options.event_threshold,
                 "result": f"{bucket}/{keys.jsonl}",
+                **_recording_fields(scored, f"{bucket}/{keys.events}"),
                 "metrics": scored.metrics,
                 "per_class_ap": scored.per_class_ap,
                 "top_labels": scored.top_labels,
@@ -339,31 +387,13 @@ class ObjectScorer:
         record_failure(self.settings, url, error, attempts=attempts, etag=etag, model=self.model, job=job)
 
 
-def record_failure(
-    settings: Settings,
-    url: ObjectURL,
-    error: BaseException,
-    *,
-    attempts: int,
-    etag: str | None,
-    model: str,
-    job: str | None,
-) -> None:
-    """Write ``<key>.error.json`` in place of results and remove stale results; never raises.
-
-    A module function, so the worker's main process can end a file whose child it killed.
-    """
-    source = f"{url.bucket}/{url.key}"
-    log.error("failed %s: %s: %s (attempt %d)", source, type(error).__name__, error, attempts)
-    try:
-        keys = result_keys(url.bucket, url.key, settings.results_prefix)
-    except AudiosetError:
-        return  # an invalid key has no safe place for an error record; the job store still counts it
-    record = error_record(source=source, error=error, attempts=attempts, etag=etag, model=model, job=job)
-    try:
-        results = store_for(url.scheme, settings)
-        results.put_bytes(dumps(record), settings.results_bucket, keys.error, content_type="application/json")
-        for stale in (keys.summary, keys.jsonl):
-            results.delete(settings.results_bucket, stale)
-    except Exception as exc:  # the caller still marks the item failed: never let this path raise
-        log.error("could not write error record for %s: %s: %s", source, type(exc).__name__, exc)
+def _recording_fields(scored: FileScore, events: str) -> dict[str, Any]:
+    """A recording's summary also counts its windows and events and says where the events are."""
+    if scored.windows is None:
+        return {}
+    return {
+        "windows": scored.windows,
+        "events": scored.events,
+        "events_result": events,
+        "seconds_per_frame": scored.seconds_per_frame,
+    }

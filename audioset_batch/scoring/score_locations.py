@@ -40,17 +40,25 @@ def score_locations(
     settings: Settings,
     out: IO[bytes],
     progress: Callable[[str, int, int], None] | None = None,
+    events: IO[bytes] | None = None,
 ) -> Iterator[Scored | Skipped]:
     """Score each location into ``out`` in turn, yielding how each ended (its summary, or why it was skipped);
-    ``progress(source, done, total)`` hears of the clips scored in the file at hand after each chunk."""
+    ``progress(source, done, total)`` hears of the clips scored in the file at hand after each chunk; the events
+    of recordings go to ``events``."""
     for location in locations:
         source = f"{location.bucket}/{location.key}" if isinstance(location, ObjectURL) else str(location)
         try:
-            with local_file(location, settings, suffix=".h5") as path, tempfile.TemporaryFile() as spool:
+            with (
+                local_file(location, settings, suffix=".h5") as path,
+                tempfile.TemporaryFile() as spool,
+                tempfile.TemporaryFile() as events_spool,
+            ):
                 hear = None if progress is None else functools.partial(progress, source)
-                result = scorer.score_local(path, spool, source, progress=hear)
-                spool.seek(0)
-                shutil.copyfileobj(spool, out)
+                result = scorer.score_local(path, spool, source, progress=hear, events_out=events_spool)
+                for done, target in ((spool, out), (events_spool, events)):
+                    if target is not None:
+                        done.seek(0)
+                        shutil.copyfileobj(done, target)
         except (InputFileError, StorageError) as exc:
             yield Skipped(location, exc)
             continue
@@ -61,6 +69,8 @@ def score_locations(
             "seconds": round(result.seconds, 3),
             "metrics": result.metrics,
         }
+        if result.windows is not None:
+            summary |= {"windows": result.windows, "events": result.events}
         if result.notes:
             summary["notes"] = result.notes
         yield Scored(location, summary)

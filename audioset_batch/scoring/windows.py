@@ -1,0 +1,142 @@
+"""Recordings of any length as windows of the model's length, and windows back into sound events.
+
+Pure functions over arrays. A clip of ``T`` frames is cut into windows of ``width`` frames (the model's 10)
+every ``hop`` frames; a last window is added flush with the end when the hops do not reach it, so every frame
+is heard; a clip shorter than ``width`` is one window, zero-padded at the end as AudioSet pads short clips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.labels import ClassLabel
+
+#: Seconds between two VGGish embeddings (its hop: 0.96 s). AudioSet's own files label a frame as 1 s: a file's
+#: ``seconds_per_frame`` attribute overrides this.
+VGGISH_SECONDS_PER_FRAME = 0.96
+
+
+def window_starts(frames: int, width: int, hop: int) -> np.ndarray:
+    """Start frames of the windows of a ``frames``-long clip, in order."""
+    if frames <= width:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, frames - width + 1, hop, dtype=np.int64)
+    if starts[-1] + width < frames:
+        starts = np.append(starts, frames - width)
+    return starts
+
+
+def cut_windows(frames: np.ndarray, first: int, starts: np.ndarray, width: int) -> np.ndarray:
+    """The windows at ``starts`` from ``frames`` (a slice of a clip beginning at frame ``first``), padded with
+    zeros past the clip's end: (windows, width, 128)."""
+    needed = int(starts[-1]) - first + width
+    if len(frames) < needed:
+        pad = np.zeros((needed - len(frames), *frames.shape[1:]), dtype=frames.dtype)
+        frames = np.concatenate([frames, pad])
+    view = np.lib.stride_tricks.sliding_window_view(frames, width, axis=0)  # (n, 128, width)
+    return np.ascontiguousarray(view[starts - first].transpose(0, 2, 1))
+
+
+def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The part of its clip each window stands for in an event, in frames: the middle ``hop`` frames of the
+    window (overlapping windows then tile the clip without overlap), from the clip's start for its first window
+    and to the clip's end for its last. With ``hop`` equal to the window, a window stands for all of itself."""
+    margin = (width - hop) / 2
+    starts = np.where(frame_starts == 0, 0.0, frame_starts + margin)
+    last = window_starts(frames, width, hop)[-1]
+    ends = np.where(frame_starts >= last, float(min(frames, last + width)), frame_starts + margin + hop)
+    return starts, np.maximum(ends, starts)
+
+
+@dataclass(slots=True)
+class Event:
+    """A class heard over consecutive windows of one clip (seconds from the clip's start)."""
+
+    start: float
+    end: float
+    peak: float
+    peak_at: float
+    windows: int
+
+
+@dataclass(slots=True)
+class EventTracker:
+    """Merges consecutive windows of one clip where a class scores at or above its threshold into events.
+
+    Fed window rows in file order (any number of calls); an event ends at the first window below threshold,
+    at a new clip, or at :meth:`finish`. It spans from its first window's span start to its last one's span end
+    (:func:`event_spans`).
+    """
+
+    thresholds: np.ndarray  # one per class
+    classes: Sequence[ClassLabel]
+    clip: int = -1  # the clip being fed; events of earlier clips have all been yielded
+    _open: dict[int, Event] = field(default_factory=dict)
+    count: int = 0
+
+    def feed(
+        self, clips: np.ndarray, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, peaks: np.ndarray
+    ) -> Iterator[tuple[int, ClassLabel, Event]]:
+        """Windows (clip index, the span each window stands for in an event, scores, and each window's own start
+        for the peak); yields each event that ended."""
+        present = scores >= self.thresholds[None, :]
+        for row in range(len(scores)):
+            clip = int(clips[row])
+            if clip != self.clip:
+                yield from self._close_all()
+                self.clip = clip
+            on = set(np.flatnonzero(present[row]).tolist())
+            for index in [i for i in self._open if i not in on]:
+                yield self._close(index)
+            for index in on:
+                score = float(scores[row, index])
+                event = self._open.get(index)
+                if event is None:
+                    self._open[index] = Event(float(starts[row]), float(ends[row]), score, float(peaks[row]), 1)
+                    continue
+                event.end = float(ends[row])
+                event.windows += 1
+                if score > event.peak:
+                    event.peak, event.peak_at = score, float(peaks[row])
+
+    def finish(self) -> Iterator[tuple[int, ClassLabel, Event]]:
+        yield from self._close_all()
+
+    def _close_all(self) -> Iterator[tuple[int, ClassLabel, Event]]:
+        for index in sorted(self._open, key=lambda i: (self._open[i].start, i)):
+            yield self._close(index, keep=True)
+        self._open.clear()
+
+    def _close(self, index: int, keep: bool = False) -> tuple[int, ClassLabel, Event]:
+        event = self._open[index] if keep else self._open.pop(index)
+        self.count += 1
+        return self.clip, self.classes[index], event
+
+
+def event_record(
+    clip: int,
+    label: ClassLabel,
+    event: Event,
+    *,
+    source: str,
+    model: str,
+    video_id: str | None,
+    start_time: float | None,
+) -> dict[str, object]:
+    """One line of ``<key>.events.jsonl``: a class heard over a span of a clip or recording."""
+    return {
+        "source": source,
+        "index": clip,
+        "video_id": video_id,
+        "start_time_seconds": start_time,
+        "model": model,
+        "class": {"index": label.index, "mid": label.mid, "name": label.name},
+        "start_seconds": round(event.start, 3),
+        "end_seconds": round(event.end, 3),
+        "peak_score": round(event.peak, 4),
+        "peak_seconds": round(event.peak_at, 3),
+        "windows": event.windows,
+    }
