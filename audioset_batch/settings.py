@@ -80,10 +80,7 @@ class Settings(BaseSettings):
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")
     window_hop: int = Field(
-        5,
-        ge=1,
-        le=10,
-        description="Recordings: frames from one window's start to the next (1..10, the window's length).",
+        5, ge=1, description="Recordings: frames from one window's start to the next (at most the model's 10)."
     )
     event_threshold: float = Field(
         0.5, gt=0, le=1, description="Recordings: the score at which a window counts a class as present (events)."

@@ -229,7 +229,8 @@ def search(
             click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
         else:
             link = f"  {hit.youtube_url}" if hit.youtube_url else ""
-            click.echo(printable(f"{hit.score:.3f}  {hit.source} #{hit.index}{link}  ({hit.results})"))
+            at = "" if hit.offset_seconds is None else f" at {hit.offset_seconds:g} s"
+            click.echo(printable(f"{hit.score:.3f}  {hit.source} #{hit.index}{at}{link}  ({hit.results})"))
     if skipped.lines:
         where_first = printable(skipped.first or "")
         warn(f"skipped {skipped.lines} line(s) that are not result records, the first at {where_first}")

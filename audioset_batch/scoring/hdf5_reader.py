@@ -220,15 +220,15 @@ class EmbeddingFile:
             raise LayoutError(f"dataset 'x' has width {width} (shape {x.shape}); expected {EMBEDDING_WIDTH}")
         if clips == 0 or frames == 0:
             raise EmptyDatasetError(f"dataset 'x' holds no {'frames' if self.recording else 'clips'} (shape {x.shape})")
-        if frames > self.limits.max_frames:
-            raise LimitExceededError(
-                f"dataset 'x' has {frames} frames per clip, over the limit AUDIOSET_MAX_FRAMES={self.limits.max_frames}"
-            )
         self.windowed = self.recording or (self.expected_frames is not None and frames != self.expected_frames)
         if self.windowed and not self.accept_windows:
             raise FrameCountError(
                 f"dataset 'x' has {frames} frames per clip (shape {x.shape}); the model takes "
                 f"{self.expected_frames} (10 one-second VGGish embeddings per clip, zero-padded when shorter)"
+            )
+        if frames > self.limits.max_frames:
+            raise LimitExceededError(
+                f"dataset 'x' has {frames} frames per clip, over the limit AUDIOSET_MAX_FRAMES={self.limits.max_frames}"
             )
         if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
             raise LayoutError(f"dataset 'x' has dtype {x.dtype}; expected uint8 or float")

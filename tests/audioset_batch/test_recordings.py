@@ -1,0 +1,172 @@
+"""Recordings of any length: windows, window records, events, and clip metrics pooled from windows."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import h5py
+import numpy as np
+import orjson
+import pytest
+
+from audioset_batch.errors import ConfigError, EmptyDatasetError, FrameCountError, LayoutError, LimitExceededError
+from audioset_batch.scoring.clip_records import OutputOptions
+from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
+from audioset_batch.scoring.pipeline import ObjectScorer, score_file
+from audioset_batch.scoring.windows import EventTracker, cut_windows, event_spans, window_starts
+from audioset_batch.settings import load_settings
+from tests.helpers import make_labels
+
+CLASSES = make_labels(4)
+
+
+def mean_model(x: np.ndarray) -> np.ndarray:
+    """Scores from the mean of each window's frames: a window of the same frames always scores the same."""
+    means = np.asarray(x, dtype=np.float32).mean(axis=(1, 2)) / 255.0
+    return np.stack([means, 1 - means, np.full_like(means, 0.1), np.full_like(means, 0.9)], axis=1)
+
+
+def write(path: Path, x: np.ndarray, **extra: np.ndarray) -> Path:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x)
+        for name, data in extra.items():
+            f.create_dataset(name, data=data)
+    return path
+
+
+def score(path: Path, options: OutputOptions | None = None, **kwargs: object) -> tuple[list[dict], list[dict], object]:
+    out, events = io.BytesIO(), io.BytesIO()
+    result = score_file(
+        path,
+        out,
+        predict=mean_model,
+        classes=CLASSES,
+        model="m@1",
+        source="b/k.h5",
+        options=options or OutputOptions(),
+        frames=10,
+        events_out=events,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    return records, [orjson.loads(line) for line in events.getvalue().splitlines()], result
+
+
+def test_windows_cover_every_frame_and_short_clips_are_one_padded_window() -> None:
+    assert window_starts(25, 10, 5).tolist() == [0, 5, 10, 15]
+    assert window_starts(23, 10, 5).tolist() == [0, 5, 10, 13]  # a last window flush with the end
+    assert window_starts(30, 10, 10).tolist() == [0, 10, 20]
+    assert window_starts(7, 10, 5).tolist() == [0]
+    frames = np.arange(7 * 128, dtype=np.uint8).reshape(7, 128)
+    (window,) = cut_windows(frames, 0, np.array([0]), 10)
+    assert window.shape == (10, 128) and (window[:7] == frames).all() and not window[7:].any()  # zero-padded
+    frames = np.arange(30 * 128).reshape(30, 128)
+    windows = cut_windows(frames[5:], 5, np.array([5, 10, 15]), 10)
+    assert [int(w[0, 0]) for w in windows] == [5 * 128, 10 * 128, 15 * 128]
+
+
+def test_events_merge_consecutive_windows_of_a_clip_and_end_at_a_gap_or_a_new_clip() -> None:
+    tracker = EventTracker(np.array([0.5, 0.5]), make_labels(2))
+    clips = np.array([0, 0, 0, 0, 1, 1])
+    starts = np.arange(6, dtype=float) * 5
+    scores = np.array([[0.9, 0.1], [0.8, 0.1], [0.1, 0.7], [0.6, 0.7], [0.9, 0.1], [0.9, 0.1]])
+    first = list(tracker.feed(clips[:3], starts[:3], starts[:3] + 5, scores[:3], starts[:3]))
+    rest = list(tracker.feed(clips[3:], starts[3:], starts[3:] + 5, scores[3:], starts[3:])) + list(tracker.finish())
+    ended = [(clip, label.index, event.start, event.end, event.windows) for clip, label, event in first + rest]
+    assert ended == [(0, 0, 0.0, 10.0, 2), (0, 1, 10.0, 20.0, 2), (0, 0, 15.0, 20.0, 1), (1, 0, 20.0, 30.0, 2)]
+    assert max(event.peak for _, label, event in first + rest if label.index == 0) == 0.9
+
+
+def test_event_spans_tile_a_clip_without_overlap() -> None:
+    starts = window_starts(23, 10, 5)
+    begin, end = event_spans(starts, 23, 10, 5)
+    assert begin.tolist() == [0.0, 7.5, 12.5, 15.5] and end.tolist() == [7.5, 12.5, 17.5, 23.0]
+    begin, end = event_spans(window_starts(30, 10, 10), 30, 10, 10)
+    assert begin.tolist() == [0, 10, 20] and end.tolist() == [10, 20, 30]
+
+
+def test_a_recording_gets_one_record_per_window_with_its_offset_and_events_beside(tmp_path: Path) -> None:
+    x = np.zeros((40, 128), dtype=np.uint8)
+    x[20:] = 255  # loud from frame 20: class 0 scores 1.0 there, 0.0 before
+    path = write(tmp_path / "day.h5", x)
+    with h5py.File(path, "a") as f:
+        f["x"].attrs["seconds_per_frame"] = 1.0
+    records, events, result = score(path, OutputOptions(window_hop=5, event_threshold=0.5))
+    assert [(r["offset_seconds"], r["end_seconds"]) for r in records] == [
+        (0, 10),
+        (5, 15),
+        (10, 20),
+        (15, 25),
+        (20, 30),
+        (25, 35),
+        (30, 40),
+    ]
+    assert {r["index"] for r in records} == {0} and result.windows == 7 and result.clips == 1  # type: ignore[attr-defined]
+    loud = [e for e in events if e["class"]["index"] == 0]
+    assert [(e["start_seconds"], e["end_seconds"], e["windows"]) for e in loud] == [
+        (17.5, 40.0, 4)
+    ]  # the window at 15 s is half loud: 0.5
+    always = [e for e in events if e["class"]["index"] == 3]  # 0.9 everywhere: one event, the whole recording
+    assert [(e["start_seconds"], e["end_seconds"]) for e in always] == [(0.0, 40.0)]
+    assert result.events == len(events)  # type: ignore[attr-defined]
+
+
+def test_clips_longer_than_the_model_keep_their_ids_and_times_and_metrics_pool_their_windows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(3, 23, 128), dtype=np.uint8)
+    y = np.array([[1, 0, 0, 1], [0, 1, 0, 1], [1, 1, 0, 0]], dtype=bool)
+    ids = np.array([b"aaa", b"bbb", b"ccc"])
+    path = write(tmp_path / "long.h5", x, video_id_list=ids, start_time_seconds=np.array([30.0, 0.0, 10.0]), y=y)
+    records, events, result = score(path)
+    assert len(records) == 3 * 4  # 23 frames: windows at 0, 5, 10, 13
+    assert [r["video_id"] for r in records[:5]] == ["aaa"] * 4 + ["bbb"]
+    assert records[4]["start_time_seconds"] == 0.0 and records[3]["start_time_seconds"] == 30.0
+    assert all(e["video_id"] in {"aaa", "bbb", "ccc"} for e in events)
+    assert result.metrics is not None and result.metrics["clips"] == 3  # type: ignore[attr-defined]
+
+
+def test_aligned_windows_of_a_joined_recording_score_exactly_as_its_clips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    clips = rng.integers(0, 256, size=(4, 10, 128), dtype=np.uint8)
+    plain, _, _ = score(write(tmp_path / "clips.h5", clips))
+    joined = write(tmp_path / "joined.h5", clips.reshape(40, 128))
+    windows, _, _ = score(joined, OutputOptions(window_hop=10))
+    assert len(plain) == len(windows) == 4
+    assert "offset_seconds" not in plain[0]  # files of 10-frame clips keep their records unchanged
+    assert [r["labels"] for r in plain] == [r["labels"] for r in windows]
+
+
+def test_bad_recordings_and_settings_get_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EmptyDatasetError, match="no frames"):
+        score(write(tmp_path / "empty.h5", np.zeros((0, 128), dtype=np.uint8)))
+    with pytest.raises(LimitExceededError, match="AUDIOSET_MAX_FRAMES=50"):
+        score(write(tmp_path / "long.h5", np.zeros((60, 128), dtype=np.uint8)), limits=Limits(max_frames=50))
+    bad = write(tmp_path / "spf.h5", np.zeros((20, 128), dtype=np.uint8))
+    with h5py.File(bad, "a") as f:
+        f.attrs["seconds_per_frame"] = -1.0
+    with pytest.raises(LayoutError, match="seconds_per_frame"):
+        score(bad)
+    with pytest.raises(FrameCountError, match="takes 10"):  # training data must still be 10-frame clips
+        EmbeddingFile(write(tmp_path / "t.h5", np.zeros((2, 12, 128), dtype=np.uint8)), frames=10)
+    settings = load_settings(window_hop=12)
+    with pytest.raises(ConfigError, match=r"AUDIOSET_WINDOW_HOP=12.*1\.\.10"):
+        ObjectScorer(settings, mean_model, CLASSES, "m@1", 10)
+
+
+def test_a_long_recording_is_read_a_slice_at_a_time(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).integers(0, 256, size=(5000, 128), dtype=np.uint8)
+    path = write(tmp_path / "long.h5", x)
+    with EmbeddingFile(path, Limits(max_read_bytes=64 * 1024), frames=10, windows=True) as embeddings:
+        chunks = list(embeddings.window_chunks(10, 5, 100_000))
+    assert len(chunks) > 10 and max(len(c.x) for c in chunks) <= 64 * 1024 // (2 * 10 * 128)
+    assert sum(len(c.x) for c in chunks) == len(window_starts(5000, 10, 5))
+    assert (chunks[3].x[0] == x[chunks[3].frame_starts[0] : chunks[3].frame_starts[0] + 10]).all()
+
+
+def test_a_recording_declaring_more_frames_than_allowed_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(50_000_000, 128), dtype=np.uint8, chunks=(1000, 128), compression="gzip")
+    with pytest.raises(LimitExceededError, match="50000000 frames"):
+        EmbeddingFile(path, frames=10, windows=True)
