@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         5, ge=1, description="Recordings: frames from one window's start to the next (at most the model's 10)."
     )
     event_threshold: float = Field(
-        0.5, gt=0, le=1, description="Recordings: the score at which a window counts a class as present (events)."
+        0.3, gt=0, le=1, description="Recordings: the score at which a window counts a class as present (events)."
     )
     seconds_per_frame: float = Field(
         0.96, gt=0, le=3600, description="Recordings: seconds between frames, unless the file's attribute says."

@@ -25,7 +25,7 @@ class OutputOptions:
     #: Recordings (clips of any other length than the model's): frames between window starts, the score at
     #: which a window counts a class as present (for events), and seconds per frame unless the file says.
     window_hop: int = 5
-    event_threshold: float = 0.5
+    event_threshold: float = 0.3
     seconds_per_frame: float = 0.96
 
 

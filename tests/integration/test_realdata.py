@@ -94,3 +94,41 @@ def test_shipped_model_on_real_eval_clips_at_the_default_precision(
     card = MODEL_CARD.read_text(encoding="utf-8")
     assert f"**{float32_map:.4f}**" in card, "the model card must quote the shipped model's eval_half mAP"
     assert "+int8" in card, "the model card must quote the int8 eval_half mAP"
+
+
+def test_real_clips_joined_into_a_recording_score_as_clips_with_aligned_windows_and_events_find_them(
+    eval_half: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """The model card's recordings figures, on 720 eval clips: two hour-long recordings of real clips."""
+    import io
+
+    import orjson
+
+    from audioset_batch.scoring.clip_records import OutputOptions
+    from audioset_batch.scoring.pipeline import ObjectScorer
+    from audioset_batch.settings import load_settings
+    from benchmarks.recordings import event_quality
+
+    x, y = eval_half[0][:720], eval_half[1][:720]
+    clips, joined = tmp_path / "clips.h5", tmp_path / "joined.h5"
+    with h5py.File(clips, "w") as f:
+        f["x"] = x
+    with h5py.File(joined, "w") as f:
+        f["x"] = x.reshape(2, 3600, 128)
+        f["x"].attrs["seconds_per_frame"] = 1.0
+    scorer = ObjectScorer.from_settings(load_settings(), full_scores=True)
+
+    def scores(path: Path, hop: int) -> tuple[np.ndarray, list[dict[str, object]]]:
+        out, events = io.BytesIO(), io.BytesIO()
+        scorer.options = OutputOptions(top_k=5, full_scores=True, window_hop=hop, seconds_per_frame=1.0)
+        scorer.score_local(path, out, "eval", events_out=events)
+        rows = [orjson.loads(line)["scores"] for line in out.getvalue().splitlines()]
+        return np.asarray(rows, dtype=np.float32), [orjson.loads(line) for line in events.getvalue().splitlines()]
+
+    as_clips, _ = scores(clips, 10)
+    aligned, _ = scores(joined, 10)
+    assert aligned.shape == as_clips.shape and np.abs(aligned - as_clips).max() < 1e-5
+    assert evaluate(y, aligned).mean_average_precision == pytest.approx(evaluate(y, as_clips).mean_average_precision)
+    _, events = scores(joined, 5)
+    quality = event_quality(events, y, 360)  # the benchmark's rule: an event overlaps a clip carrying its class
+    assert quality["events"] > 300 and quality["precision"] > 0.4 and quality["recall"] > 0.4, quality
