@@ -82,8 +82,15 @@ class Settings(BaseSettings):
     window_hop: int = Field(
         5, ge=1, description="Recordings: frames from one window's start to the next (at most the model's 10)."
     )
-    event_threshold: float = Field(
-        0.3, gt=0, le=1, description="Recordings: the score at which a window counts a class as present (events)."
+    event_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Recordings: the score at which a window counts a class as present (events); unset = the "
+        "model's per-class thresholds (0.3 for a model without them).",
+    )
+    labels: Literal["top", "threshold"] = Field(
+        "top", description="Labels in each record: the top-k, or every class at or above its threshold."
     )
     seconds_per_frame: float = Field(
         0.96, gt=0, le=3600, description="Recordings: seconds between frames, unless the file's attribute says."

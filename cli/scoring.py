@@ -51,6 +51,12 @@ from model.atomic_files import replacing
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Labels per clip (default: AUDIOSET_TOP_K).")
 @click.option(
+    "--labels",
+    type=click.Choice(["top", "threshold"]),
+    default=None,
+    help="Top-k labels, or every label at or above its class's threshold (default: AUDIOSET_LABELS).",
+)
+@click.option(
     "--events",
     "events_path",
     type=LocalPath(dir_okay=False, allow_dash=False, path_type=Path),
@@ -73,6 +79,7 @@ def score(
     output: Path,
     scores: str | None,
     top_k: int | None,
+    labels: str | None,
     events_path: Path | None,
     model_path: Path | None,
     precision: str | None,
@@ -100,6 +107,7 @@ def score(
         precision=precision,
         top_k=top_k,
         full_scores=(scores == "full") if scores else None,
+        labels=labels,
     )
 
     bar = progress_bar(0, "score", "clip", quiet)

@@ -84,6 +84,13 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    #: Per-class decision thresholds (:mod:`model.thresholds`): values, rule, data and cross-fitted figures.
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def threshold_values(self) -> list[float] | None:
+        values = self.thresholds.get("values")
+        return [float(v) for v in values] if values else None
 
     @property
     def tag(self) -> str:
@@ -104,6 +111,7 @@ class Manifest:
             "training": self.training,
             "metrics": self.metrics,
             "classes": labels_to_json(self.classes),
+            **({"thresholds": self.thresholds} if self.thresholds else {}),
         }
 
     @classmethod
@@ -126,11 +134,29 @@ class Manifest:
                 metrics=dict(data.get("metrics", {})),
                 created=str(data.get("created", "")),
                 format_version=int(data["format_version"]),
+                thresholds=_thresholds(data.get("thresholds"), len(data["classes"]), source),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ArtifactError):
                 raise
             raise ArtifactError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _thresholds(value: Any, classes: int, source: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    values = value.get("values") if isinstance(value, dict) else None
+    if not isinstance(values, list) or len(values) != classes or not all(0 < float(v) <= 1 for v in values):
+        raise ArtifactError(f"{source}: thresholds must hold one value in (0, 1] per class ({classes})")
+    return dict(value)
+
+
+def write_thresholds(artifact: str | Path, thresholds: dict[str, Any]) -> Manifest:
+    """Keep per-class thresholds in an artifact's manifest (atomically; the weights are untouched)."""
+    manifest = read_manifest(artifact)
+    manifest.thresholds = _thresholds(thresholds, len(manifest.classes), str(artifact))
+    write_json(Path(artifact) / MANIFEST_NAME, manifest.to_json())
+    return manifest
 
 
 def _frames(value: Any, source: str) -> int:

@@ -25,8 +25,21 @@ class OutputOptions:
     #: Recordings (clips of any other length than the model's): frames between window starts, the score at
     #: which a window counts a class as present (for events), and seconds per frame unless the file says.
     window_hop: int = 5
-    event_threshold: float = 0.3
+    event_threshold: float | None = None  # None: the model's per-class thresholds, or 0.3 without them
     seconds_per_frame: float = 0.96
+    #: ``top``: the top-k labels of each record; ``threshold``: every label at or above its class's threshold.
+    labels: str = "top"
+    thresholds: tuple[float, ...] | None = None  # the model's per-class thresholds, if it has them
+
+    def event_thresholds(self, classes: int) -> np.ndarray:
+        """What a window must score for a class to count as present in an event."""
+        if self.event_threshold is None and self.thresholds:
+            return np.asarray(self.thresholds, dtype=np.float32)
+        return np.full(classes, FALLBACK_EVENT_THRESHOLD if self.event_threshold is None else self.event_threshold)
+
+
+#: Events' threshold for a model without per-class thresholds: the shipped model's best micro F1 on eval_half.
+FALLBACK_EVENT_THRESHOLD = 0.3
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +55,17 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.lexsort((part, -part_scores), axis=1)
     indices = np.take_along_axis(part, order, axis=1)
     return indices, np.take_along_axis(scores, indices, axis=1)
+
+
+def above_thresholds(scores: np.ndarray, thresholds: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per row, the classes scoring at or above their threshold, highest first (possibly none)."""
+    indices, values = [], []
+    for row in np.asarray(scores):
+        chosen = np.flatnonzero(row >= thresholds)
+        chosen = chosen[np.lexsort((chosen, -row[chosen]))]
+        indices.append(chosen)
+        values.append(row[chosen])
+    return indices, values
 
 
 def encode_records(
@@ -61,7 +85,12 @@ def encode_records(
     scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 2 or scores.shape[1] != len(classes):
         raise ValueError(f"scores shape {scores.shape} does not match {len(classes)} classes")
-    indices, values = top_k(scores, options.top_k)
+    indices: Sequence[np.ndarray] | np.ndarray
+    values: Sequence[np.ndarray] | np.ndarray
+    if options.labels == "threshold" and options.thresholds:
+        indices, values = above_thresholds(scores, np.asarray(options.thresholds, dtype=np.float32))
+    else:
+        indices, values = top_k(scores, options.top_k)
     mids = [c.mid for c in classes]
     names = [c.name for c in classes]
     lines = []
@@ -82,7 +111,7 @@ def encode_records(
             "model": model,
             "labels": [
                 {"index": int(c), "mid": mids[c], "name": names[c], "score": v}
-                for c, v in zip(indices[row].tolist(), values[row], strict=True)
+                for c, v in zip(np.asarray(indices[row]).tolist(), values[row], strict=True)
             ],
         }
         if options.full_scores:

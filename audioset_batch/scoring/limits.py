@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from audioset_batch.errors import LimitExceededError
+from audioset_batch.errors import ConfigError, LimitExceededError
 from audioset_batch.scoring.clip_records import OutputOptions
 from audioset_batch.scoring.hdf5_reader import Limits
 from audioset_batch.settings import Settings
@@ -71,12 +71,27 @@ def reader_limits(settings: Settings) -> Limits:
     )
 
 
-def output_options(settings: Settings, top_k: int | None = None, full_scores: bool | None = None) -> OutputOptions:
-    """What each record holds and how recordings are windowed: the one place these settings are read."""
+def output_options(
+    settings: Settings,
+    top_k: int | None = None,
+    full_scores: bool | None = None,
+    labels: str | None = None,
+    thresholds: list[float] | None = None,
+) -> OutputOptions:
+    """What each record holds and how recordings are windowed: the one place these settings are read.
+    ``thresholds`` are the model's own (its manifest's)."""
+    mode = labels or settings.labels
+    if mode == "threshold" and not thresholds:
+        raise ConfigError(
+            "labels by threshold need a model with per-class thresholds; add them with "
+            "`audioset thresholds MODEL DATA…`, or use AUDIOSET_LABELS=top"
+        )
     return OutputOptions(
         top_k=top_k or settings.top_k,
         full_scores=settings.full_scores if full_scores is None else full_scores,
         window_hop=settings.window_hop,
         event_threshold=settings.event_threshold,
         seconds_per_frame=settings.seconds_per_frame,
+        labels=mode,
+        thresholds=tuple(thresholds) if thresholds else None,
     )

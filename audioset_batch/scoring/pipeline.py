@@ -23,6 +23,7 @@ from audioset_batch.scoring.chunk_stream import predicted, prefetched
 from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.limits import Deadline, OutputCap, output_options, reader_limits
+from audioset_batch.scoring.made_with import made_with, still_stands
 from audioset_batch.scoring.recordings import WindowScore, score_windows
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
@@ -232,10 +233,12 @@ class ObjectScorer:
         precision: str | None = None,
         top_k: int | None = None,
         full_scores: bool | None = None,
+        labels: str | None = None,
     ) -> ObjectScorer:
         """Load the model and build the scorer from settings; each keyword overrides its setting."""
         predictor = load_predictor(settings, model_path, precision)
-        options = output_options(settings, top_k=top_k, full_scores=full_scores)
+        thresholds = predictor.manifest.threshold_values
+        options = output_options(settings, top_k=top_k, full_scores=full_scores, labels=labels, thresholds=thresholds)
         return cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
 
     def score_local(
@@ -274,18 +277,8 @@ class ObjectScorer:
         return result_keys(url.bucket, url.key, self.settings.results_prefix)
 
     def already_scored(self, url: ObjectURL, etag: str) -> bool:
-        results = self._store(url)
-        summary = loads(results.get_bytes(self.settings.results_bucket, self.keys(url).summary))
-        return bool(
-            summary
-            and summary.get("etag") == etag
-            and summary.get("model") == self.model
-            and summary.get("top_k") == self.options.top_k
-            and summary.get("full_scores") == self.options.full_scores
-            # summaries from before recordings were scored are of clip files, which these settings do not touch
-            and summary.get("window_hop", self.options.window_hop) == self.options.window_hop
-            and summary.get("event_threshold", self.options.event_threshold) == self.options.event_threshold
-        )
+        summary = loads(self._store(url).get_bytes(self.settings.results_bucket, self.keys(url).summary))
+        return still_stands(summary, etag, self.model, self.options)
 
     def score(self, url: ObjectURL, *, force: bool = False, attempt: int = 1, job: str | None = None) -> Outcome:
         """Score one object. Input and storage errors become error records, except a transient error with
@@ -352,10 +345,7 @@ class ObjectScorer:
                 "model": self.model,
                 "clips": scored.clips,
                 "classes": len(self.classes),
-                "top_k": self.options.top_k,
-                "full_scores": self.options.full_scores,
-                "window_hop": self.options.window_hop,
-                "event_threshold": self.options.event_threshold,
+                **made_with(self.options),
                 "result": f"{bucket}/{keys.jsonl}",
                 **_recording_fields(scored, f"{bucket}/{keys.events}"),
                 "metrics": scored.metrics,

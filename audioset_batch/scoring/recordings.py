@@ -82,7 +82,7 @@ def score_windows(
     spf = embeddings.seconds_per_frame or options.seconds_per_frame
     total = embeddings.window_count(width, options.window_hop)
     result = WindowScore(firsts=np.zeros(len(classes), dtype=np.int64), seconds_per_frame=spf)
-    tracker = EventTracker(np.full(len(classes), options.event_threshold, dtype=np.float32), classes)
+    tracker = EventTracker(options.event_thresholds(len(classes)), classes)
     pool = _ClipPool(embeddings, streamed)
     about: dict[int, tuple[str | None, float | None]] = {}  # clip -> video id, start time: for its events
 
