@@ -276,15 +276,25 @@ def evaluate(
     precision: str | None,
     quiet: bool,
 ) -> None:
-    """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime."""
+    """Evaluate MODEL on labelled DATA files: mAP, mean AUC, d-prime.
+
+    Clips of any other length than the model's are scored as the maximum over their windows (AUDIOSET_WINDOW_HOP).
+    """
     from audioset_batch.scoring.pipeline import load_predictor
     from audioset_batch.training.datasets import load_dataset
     from model.metrics import evaluate as compute
 
     predictor = load_predictor(settings, model_path, precision)
-    dataset = load_dataset(list(data), settings, frames=predictor.frames, classes=predictor.classes)
+    dataset = load_dataset(list(data), settings, frames=predictor.frames, classes=predictor.classes, windows=True)
     bar = progress_bar(len(dataset.x), "evaluate", "clip", quiet)
-    scores = predictor.predict(dataset.x, progress=bar.update)
+    if dataset.x.shape[1] == predictor.frames:
+        scores = predictor.predict(dataset.x, progress=bar.update)
+    else:  # clips of another length: each scored as the maximum over its windows, as recordings are
+        from audioset_batch.scoring.windows import pooled_clip_scores
+
+        hop = min(settings.window_hop, predictor.frames)
+        scores = pooled_clip_scores(predictor.predict, dataset.x, predictor.frames, hop)
+        bar.update(len(dataset.x))
     bar.close()
     result = compute(dataset.y, scores)
     classes = predictor.manifest.classes

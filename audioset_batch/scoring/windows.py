@@ -7,7 +7,7 @@ is heard; a clip shorter than ``width`` is one window, zero-padded at the end as
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +49,19 @@ def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> 
     last = window_starts(frames, width, hop)[-1]
     ends = np.where(frame_starts >= last, float(min(frames, last + width)), frame_starts + margin + hop)
     return starts, np.maximum(ends, starts)
+
+
+def pooled_clip_scores(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, width: int, hop: int) -> np.ndarray:
+    """Each clip's scores as the maximum over its windows (a class heard anywhere in the clip): how clips of any
+    length are evaluated, and how a recording's metrics are computed."""
+    starts = window_starts(x.shape[1], width, hop)
+    pooled = []
+    for first in range(0, len(x), 1024):
+        block = x[first : first + 1024]
+        windows = np.concatenate([cut_windows(clip, 0, starts, width) for clip in block])
+        scores = np.asarray(predict(windows), dtype=np.float32)
+        pooled.append(scores.reshape(len(block), len(starts), -1).max(axis=1))
+    return np.concatenate(pooled)
 
 
 @dataclass(slots=True)

@@ -40,16 +40,18 @@ def provenance(location: Location) -> str:
     return location.name if isinstance(location, Path) else str(location)
 
 
-def _read(path: Path, name: str, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read(path: Path, name: str, limits: Limits, frames: int | None, windows: bool) -> tuple[np.ndarray, np.ndarray]:
     """The whole file; an unreadable one raises its own error class with the file's name in front."""
     try:
-        return _read_all(path, limits, frames)
+        return _read_all(path, limits, frames, windows)
     except InputFileError as exc:
         raise type(exc)(f"{name}: {exc}") from exc
 
 
-def _read_all(path: Path, limits: Limits, frames: int | None) -> tuple[np.ndarray, np.ndarray]:
-    with EmbeddingFile(path, limits, frames=frames) as data:
+def _read_all(path: Path, limits: Limits, frames: int | None, windows: bool) -> tuple[np.ndarray, np.ndarray]:
+    with EmbeddingFile(path, limits, frames=frames, windows=windows) as data:
+        if data.recording:
+            raise LayoutError("x is one recording (frames x 128) with no labels per clip; evaluation takes clips")
         if data.y is None:
             raise LayoutError("dataset 'y' (labels) is required for training and evaluation")
         xs, ys = [], []
@@ -61,12 +63,16 @@ def _read_all(path: Path, limits: Limits, frames: int | None) -> tuple[np.ndarra
 
 
 def load_dataset(
-    locations: Sequence[str], settings: Settings, frames: int | None = None, classes: int | None = None
+    locations: Sequence[str],
+    settings: Settings,
+    frames: int | None = None,
+    classes: int | None = None,
+    windows: bool = False,
 ) -> Dataset:
     """Concatenate files in order (a folder or prefix: its HDF5 files); all must agree on frames and classes.
 
     ``frames`` and ``classes`` are what a model takes and predicts: a file with other counts is refused by name
-    before the model sees it.
+    before the model sees it, unless ``windows`` (evaluation) accepts clips of any frame count.
     """
     limits = reader_limits(settings)
     xs: list[np.ndarray] = []
@@ -81,7 +87,7 @@ def load_dataset(
     for location in found.values():
         name = str(location)
         with local_file(location, settings, suffix=".h5") as path:
-            x, y = _read(path, name, limits, frames)
+            x, y = _read(path, name, limits, frames, windows)
         if classes is not None and y.shape[1] != classes:
             raise LayoutError(f"{name}: labels for {y.shape[1]} classes per clip; the model predicts {classes}")
         if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1] != ys[0].shape[1]):

@@ -170,3 +170,30 @@ def test_a_recording_declaring_more_frames_than_allowed_is_refused_before_readin
         f.create_dataset("x", shape=(50_000_000, 128), dtype=np.uint8, chunks=(1000, 128), compression="gzip")
     with pytest.raises(LimitExceededError, match="50000000 frames"):
         EmbeddingFile(path, frames=10, windows=True)
+
+
+def test_evaluate_takes_clips_of_any_length_as_the_maximum_over_their_windows(tiny_model: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from audioset_batch.scoring.windows import pooled_clip_scores
+    from cli import main
+    from model.inference import Predictor
+    from model.metrics import evaluate
+
+    classes = 12
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(40, 23, 128), dtype=np.uint8)
+    y = rng.random((40, classes)) < 0.3
+    y[0], y[-1] = True, False
+    path = write(tmp_path / "long.h5", x, y=y)
+    result = CliRunner().invoke(main, ["evaluate", str(tiny_model), str(path), "--json", "--precision", "float32"])
+    assert result.exit_code == 0, result.output
+    reported = json.loads(result.output.strip().splitlines()[-1])["mAP"]
+    predictor = Predictor.from_artifact(tiny_model, precision="float32")
+    expected = evaluate(y, pooled_clip_scores(predictor.predict, x, 10, 5)).mean_average_precision
+    assert reported == pytest.approx(expected, abs=1e-6)
+    recording = write(tmp_path / "rec.h5", x[0])
+    refused = CliRunner().invoke(main, ["evaluate", str(tiny_model), str(recording)])
+    assert refused.exit_code != 0 and "evaluation takes clips" in refused.output and "Traceback" not in refused.output
