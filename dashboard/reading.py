@@ -109,6 +109,7 @@ class FileView:
     error: dict[str, Any] | None = None
     clips: list[dict[str, Any]] = field(default_factory=list)
     more: bool = False  # the results hold more clips than shown
+    events: list[dict[str, Any]] = field(default_factory=list)  # a recording's first events
     per_class_ap: list[tuple[str, float]] = field(default_factory=list)  # best first
 
 
@@ -122,11 +123,10 @@ def file_view(sources: Sources, url: str) -> FileView:
     view.error = _json(sources.results.get_bytes(sources.bucket, keys.error))
     if view.summary is None:
         return view
-    head = sources.results.get_bytes(sources.bucket, keys.jsonl, limit=HEAD_BYTES) or b""
-    lines = head.split(b"\n")
-    complete = lines[:-1] if len(head) >= HEAD_BYTES else lines
-    view.clips = [record for line in complete if (record := _json(line)) is not None]
-    view.more = len(view.clips) < int(view.summary.get("clips") or 0)
+    view.clips = _head(sources.results.get_bytes(sources.bucket, keys.jsonl, limit=HEAD_BYTES) or b"")
+    view.more = len(view.clips) < int(view.summary.get("windows") or view.summary.get("clips") or 0)
+    if view.summary.get("events"):
+        view.events = _head(sources.results.get_bytes(sources.bucket, keys.events, limit=HEAD_BYTES) or b"")
     aps = view.summary.get("per_class_ap") or {}
     names = {str(label.index): label.name for label in sources.classes}
     view.per_class_ap = sorted(
@@ -134,6 +134,13 @@ def file_view(sources: Sources, url: str) -> FileView:
         key=lambda row: -row[1],
     )
     return view
+
+
+def _head(head: bytes) -> list[dict[str, Any]]:
+    """The complete records in the first :data:`HEAD_BYTES` of a JSON Lines object."""
+    lines = head.split(b"\n")
+    complete = lines[:-1] if len(head) >= HEAD_BYTES else lines
+    return [record for line in complete if (record := _json(line)) is not None]
 
 
 def _json(data: bytes | None) -> dict[str, Any] | None:

@@ -98,6 +98,8 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
         outcome = scorer.score(ObjectURL("file", "incoming", f"batch/{name}"), job=job)
         end = ItemEnd(error=outcome.error, message=outcome.message, clips=outcome.clips, seconds=0.1)
         jobs.mark(job, f"file://incoming/batch/{name}", outcome.status, end)
+    recording = write_h5(root / "incoming" / "recordings" / "long.h5", clips=2, frames=23, seed=5)
+    assert recording.exists() and scorer.score(ObjectURL("file", "incoming", "recordings/long.h5")).status == "scored"
     sources = Sources(settings=settings, jobs=jobs, results=LocalStore(root), classes=CLASSES, model="fake@1")
 
     def no_broker() -> object:
@@ -286,3 +288,17 @@ def test_a_job_store_that_goes_away_is_a_503_that_says_so(tmp_path: Path) -> Non
         assert status == 503 and "job store" in json.loads(body)["error"]
     finally:
         server.stop()
+
+
+def test_a_recordings_file_page_shows_its_windows_and_its_events(board: Board) -> None:
+    summary = json.loads(
+        (board.root / "results" / "predictions" / "incoming" / "recordings" / "long.h5.summary.json").read_text()
+    )
+    _, _, body = board.request("GET", "/file?" + urlencode({"url": "file://incoming/recordings/long.h5"}))
+    assert "Top labels per window" in body and f"{summary['windows']} windows of 2 clip(s)" in body
+    assert summary["events"] > 0 and body.count('<td class="n">', body.index("<h2>Events</h2>")) > 0
+    events_table = body[
+        body.index('<table class="events">') : body.index("</table>", body.index('<table class="events">'))
+    ]
+    assert events_table.count("<tr>") == summary["events"] + 1  # a header row and one per event
+    assert "https://www.youtube.com/watch?v=vid005_0000&amp;t=" in events_table
