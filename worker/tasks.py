@@ -24,6 +24,7 @@ from celery.signals import (
 from audioset_batch.errors import (
     AttemptsExhaustedError,
     AudiosetError,
+    ConfigError,
     FileFailedError,
     LimitExceededError,
     TransientStorageError,
@@ -33,7 +34,7 @@ from audioset_batch.logs import log_context
 from audioset_batch.results.failures import record_failure
 from audioset_batch.retry_policy import backoff_delay, call_for_up_to
 from audioset_batch.scoring.hdf5_reader import pin_external_prefixes
-from audioset_batch.scoring.limits import soft_time_limit_error
+from audioset_batch.scoring.limits import output_options, soft_time_limit_error
 from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
 from audioset_batch.storage.locations import message_url
@@ -57,10 +58,16 @@ def _check_model_before_forking(**_: Any) -> None:
     """
     settings = get_settings()
     try:
-        check_archive(settings.model_path / WEIGHTS_NAME, verify(settings.model_path))
+        manifest = verify(settings.model_path)
+        check_archive(settings.model_path / WEIGHTS_NAME, manifest)
     except Exception as exc:  # Celery logs and ignores an exception from a signal handler: exit here instead
         reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
         log.critical("cannot start: the model at AUDIOSET_MODEL_PATH=%s is unusable: %s", settings.model_path, reason)
+        raise SystemExit(1) from None
+    try:  # settings that cannot work with this model (a hop longer than its window, labels by missing thresholds)
+        output_options(settings, thresholds=manifest.threshold_values, frames=manifest.frames)
+    except ConfigError as exc:
+        log.critical("cannot start: %s", exc)
         raise SystemExit(1) from None
 
 

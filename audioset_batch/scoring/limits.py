@@ -77,10 +77,17 @@ def output_options(
     full_scores: bool | None = None,
     labels: str | None = None,
     thresholds: list[float] | None = None,
+    frames: int | None = None,
 ) -> OutputOptions:
     """What each record holds and how recordings are windowed: the one place these settings are read.
-    ``thresholds`` are the model's own (its manifest's)."""
+    ``thresholds`` and ``frames`` are the model's own (its manifest's); settings that cannot work with them are
+    a :class:`ConfigError`."""
     mode = labels or settings.labels
+    if frames is not None and not 1 <= settings.window_hop <= frames:
+        raise ConfigError(
+            f"AUDIOSET_WINDOW_HOP={settings.window_hop}: windows would skip frames; use 1..{frames} "
+            f"(the model's window of {frames} frames)"
+        )
     if mode == "threshold" and not thresholds:
         raise ConfigError(
             "labels by threshold need a model with per-class thresholds; add them with "

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from audioset_batch.errors import ConfigError, InputFileError, LimitExceededError, StorageError
+from audioset_batch.errors import InputFileError, LimitExceededError, StorageError
 from audioset_batch.results.failures import record_failure
 from audioset_batch.results.keys import ResultKeys, result_keys
 from audioset_batch.results.records import dumps, loads, now
@@ -216,12 +216,7 @@ class ObjectScorer:
         self.classes = classes
         self.model = model
         self.frames = frames
-        self.options = options or output_options(settings)
-        if frames is not None and not 1 <= self.options.window_hop <= frames:
-            raise ConfigError(
-                f"AUDIOSET_WINDOW_HOP={self.options.window_hop}: windows would skip frames; use 1..{frames} "
-                f"(the model's window of {frames} frames)"
-            )
+        self.options = options or output_options(settings, frames=frames)
         self.limits = reader_limits(settings)
 
     @classmethod
@@ -237,8 +232,10 @@ class ObjectScorer:
     ) -> ObjectScorer:
         """Load the model and build the scorer from settings; each keyword overrides its setting."""
         predictor = load_predictor(settings, model_path, precision)
-        thresholds = predictor.manifest.threshold_values
-        options = output_options(settings, top_k=top_k, full_scores=full_scores, labels=labels, thresholds=thresholds)
+        manifest = predictor.manifest
+        options = output_options(
+            settings, top_k, full_scores, labels, thresholds=manifest.threshold_values, frames=predictor.frames
+        )
         return cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
 
     def score_local(

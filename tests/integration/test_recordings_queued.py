@@ -72,3 +72,11 @@ def test_score_writes_events_beside_its_output_and_says_where(stack: Stack, tmp_
     chosen = tmp_path / "mine.jsonl"
     again = cli(stack, "score", str(source), "-o", str(tmp_path / "o.jsonl"), "--events", str(chosen), "--quiet")
     assert again.returncode == 0 and chosen.read_text() == out.with_name("walk.events.jsonl").read_text()
+
+
+def test_a_worker_with_a_hop_longer_than_the_models_window_never_starts(stack: Stack, tmp_path: Path) -> None:
+    from tests.faults.test_pending import start_worker_expecting_exit
+
+    code, text = start_worker_expecting_exit({**stack.env, "AUDIOSET_WINDOW_HOP": "12"}, tmp_path / "w.log")
+    assert code == 1 and "cannot start: AUDIOSET_WINDOW_HOP=12: windows would skip frames; use 1..10" in text
+    assert " ready." not in text
