@@ -55,12 +55,13 @@ def hostile_files(directory: Path, secret_path: Path) -> dict[str, str]:
     with h5("sparse.h5") as f:  # 1.4 KB declaring 9 M clips, never written
         f.create_dataset("x", shape=(9_000_000, 10, 128), dtype=np.uint8, chunks=(64, 10, 128), compression="gzip")
     expected["sparse.h5"] = "SparseDatasetError"
-    for frames in (5, 1000):
-        write_h5(directory / f"frames{frames}.h5", clips=3, frames=frames)
-        expected[f"frames{frames}.h5"] = "FrameCountError"
+    # 5 or 1,000 frames per clip are recordings now, scored as windows; 50 M frames declared in a few KB are not
     with h5("frames50m.h5") as f:
         f.create_dataset("x", shape=(1, 50_000_000, 128), dtype=np.uint8, chunks=(1, 1000, 128), compression="gzip")
-    expected["frames50m.h5"] = "FrameCountError"
+    expected["frames50m.h5"] = "LimitExceededError"
+    with h5("recording50m.h5") as f:  # the same as one rank-2 recording
+        f.create_dataset("x", shape=(50_000_000, 128), dtype=np.uint8, chunks=(1000, 128), compression="gzip")
+    expected["recording50m.h5"] = "LimitExceededError"
     with h5("ids.h5") as f:
         f["x"] = np.zeros((3, 10, 128), dtype=np.uint8)
         f.create_dataset("video_id_list", data=np.array([b"i" * 1_000_000] * 3), compression="gzip")
