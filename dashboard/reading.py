@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from audioset_batch.errors import AudiosetError
 from audioset_batch.jobs.job_store import JobStatus, JobStore, item_url
 from audioset_batch.results.keys import ResultKeys, result_keys
+from audioset_batch.results.records import loads
 from audioset_batch.results.search import Hit, Skipped, resolve_label, result_records, search_records
 from audioset_batch.settings import Settings
 from audioset_batch.storage.object_store import ObjectStore, ObjectURL
@@ -119,8 +118,8 @@ def file_view(sources: Sources, url: str) -> FileView:
     keys = sources.keys(url)
     if keys is None:
         return view
-    view.summary = _json(sources.results.get_bytes(sources.bucket, keys.summary))
-    view.error = _json(sources.results.get_bytes(sources.bucket, keys.error))
+    view.summary = loads(sources.results.get_bytes(sources.bucket, keys.summary))
+    view.error = loads(sources.results.get_bytes(sources.bucket, keys.error))
     if view.summary is None:
         return view
     view.clips = _head(sources.results.get_bytes(sources.bucket, keys.jsonl, limit=HEAD_BYTES) or b"")
@@ -140,17 +139,7 @@ def _head(head: bytes) -> list[dict[str, Any]]:
     """The complete records in the first :data:`HEAD_BYTES` of a JSON Lines object."""
     lines = head.split(b"\n")
     complete = lines[:-1] if len(head) >= HEAD_BYTES else lines
-    return [record for line in complete if (record := _json(line)) is not None]
-
-
-def _json(data: bytes | None) -> dict[str, Any] | None:
-    if not data or not data.strip():
-        return None
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+    return [record for line in complete if (record := loads(line)) is not None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +194,7 @@ def _summary(sources: Sources, url: str) -> dict[str, Any] | None:
     if keys is None:
         return None
     try:
-        return _json(sources.results.get_bytes(sources.bucket, keys.summary))
+        return loads(sources.results.get_bytes(sources.bucket, keys.summary))
     except AudiosetError:
         return None
 
