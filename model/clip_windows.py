@@ -1,4 +1,5 @@
-"""Windows of a clip's frames: where its sound is, and a short window shown to a net as a whole clip."""
+"""Windows of a clip's frames, for training and serving alike: where a clip's sound is, a short window shown to a
+net as a whole clip (training), and the model-length windows a longer recording is cut into (serving)."""
 
 from __future__ import annotations
 
@@ -39,5 +40,27 @@ def window_starts(lengths: np.ndarray, width: int, frames: int, rng: np.random.G
 
 def window_scores(predictor: Any, x: np.ndarray, window: int) -> np.ndarray:
     """What ``predictor`` hears in each ``window``-frame window of each clip: (clips, windows, classes)."""
-    starts = range(x.shape[1] - window + 1)
+    starts = hop_starts(x.shape[1], window, 1).tolist()
     return np.stack([predictor.predict(tile_windows(x, np.full(len(x), start), window)) for start in starts], axis=1)
+
+
+def hop_starts(frames: int, width: int, hop: int) -> np.ndarray:
+    """Start frames of the windows of a ``frames``-long clip every ``hop`` frames, in order, plus a last window
+    flush with the end when the hops do not reach it (serving recordings; with ``hop`` 1, every window)."""
+    if frames <= width:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, frames - width + 1, hop, dtype=np.int64)
+    if starts[-1] + width < frames:
+        starts = np.append(starts, frames - width)
+    return starts
+
+
+def cut_windows(frames: np.ndarray, first: int, starts: np.ndarray, width: int) -> np.ndarray:
+    """The windows at ``starts`` from ``frames`` (a slice of a clip beginning at frame ``first``), padded with
+    zeros past the clip's end: (windows, width, 128)."""
+    needed = int(starts[-1]) - first + width
+    if len(frames) < needed:
+        pad = np.zeros((needed - len(frames), *frames.shape[1:]), dtype=frames.dtype)
+        frames = np.concatenate([frames, pad])
+    view = np.lib.stride_tricks.sliding_window_view(frames, width, axis=0)  # (n, 128, width)
+    return np.ascontiguousarray(view[starts - first].transpose(0, 2, 1))

@@ -41,7 +41,7 @@ from audioset_batch.errors import (
 from audioset_batch.scoring.embedding_values import check_values, declared_seconds_per_frame
 from audioset_batch.scoring.hdf5_isolation import HDF5_PREFIX_VARIABLES, pin_external_prefixes
 from audioset_batch.scoring.vlen_lengths import vlen_lengths
-from audioset_batch.scoring.windows import cut_windows, window_starts
+from model.clip_windows import cut_windows, hop_starts
 
 EMBEDDING_WIDTH = 128
 __all__ = [
@@ -318,13 +318,13 @@ class EmbeddingFile:
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)
 
     def window_count(self, width: int, hop: int) -> int:
-        return self.clips * len(window_starts(self.frames, width, hop))
+        return self.clips * len(hop_starts(self.frames, width, hop))
 
     def window_chunks(self, width: int, hop: int, size: int) -> Iterator[Chunk]:
-        """Every clip's windows (:func:`~audioset_batch.scoring.windows.window_starts`), in file order, at most
+        """Every clip's windows (:func:`~model.clip_windows.hop_starts`), in file order, at most
         ``size`` per chunk and ``Limits.max_read_bytes`` per read: a long recording is read a slice of frames at a
         time, never whole."""
-        starts = window_starts(self.frames, width, hop)
+        starts = hop_starts(self.frames, width, hop)
         window_bytes = width * EMBEDDING_WIDTH * int(self.x.dtype.itemsize) + 64
         size = max(1, min(size, self.limits.max_read_bytes // (2 * window_bytes)))
         row = 0

@@ -12,32 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.clip_windows import cut_windows, hop_starts
 from model.labels import ClassLabel
 
 #: Seconds between two VGGish embeddings (its hop: 0.96 s). AudioSet's own files label a frame as 1 s: a file's
 #: ``seconds_per_frame`` attribute overrides this.
 VGGISH_SECONDS_PER_FRAME = 0.96
-
-
-def window_starts(frames: int, width: int, hop: int) -> np.ndarray:
-    """Start frames of the windows of a ``frames``-long clip, in order."""
-    if frames <= width:
-        return np.zeros(1, dtype=np.int64)
-    starts = np.arange(0, frames - width + 1, hop, dtype=np.int64)
-    if starts[-1] + width < frames:
-        starts = np.append(starts, frames - width)
-    return starts
-
-
-def cut_windows(frames: np.ndarray, first: int, starts: np.ndarray, width: int) -> np.ndarray:
-    """The windows at ``starts`` from ``frames`` (a slice of a clip beginning at frame ``first``), padded with
-    zeros past the clip's end: (windows, width, 128)."""
-    needed = int(starts[-1]) - first + width
-    if len(frames) < needed:
-        pad = np.zeros((needed - len(frames), *frames.shape[1:]), dtype=frames.dtype)
-        frames = np.concatenate([frames, pad])
-    view = np.lib.stride_tricks.sliding_window_view(frames, width, axis=0)  # (n, 128, width)
-    return np.ascontiguousarray(view[starts - first].transpose(0, 2, 1))
 
 
 def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +26,7 @@ def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> 
     and to the clip's end for its last. With ``hop`` equal to the window, a window stands for all of itself."""
     margin = (width - hop) / 2
     starts = np.where(frame_starts == 0, 0.0, frame_starts + margin)
-    last = window_starts(frames, width, hop)[-1]
+    last = hop_starts(frames, width, hop)[-1]
     ends = np.where(frame_starts >= last, float(min(frames, last + width)), frame_starts + margin + hop)
     return starts, np.maximum(ends, starts)
 
@@ -54,7 +34,7 @@ def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> 
 def pooled_clip_scores(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, width: int, hop: int) -> np.ndarray:
     """Each clip's scores as the maximum over its windows (a class heard anywhere in the clip): how clips of any
     length are evaluated, and how a recording's metrics are computed."""
-    starts = window_starts(x.shape[1], width, hop)
+    starts = hop_starts(x.shape[1], width, hop)
     pooled = []
     for first in range(0, len(x), 1024):
         block = x[first : first + 1024]

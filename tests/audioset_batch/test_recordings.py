@@ -14,8 +14,9 @@ from audioset_batch.errors import ConfigError, EmptyDatasetError, FrameCountErro
 from audioset_batch.scoring.clip_records import OutputOptions
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.pipeline import ObjectScorer, score_file
-from audioset_batch.scoring.windows import EventTracker, cut_windows, event_spans, window_starts
+from audioset_batch.scoring.windows import EventTracker, event_spans
 from audioset_batch.settings import load_settings
+from model.clip_windows import cut_windows, hop_starts
 from tests.helpers import make_labels
 
 CLASSES = make_labels(4)
@@ -54,10 +55,10 @@ def score(path: Path, options: OutputOptions | None = None, **kwargs: object) ->
 
 
 def test_windows_cover_every_frame_and_short_clips_are_one_padded_window() -> None:
-    assert window_starts(25, 10, 5).tolist() == [0, 5, 10, 15]
-    assert window_starts(23, 10, 5).tolist() == [0, 5, 10, 13]  # a last window flush with the end
-    assert window_starts(30, 10, 10).tolist() == [0, 10, 20]
-    assert window_starts(7, 10, 5).tolist() == [0]
+    assert hop_starts(25, 10, 5).tolist() == [0, 5, 10, 15]
+    assert hop_starts(23, 10, 5).tolist() == [0, 5, 10, 13]  # a last window flush with the end
+    assert hop_starts(30, 10, 10).tolist() == [0, 10, 20]
+    assert hop_starts(7, 10, 5).tolist() == [0]
     frames = np.arange(7 * 128, dtype=np.uint8).reshape(7, 128)
     (window,) = cut_windows(frames, 0, np.array([0]), 10)
     assert window.shape == (10, 128) and (window[:7] == frames).all() and not window[7:].any()  # zero-padded
@@ -79,10 +80,10 @@ def test_events_merge_consecutive_windows_of_a_clip_and_end_at_a_gap_or_a_new_cl
 
 
 def test_event_spans_tile_a_clip_without_overlap() -> None:
-    starts = window_starts(23, 10, 5)
+    starts = hop_starts(23, 10, 5)
     begin, end = event_spans(starts, 23, 10, 5)
     assert begin.tolist() == [0.0, 7.5, 12.5, 15.5] and end.tolist() == [7.5, 12.5, 17.5, 23.0]
-    begin, end = event_spans(window_starts(30, 10, 10), 30, 10, 10)
+    begin, end = event_spans(hop_starts(30, 10, 10), 30, 10, 10)
     assert begin.tolist() == [0, 10, 20] and end.tolist() == [10, 20, 30]
 
 
@@ -160,7 +161,7 @@ def test_a_long_recording_is_read_a_slice_at_a_time(tmp_path: Path) -> None:
     with EmbeddingFile(path, Limits(max_read_bytes=64 * 1024), frames=10, windows=True) as embeddings:
         chunks = list(embeddings.window_chunks(10, 5, 100_000))
     assert len(chunks) > 10 and max(len(c.x) for c in chunks) <= 64 * 1024 // (2 * 10 * 128)
-    assert sum(len(c.x) for c in chunks) == len(window_starts(5000, 10, 5))
+    assert sum(len(c.x) for c in chunks) == len(hop_starts(5000, 10, 5))
     assert (chunks[3].x[0] == x[chunks[3].frame_starts[0] : chunks[3].frame_starts[0] + 10]).all()
 
 
