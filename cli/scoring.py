@@ -188,6 +188,7 @@ def _keep_events(spool: IO[bytes] | None, target: Path | None) -> None:
 )
 @click.option("--min-score", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--events", "in_events", is_flag=True, help="Search the events of recordings (by their peak) instead.")
 @json_option
 @click.option(
     "--model",
@@ -203,16 +204,27 @@ def search(
     results_location: str | None,
     min_score: float,
     limit: int,
+    in_events: bool,
     as_json: bool,
     model_path: Path | None,
 ) -> None:
-    """Find the clips where LABEL (display name or mid) scored at least --min-score, best first.
+    """Find the clips (or windows of recordings) where LABEL (display name or mid) scored at least --min-score,
+    best first; with --events, the events of LABEL in recordings, best peak first.
 
-    Each hit names the clip (source file, index, YouTube link) and the results object it was read from.
+    Each hit names the clip (source file, index, the window's or event's seconds, a YouTube link at that moment)
+    and the results object it was read from.
     """
     from audioset_batch.errors import ObjectNotFoundError
     from audioset_batch.logs import printable
-    from audioset_batch.results.search import Skipped, folder_records, resolve_label, result_records, search_records
+    from audioset_batch.results.search import (
+        EventHit,
+        Skipped,
+        folder_records,
+        resolve_label,
+        result_records,
+        search_events,
+        search_records,
+    )
     from audioset_batch.storage.factory import store_for
     from audioset_batch.storage.locations import results_url
     from model.artifact import read_manifest
@@ -222,12 +234,12 @@ def search(
     where = results_url(results_location, settings)
     skipped = Skipped()
     records = (
-        folder_records(where, skipped)
+        folder_records(where, skipped, events=in_events)
         if isinstance(where, Path)
-        else result_records(store_for(where.scheme, settings), where, skipped)
+        else result_records(store_for(where.scheme, settings), where, skipped, events=in_events)
     )
     try:
-        hits = search_records(records, target, min_score, limit)
+        hits: list[Any] = (search_events if in_events else search_records)(records, target, min_score, limit)
     except ObjectNotFoundError as exc:
         raise ObjectNotFoundError(
             f"{exc}: no results there; point --results at a results folder or prefix, or score some files first"
@@ -237,13 +249,16 @@ def search(
             click.echo(json.dumps({"label": target.name, "mid": target.mid, **hit.to_json()}))
         else:
             link = f"  {hit.youtube_url}" if hit.youtube_url else ""
-            at = "" if hit.offset_seconds is None else f" at {hit.offset_seconds:g} s"
+            if isinstance(hit, EventHit):
+                at = f" {hit.start_seconds:g}-{hit.end_seconds:g} s"
+            else:
+                at = "" if hit.offset_seconds is None else f" at {hit.offset_seconds:g} s"
             click.echo(printable(f"{hit.score:.3f}  {hit.source} #{hit.index}{at}{link}  ({hit.results})"))
     if skipped.lines:
         where_first = printable(skipped.first or "")
         warn(f"skipped {skipped.lines} line(s) that are not result records, the first at {where_first}")
     if not hits:
-        note(f"no clip with {target.name} >= {min_score} in {where}")
+        note(f"no {'event' if in_events else 'clip'} with {target.name} >= {min_score} in {where}")
 
 
 @main.command()

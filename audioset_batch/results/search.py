@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 import orjson
@@ -131,14 +131,17 @@ def _lines(lines: Iterable[bytes], origin: str, skipped: Skipped | None) -> Iter
         yield record
 
 
-def result_records(store: ObjectStore, url: ObjectURL, skipped: Skipped | None = None) -> Iterator[dict[str, Any]]:
-    """Every line of every ``.jsonl`` object under the URL's prefix, one line at a time.
+def result_records(
+    store: ObjectStore, url: ObjectURL, skipped: Skipped | None = None, events: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Every line of every ``.jsonl`` object under the URL's prefix, one line at a time: clip and window records,
+    or with ``events`` the events files' lines (and nothing else): the two are never mixed.
 
     Each object is downloaded to a temporary file and read line by line, so memory follows the longest line, not
     the largest object. Each record carries the results object it came from under ``"results"``.
     """
     for info in store.list(url.bucket, url.key):
-        if not info.key.endswith(JSONL_SUFFIX) or info.key.endswith(EVENTS_SUFFIX):
+        if not info.key.endswith(JSONL_SUFFIX) or info.key.endswith(EVENTS_SUFFIX) != events:
             continue
         with tempfile.TemporaryFile() as fh:
             store.download(url.bucket, info.key, fh)
@@ -146,14 +149,71 @@ def result_records(store: ObjectStore, url: ObjectURL, skipped: Skipped | None =
             yield from _lines(fh, str(url.with_key(info.key)), skipped)
 
 
-def folder_records(folder: Path, skipped: Skipped | None = None) -> Iterator[dict[str, Any]]:
+def folder_records(folder: Path, skipped: Skipped | None = None, events: bool = False) -> Iterator[dict[str, Any]]:
     """The same over a local folder of results (downloaded, or a folder bucket given by path)."""
     for path in sorted(folder.rglob(f"*{JSONL_SUFFIX}")):
-        if path.is_file() and not path.is_symlink() and not path.name.startswith(".") and not _events(path):
+        plain = path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+        if plain and path.name.endswith(EVENTS_SUFFIX) == events:
             with path.open("rb") as fh:
                 yield from _lines(fh, str(path), skipped)
 
 
-def _events(path: Path) -> bool:
-    """An events file (``.events.jsonl``) holds events, not clip records: search reads it only on purpose."""
-    return path.name.endswith(EVENTS_SUFFIX)
+@dataclass(frozen=True, slots=True, order=True)
+class EventHit:
+    """A sound event of a recording, found by its class: where it is, and how sure the model was at its peak."""
+
+    score: float  # the event's peak
+    source: str
+    index: int
+    start_seconds: float
+    end_seconds: float
+    peak_seconds: float
+    video_id: str | None
+    start_time_seconds: float | None
+    results: str = ""
+
+    @property
+    def youtube_url(self) -> str | None:
+        """The video at the event's peak."""
+        if not self.video_id:
+            return None
+        start = int((self.start_time_seconds or 0) + self.peak_seconds)
+        return f"https://www.youtube.com/watch?v={quote(self.video_id, safe='')}&t={start}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "youtube_url": self.youtube_url}
+
+
+def search_events(records: Iterable[dict[str, Any]], label: ClassLabel, min_score: float, limit: int) -> list[EventHit]:
+    """The events of ``label`` whose peak scored at least ``min_score``, best peak first."""
+    heap: list[EventHit] = []
+    for record in records:
+        kind = record.get("class")
+        if not isinstance(kind, dict) or kind.get("index") != label.index:
+            continue
+        peak, start, end, at = (
+            record.get(name) for name in ("peak_score", "start_seconds", "end_seconds", "peak_seconds")
+        )
+        if not (_number(peak) and _number(start) and _number(end) and _number(at)) or float(peak) < min_score:
+            continue
+        video_id, time = record.get("video_id"), record.get("start_time_seconds")
+        hit = EventHit(
+            score=float(peak),
+            source=str(record.get("source")),
+            index=index if isinstance(index := record.get("index", -1), int) else -1,
+            start_seconds=float(start),
+            end_seconds=float(end),
+            peak_seconds=float(at),
+            video_id=video_id if isinstance(video_id, str) else None,
+            start_time_seconds=float(time) if _number(time) else None,
+            results=str(record.get(ORIGIN, "")),
+        )
+        if len(heap) < limit:
+            heapq.heappush(heap, hit)
+        elif hit > heap[0]:
+            heapq.heapreplace(heap, hit)
+    return sorted(heap, reverse=True)
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)

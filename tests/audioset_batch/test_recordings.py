@@ -198,3 +198,32 @@ def test_evaluate_takes_clips_of_any_length_as_the_maximum_over_their_windows(ti
     recording = write(tmp_path / "rec.h5", x[0])
     refused = CliRunner().invoke(main, ["evaluate", str(tiny_model), str(recording)])
     assert refused.exit_code != 0 and "evaluation takes clips" in refused.output and "Traceback" not in refused.output
+
+
+def test_event_search_finds_a_label_by_its_peak_and_links_the_peak_second() -> None:
+    from audioset_batch.results.search import search_events
+
+    def event(index: int, peak: float, at: float, name: str = "Class 1") -> dict[str, object]:
+        label = {"index": int(name.split()[-1]), "name": name}
+        return {
+            "source": "b/k.h5",
+            "index": index,
+            "video_id": "abc",
+            "start_time_seconds": 30.0,
+            "class": label,
+            "start_seconds": at - 2,
+            "end_seconds": at + 5,
+            "peak_score": peak,
+            "peak_seconds": at,
+        }
+
+    records = [
+        event(0, 0.4, 10),
+        event(1, 0.9, 20),
+        event(1, 0.7, 50, "Class 2"),
+        {"not": "an event"},
+        event(2, 0.2, 0),
+    ]
+    hits = search_events(records, make_labels(3)[1], min_score=0.3, limit=5)
+    assert [(h.index, h.score) for h in hits] == [(1, 0.9), (0, 0.4)]
+    assert hits[0].youtube_url == "https://www.youtube.com/watch?v=abc&t=50"  # start time 30 + peak at 20

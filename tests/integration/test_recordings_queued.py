@@ -60,6 +60,12 @@ def test_a_queued_worker_scores_a_recording_into_windows_and_events(
     hits = [json.loads(line) for line in found.stdout.splitlines()]
     assert hits and all(hit["results"].endswith("day.h5.jsonl") for hit in hits)  # never the events file
     assert all(hit["offset_seconds"] is not None for hit in hits)
+    in_events = cli(stack, "search", "Class 1", "--events", "--min-score", "0", "--json")
+    assert in_events.returncode == 0, in_events.stderr
+    found_events = [json.loads(line) for line in in_events.stdout.splitlines()]
+    class_1 = [e for e in map(orjson.loads, events) if e["class"]["name"] == "Class 1"]
+    assert len(found_events) == len(class_1) and all(e["results"].endswith("day.h5.events.jsonl") for e in found_events)
+    assert [e["score"] for e in found_events] == sorted((e["peak_score"] for e in class_1), reverse=True)
 
 
 def test_score_writes_events_beside_its_output_and_says_where(stack: Stack, tmp_path: Path) -> None:
