@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audioset_batch.errors import InputFileError, LocationError
+from audioset_batch.errors import FrameCountError, InputFileError, LocationError
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, LayoutError, Limits
 from audioset_batch.scoring.limits import reader_limits
 from audioset_batch.settings import Settings
@@ -90,6 +90,11 @@ def load_dataset(
             x, y = _read(path, name, limits, frames, windows)
         if classes is not None and y.shape[1] != classes:
             raise LayoutError(f"{name}: labels for {y.shape[1]} classes per clip; the model predicts {classes}")
+        if xs and x.shape[1] != xs[0].shape[1]:
+            raise FrameCountError(
+                f"{name}: clips of {x.shape[1]} frames, the first file's have {xs[0].shape[1]}; give files of one "
+                "clip length together"
+            )
         if xs and (x.shape[1:] != xs[0].shape[1:] or y.shape[1] != ys[0].shape[1]):
             raise LayoutError(
                 f"{name}: shapes x{x.shape[1:]} y{y.shape[1:]} differ from the first file's "

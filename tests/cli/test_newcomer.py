@@ -141,7 +141,7 @@ def test_evaluate_names_the_file_that_does_not_fit_the_model(newcomer: Path, tin
     write_h5(newcomer / "other.h5", clips=6, classes=5)
     (newcomer / "junk.h5").write_bytes(b"not hdf5")
     cases = {
-        "short.h5": "FrameCountError: short.h5: dataset 'x' has 7 frames per clip",
+        "short.h5": "FrameCountError: short.h5: clips of 7 frames, the first file's have 10",
         "other.h5": "LayoutError: other.h5: labels for 5 classes per clip; the model predicts 12",
         "junk.h5": "NotHDF5Error: junk.h5: not an HDF5 file",
     }
