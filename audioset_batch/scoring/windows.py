@@ -15,10 +15,6 @@ import numpy as np
 from model.clip_windows import cut_windows, hop_starts
 from model.labels import ClassLabel
 
-#: Seconds between two VGGish embeddings (its hop: 0.96 s). AudioSet's own files label a frame as 1 s: a file's
-#: ``seconds_per_frame`` attribute overrides this.
-VGGISH_SECONDS_PER_FRAME = 0.96
-
 
 def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
     """The part of its clip each window stands for in an event, in frames: the middle ``hop`` frames of the
