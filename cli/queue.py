@@ -245,7 +245,7 @@ def _failed_items(store: JobStore, job: str) -> dict[str, dict[str, Any]]:
 @click.pass_obj
 def jobs_retry(settings: Settings, job: str, everything: bool) -> None:
     """Send a job's failed files to the workers again (each exactly once, even if run twice or during the job)."""
-    from audioset_batch.jobs.job_store import FINAL_STATUSES, find_job
+    from audioset_batch.jobs.job_store import find_job
     from producers.enqueue import resend
     from worker.app import make_app
 
@@ -254,8 +254,7 @@ def jobs_retry(settings: Settings, job: str, everything: bool) -> None:
         job = find_job(store, job)
     except UnknownJobError as exc:
         fail(f"{exc}{local_state_hint(settings)}", 2)
-    statuses = FINAL_STATUSES if everything else ("failed",)
-    sent = resend(make_app(settings), store, job, statuses, settings, force=everything)
+    sent = resend(make_app(settings), store, job, settings, everything)
     what = "file(s)" if everything else "failed file(s)"
     note(f"job {job}: {sent} {what} sent again; follow it with: audioset jobs status {job} --wait")
 

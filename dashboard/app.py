@@ -26,12 +26,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from audioset_batch.errors import AudiosetError
-from audioset_batch.jobs.job_store import FINAL_STATUSES, STATUSES, UnknownJobError, find_job
+from audioset_batch.jobs.job_store import STATUSES, UnknownJobError, find_job
 from audioset_batch.results.search import Hit, UnknownLabelError
 from dashboard import reading
 from dashboard.charts import bar_chart
 from dashboard.reading import Sources
 from dashboard.security import COOKIE, MAX_BODY, Guard, Keys, allowed_hosts, bearer_of, safe_next
+from producers.enqueue import resend
 
 HERE = Path(__file__).parent
 log = logging.getLogger("audioset.dashboard")
@@ -163,13 +164,10 @@ class Views:
             return PlainTextResponse("missing or stale CSRF field; reload the page", status_code=403)
         job = self._job(request)
         everything = form.get("all") == "1"
-        statuses = FINAL_STATUSES if everything else ("failed",)
-        from producers.enqueue import resend
-
-        def send() -> int:
-            return resend(self.celery, self.sources.jobs, job, statuses, self.sources.settings, force=everything)
-
-        sent = await asyncio.get_running_loop().run_in_executor(None, send)
+        sources = self.sources
+        sent = await asyncio.get_running_loop().run_in_executor(
+            None, resend, self.celery, sources.jobs, job, sources.settings, everything
+        )
         return _back(request, job, "all" if everything else "retried", sent)
 
     async def cancel(self, request: Request) -> Response:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from audioset_batch.errors import LocationError
-from audioset_batch.jobs.job_store import ItemEnd, JobStore, item_url
+from audioset_batch.jobs.job_store import FINAL_STATUSES, ItemEnd, JobStore, item_url
 from audioset_batch.settings import Settings
 from audioset_batch.storage.locations import object_inputs, queue_url
 from audioset_batch.storage.object_store import ObjectURL, check_source
@@ -93,12 +93,11 @@ def enqueue(
     return Enqueued(job=job, objects=len(objects), sent=sent)
 
 
-def resend(
-    app: Celery, jobs: JobStore, job: str, statuses: Iterable[str], settings: Settings, force: bool = False
-) -> int:
-    """``jobs retry``: the job's items with these statuses go back to pending with a new generation, and each
-    one's task is sent again; an item whose task cannot be sent ends failed again, saying why (never pending
-    with no task). Returns how many were sent."""
+def resend(app: Celery, jobs: JobStore, job: str, settings: Settings, everything: bool = False) -> int:
+    """``jobs retry``: the job's failed items (with ``everything``, all its ended items, scored anew as ``--force``
+    does) go back to pending with a new generation, and each one's task is sent again; an item whose task cannot
+    be sent ends failed again, saying why (never pending with no task). Returns how many were sent."""
+    statuses, force = (FINAL_STATUSES, True) if everything else (("failed",), False)
     urls = {item: item_url(item, end) for item, end in jobs.ends(job).items()}
     sent = 0
     for item, generation in jobs.retry(job, statuses).items():
