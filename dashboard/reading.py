@@ -14,7 +14,7 @@ from typing import Any
 
 from audioset_batch.errors import AudiosetError
 from audioset_batch.jobs.job_store import JobStatus, JobStore, item_url
-from audioset_batch.results.keys import ResultKeys, result_keys
+from audioset_batch.results.keys import ResultKeys, item_result_keys
 from audioset_batch.results.records import loads
 from audioset_batch.results.search import Hit, Skipped, resolve_label, result_records, search_records
 from audioset_batch.settings import Settings
@@ -48,11 +48,7 @@ class Sources:
         return source if "://" in source else f"{self.settings.store_scheme}://{source}"
 
     def keys(self, url: str) -> ResultKeys | None:
-        try:
-            parsed = ObjectURL.parse(url)
-            return result_keys(parsed.bucket, parsed.key, self.settings.results_prefix)
-        except AudiosetError:  # an item that never named a valid object (a refused message)
-            return None
+        return item_result_keys(url, self.settings.results_prefix)
 
 
 def job_row(status: JobStatus) -> dict[str, Any]:

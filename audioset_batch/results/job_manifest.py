@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from audioset_batch.errors import AudiosetError
 from audioset_batch.jobs.job_store import JobStatus, JobStore, iso, item_url
-from audioset_batch.results.keys import result_keys
-from audioset_batch.storage.object_store import ObjectURL
+from audioset_batch.results.keys import item_result_keys
 
 MANIFEST_VERSION = 1
 MANIFEST_FOLDER = "_jobs/"
@@ -24,10 +22,8 @@ def manifest_key(results_prefix: str, job_id: str) -> str:
 
 def _results(url: str, status: str, results_prefix: str) -> dict[str, str | None]:
     """Where the file's results are (relative to the results bucket), by what it ended as."""
-    try:
-        parsed = ObjectURL.parse(url)
-        keys = result_keys(parsed.bucket, parsed.key, results_prefix)
-    except AudiosetError:  # an item that never named a valid object (a refused message)
+    keys = item_result_keys(url, results_prefix)
+    if keys is None:
         return {"jsonl": None, "summary": None, "error": None}
     scored = status in ("scored", "skipped")
     return {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audioset_batch.storage.object_store import check_bucket, check_key
+from audioset_batch.errors import AudiosetError
+from audioset_batch.storage.object_store import ObjectURL, check_bucket, check_key
 
 JSONL_SUFFIX = ".jsonl"
 SUMMARY_SUFFIX = ".summary.json"
@@ -32,3 +33,13 @@ def result_keys(bucket: str, input_key: str, prefix: str) -> ResultKeys:
     return ResultKeys(
         jsonl=base + JSONL_SUFFIX, summary=base + SUMMARY_SUFFIX, error=base + ERROR_SUFFIX, events=base + EVENTS_SUFFIX
     )
+
+
+def item_result_keys(url: str, prefix: str) -> ResultKeys | None:
+    """The result keys of a job item's object URL, or None for an item that never named a valid object (a
+    refused message): it has no results anywhere."""
+    try:
+        parsed = ObjectURL.parse(url)
+        return result_keys(parsed.bucket, parsed.key, prefix)
+    except AudiosetError:
+        return None
