@@ -57,6 +57,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, np.take_along_axis(scores, indices, axis=1)
 
 
+def top_label_counts(scores: np.ndarray) -> np.ndarray:
+    """Per class, how many rows it scored highest in: summed over a job's files, its label distribution."""
+    scores = np.asarray(scores)
+    return np.bincount(np.argmax(scores, axis=1), minlength=scores.shape[1])
+
+
 def above_thresholds(scores: np.ndarray, thresholds: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per row, the classes scoring at or above their threshold, highest first (possibly none)."""
     indices, values = [], []

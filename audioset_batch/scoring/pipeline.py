@@ -20,7 +20,7 @@ from audioset_batch.results.keys import ResultKeys, result_keys
 from audioset_batch.results.records import dumps, loads, now
 from audioset_batch.retry_policy import should_retry
 from audioset_batch.scoring.chunk_stream import predicted, prefetched
-from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
+from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records, top_label_counts
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.limits import Deadline, OutputCap, output_options, reader_limits
 from audioset_batch.scoring.made_with import made_with, still_stands
@@ -161,8 +161,7 @@ def score_file(
                     options=options,
                 )
                 written += len(lines)
-                if len(scores):
-                    firsts += np.bincount(np.argmax(scores, axis=1), minlength=len(classes))[: len(classes)]
+                firsts += top_label_counts(scores)
                 if cap is not None:
                     cap.check(written, chunk.start + len(scores), embeddings.clips)
                 out.write(lines)

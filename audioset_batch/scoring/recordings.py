@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from audioset_batch.scoring.chunk_stream import predicted, prefetched
-from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records
+from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records, top_label_counts
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile
 from audioset_batch.scoring.limits import Deadline, OutputCap
 from audioset_batch.scoring.windows import Event, EventTracker, event_record, event_spans
@@ -121,7 +121,7 @@ def score_windows(
         )
         result.written += len(lines)
         result.windows += len(scores)
-        result.firsts += np.bincount(np.argmax(scores, axis=1), minlength=len(classes))[: len(classes)]
+        result.firsts += top_label_counts(scores)
         if cap is not None:
             cap.check(result.written, chunk.start + len(scores), total)
         out.write(lines)

@@ -64,7 +64,6 @@ class EventTracker:
     classes: Sequence[ClassLabel]
     clip: int = -1  # the clip being fed; events of earlier clips have all been yielded
     _open: dict[int, Event] = field(default_factory=dict)
-    count: int = 0
 
     def feed(
         self, clips: np.ndarray, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, peaks: np.ndarray
@@ -101,7 +100,6 @@ class EventTracker:
 
     def _close(self, index: int, keep: bool = False) -> tuple[int, ClassLabel, Event]:
         event = self._open[index] if keep else self._open.pop(index)
-        self.count += 1
         return self.clip, self.classes[index], event
 
 
