@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -126,9 +126,8 @@ def score(
     events_target = None if events_path is None else output_file(events_path)
     spools = contextlib.ExitStack()
     events = None
-    if events_target is not None:  # a temporary file beside it, linked into place once every file is scored
-        spool = tempfile.NamedTemporaryFile(dir=events_target.parent, prefix=".events-")  # noqa: SIM115 (the stack)
-        events = spools.enter_context(spool)
+    if events_target is not None:  # spooled, and written into place (atomically) once every file is scored
+        events = spools.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (the stack closes it)
 
     def score_all(out: IO[bytes]) -> int:
         failed = 0
@@ -171,9 +170,9 @@ def _keep_events(spool: IO[bytes] | None, target: Path | None) -> None:
     """The events file, where any recording had events; never an empty one beside clip results."""
     if spool is None or target is None or not spool.tell():
         return
-    spool.flush()
-    os.link(spool.name, target.with_name(f".{target.name}.new"))
-    os.replace(target.with_name(f".{target.name}.new"), target)
+    spool.seek(0)
+    with replacing(target) as tmp, tmp.open("wb") as fh:
+        shutil.copyfileobj(spool, fh)
     note(f"events: {target}")
 
 
