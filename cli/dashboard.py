@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,8 +13,11 @@ from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.settings import Settings
 from cli.common import main, note, open_jobs
 
+if TYPE_CHECKING:
+    from dashboard.factory import Dashboard
 
-def start_dashboard(settings: Settings, jobs: JobStore, host: str | None = None, port: int | None = None) -> Any:
+
+def start_dashboard(settings: Settings, jobs: JobStore, host: str | None = None, port: int | None = None) -> Dashboard:
     """Start the dashboard on a thread and say where it is; the caller stops it (``.server.stop()``)."""
     from dashboard.factory import make_dashboard
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from audioset_batch.settings import Settings
 from cli.common import LocalPath, fail, main, note, open_jobs
+
+if TYPE_CHECKING:
+    from dashboard.factory import Dashboard
 
 # --- running the service ----------------------------------------------------------------------
 
@@ -194,7 +197,7 @@ def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, tim
         service.shutdown()
 
 
-def _run_dashboard(settings: Settings) -> Any:
+def _run_dashboard(settings: Settings) -> Dashboard:
     """The run's dashboard over its own state; on another port when AUDIOSET_UI_PORT is taken."""
     from audioset_batch.jobs.factory import open_job_store
     from cli.dashboard import start_dashboard
