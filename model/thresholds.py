@@ -48,25 +48,34 @@ def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
 
 
-def choose(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """One threshold per class by :data:`RULE`."""
+def _grid_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, false positives and false negatives of each class at each threshold of :data:`GRID`."""
     scores, labels = np.asarray(scores, dtype=np.float32), np.asarray(labels, dtype=bool)
     tp = np.zeros((len(GRID), scores.shape[1]))
     fp, fn = np.zeros_like(tp), np.zeros_like(tp)
     for row, threshold in enumerate(GRID):
         tp[row], fp[row], fn[row] = _counts(scores, labels, np.full(scores.shape[1], threshold))
-    shared = GRID[int(np.argmax(_f1(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1))))]
+    return tp, fp, fn
+
+
+def _best_shared(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
+    return float(GRID[int(np.argmax(_f1(tp.sum(axis=1), fp.sum(axis=1), fn.sum(axis=1))))])
+
+
+def choose(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One threshold per class by :data:`RULE`."""
+    tp, fp, fn = _grid_counts(scores, labels)
     best = GRID[np.argmax(_f1(tp, fp, fn), axis=0)]
-    positives = labels.sum(axis=0)
-    chosen: np.ndarray = ((positives * best + SHRINK * shared) / (positives + SHRINK)).astype(np.float32)
+    positives = np.asarray(labels, dtype=bool).sum(axis=0)
+    chosen: np.ndarray = ((positives * best + SHRINK * _best_shared(tp, fp, fn)) / (positives + SHRINK)).astype(
+        np.float32
+    )
     return chosen
 
 
 def shared_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The one threshold with the best micro F1 over every class."""
-    labels = np.asarray(labels, dtype=bool)
-    f1 = [_f1(*(c.sum() for c in _counts(scores, labels, np.full(scores.shape[1], t)))) for t in GRID]
-    return float(GRID[int(np.argmax(f1))])
+    return _best_shared(*_grid_counts(scores, labels))
 
 
 def measure(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> dict[str, Decisions]:
