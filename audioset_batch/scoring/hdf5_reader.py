@@ -41,7 +41,6 @@ from audioset_batch.errors import (
 from audioset_batch.scoring.embedding_values import check_values, declared_seconds_per_frame
 from audioset_batch.scoring.hdf5_isolation import HDF5_PREFIX_VARIABLES, pin_external_prefixes
 from audioset_batch.scoring.vlen_lengths import vlen_lengths
-from model.clip_windows import cut_windows, hop_starts
 
 EMBEDDING_WIDTH = 128
 __all__ = [
@@ -123,7 +122,7 @@ class EmbeddingFile:
         self, path: str | Path, limits: Limits | None = None, frames: int | None = None, windows: bool = False
     ) -> None:
         """``frames``: the model's frames per clip. With ``windows``, clips of any other length (and a rank-2
-        ``x`` of T x 128, one recording) are accepted and read as windows (:meth:`window_chunks`)."""
+        ``x`` of T x 128, one recording) are accepted and read as windows (:mod:`window_reader`)."""
         self.path = Path(path)
         self.limits = limits or Limits()
         self.expected_frames = frames
@@ -307,7 +306,7 @@ class EmbeddingFile:
             stop = min(start + size, self.clips)
             try:
                 x = self.x[start:stop]
-                ids = self._read_ids(start, stop) if self.video_ids is not None else None
+                ids = self.read_ids(start, stop) if self.video_ids is not None else None
                 times = (
                     np.asarray(self.start_times[start:stop], dtype=np.float64) if self.start_times is not None else None
                 )
@@ -316,40 +315,6 @@ class EmbeddingFile:
                 raise CorruptFileError(f"cannot read clips {start}..{stop - 1}: {exc}") from None
             check_values(x, self.limits.max_abs_value, start)
             yield Chunk(start=start, x=x, video_ids=ids, start_times=times, y=y)
-
-    def window_count(self, width: int, hop: int) -> int:
-        return self.clips * len(hop_starts(self.frames, width, hop))
-
-    def window_chunks(self, width: int, hop: int, size: int) -> Iterator[Chunk]:
-        """Every clip's windows (:func:`~model.clip_windows.hop_starts`), in file order, at most
-        ``size`` per chunk and ``Limits.max_read_bytes`` per read: a long recording is read a slice of frames at a
-        time, never whole."""
-        starts = hop_starts(self.frames, width, hop)
-        window_bytes = width * EMBEDDING_WIDTH * int(self.x.dtype.itemsize) + 64
-        size = max(1, min(size, self.limits.max_read_bytes // (2 * window_bytes)))
-        row = 0
-        for clip in range(self.clips):
-            video_id = self._read_ids(clip, clip + 1)[0] if self.video_ids is not None else None
-            start_time = float(self.start_times[clip]) if self.start_times is not None else None
-            for first in range(0, len(starts), size):
-                batch = starts[first : first + size]
-                lo, hi = int(batch[0]), min(int(batch[-1]) + width, self.frames)
-                try:
-                    frames = np.asarray(self.x[lo:hi] if self.recording else self.x[clip, lo:hi])
-                except OSError as exc:
-                    raise CorruptFileError(f"cannot read clip {clip} frames {lo}..{hi - 1}: {exc}") from None
-                check_values(frames[None], self.limits.max_abs_value, clip, f" (frames {lo}..{hi - 1})")
-                x = cut_windows(frames, lo, batch, width)
-                yield Chunk(
-                    start=row,
-                    x=x,
-                    video_ids=[video_id] * len(batch),
-                    start_times=None if start_time is None else np.full(len(batch), start_time),
-                    y=None,
-                    clip_index=np.full(len(batch), clip, dtype=np.int64),
-                    frame_starts=batch,
-                )
-                row += len(batch)
 
     def labels_of(self, clip: int) -> np.ndarray | None:
         """One clip's labels (``y`` row), or None when the file has none or they are skipped."""
@@ -360,7 +325,7 @@ class EmbeddingFile:
         except OSError as exc:
             raise CorruptFileError(f"cannot read the labels of clip {clip}: {exc}") from None
 
-    def _read_ids(self, start: int, stop: int) -> list[str | None]:
+    def read_ids(self, start: int, stop: int) -> list[str | None]:
         """Video ids of clips ``start..stop-1``, never decoding more than the id limit allows per clip.
 
         Fixed-length ids were checked against the limit by their width. Variable-length ids are checked by their

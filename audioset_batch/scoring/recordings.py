@@ -18,6 +18,7 @@ from audioset_batch.scoring.chunk_stream import predicted, prefetched
 from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records, top_label_counts
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile
 from audioset_batch.scoring.limits import Deadline, OutputCap
+from audioset_batch.scoring.window_reader import window_chunks, window_count
 from audioset_batch.scoring.windows import Event, EventTracker, event_record, event_spans
 from model.labels import ClassLabel
 from model.metrics import StreamedEvaluation
@@ -80,7 +81,7 @@ def score_windows(
 ) -> WindowScore:
     """Score every window of every clip into ``out`` and its events into ``events_out``."""
     spf = embeddings.seconds_per_frame or options.seconds_per_frame
-    total = embeddings.window_count(width, options.window_hop)
+    total = window_count(embeddings, width, options.window_hop)
     result = WindowScore(firsts=np.zeros(len(classes), dtype=np.int64), seconds_per_frame=spf)
     tracker = EventTracker(options.event_thresholds(len(classes)), classes)
     pool = _ClipPool(embeddings, streamed)
@@ -98,7 +99,7 @@ def score_windows(
                 events_out.write(line)
             result.events += 1
 
-    chunks = embeddings.window_chunks(width, options.window_hop, chunk_rows)
+    chunks = window_chunks(embeddings, width, options.window_hop, chunk_rows)
     for chunk, scores in predicted(prefetched(chunks), predict):
         if deadline is not None:
             deadline.check()

@@ -14,6 +14,7 @@ from audioset_batch.errors import ConfigError, EmptyDatasetError, FrameCountErro
 from audioset_batch.scoring.clip_records import OutputOptions
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.pipeline import ObjectScorer, score_file
+from audioset_batch.scoring.window_reader import window_chunks
 from audioset_batch.scoring.windows import EventTracker, event_spans
 from audioset_batch.settings import load_settings
 from model.clip_windows import cut_windows, hop_starts
@@ -159,7 +160,7 @@ def test_a_long_recording_is_read_a_slice_at_a_time(tmp_path: Path) -> None:
     x = np.random.default_rng(2).integers(0, 256, size=(5000, 128), dtype=np.uint8)
     path = write(tmp_path / "long.h5", x)
     with EmbeddingFile(path, Limits(max_read_bytes=64 * 1024), frames=10, windows=True) as embeddings:
-        chunks = list(embeddings.window_chunks(10, 5, 100_000))
+        chunks = list(window_chunks(embeddings, 10, 5, 100_000))
     assert len(chunks) > 10 and max(len(c.x) for c in chunks) <= 64 * 1024 // (2 * 10 * 128)
     assert sum(len(c.x) for c in chunks) == len(hop_starts(5000, 10, 5))
     assert (chunks[3].x[0] == x[chunks[3].frame_starts[0] : chunks[3].frame_starts[0] + 10]).all()
@@ -227,3 +228,14 @@ def test_event_search_finds_a_label_by_its_peak_and_links_the_peak_second() -> N
     hits = search_events(records, make_labels(3)[1], min_score=0.3, limit=5)
     assert [(h.index, h.score) for h in hits] == [(1, 0.9), (0, 0.4)]
     assert hits[0].youtube_url == "https://www.youtube.com/watch?v=abc&t=50"  # start time 30 + peak at 20
+
+
+def test_short_clips_are_read_many_to_a_chunk_not_one_model_call_each(tmp_path: Path) -> None:
+    x = np.random.default_rng(3).integers(0, 256, size=(300, 7, 128), dtype=np.uint8)
+    ids = np.array([f"id{i}".encode() for i in range(300)])
+    path = write(tmp_path / "short.h5", x, video_id_list=ids)
+    with EmbeddingFile(path, frames=10, windows=True) as embeddings:
+        chunks = list(window_chunks(embeddings, 10, 5, 128))
+    assert len(chunks) == 3 and [len(c.x) for c in chunks] == [128, 128, 44]
+    assert chunks[1].clip_index.tolist()[:2] == [128, 129] and chunks[1].video_ids[:2] == ["id128", "id129"]  # type: ignore[union-attr,index]
+    assert (chunks[1].x[0, :7] == x[128]).all() and not chunks[1].x[0, 7:].any()  # zero-padded as before
