@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
     precision: Precision = Field(
         "auto",
-        description="Inference precision; auto = int8 (with TFLite), else bfloat16 where supported, else float32.",
+        description="Inference precision; auto = int8 (LiteRT) unless the model's int8 form failed its accuracy gate, "
+        "else bfloat16 where supported, else float32.",
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")
     window_hop: int = Field(
@@ -98,7 +99,12 @@ class Settings(BaseSettings):
     metrics_max_clips: int = Field(
         200_000, ge=0, description="Compute mAP/AUC in the summary only up to this many clips (memory)."
     )
-    tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0 = cores / concurrency.")
+    tf_threads: int = Field(
+        0,
+        ge=0,
+        description="Inference threads (LiteRT or TensorFlow) per worker process; 0 = cores / concurrency "
+        "(a command run alone, such as `score`, uses every core).",
+    )
 
     # Worker reliability
     worker_concurrency: int = Field(0, ge=0, description="Worker processes per `audioset worker`; 0 = one per core.")

@@ -38,7 +38,7 @@ from model.labels import ClassLabel
 
 
 def forward_only(model: Path, clips: int, precision: str = "float32") -> float:
-    from audioset_batch.scoring.pipeline import load_predictor
+    from audioset_batch.scoring.model_loading import load_predictor
 
     predictor = load_predictor(settings(model), precision=precision)
     x = np.random.default_rng(1).integers(0, 256, size=(clips, 10, 128), dtype=np.uint8)
@@ -248,7 +248,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from model.artifact import ArtifactError, read_manifest
+    from model.artifact import read_manifest
+    from model.artifact_errors import ArtifactError
 
     model: Path = args.model.resolve()
     try:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from cli import calibration, dashboard, ops, queue, scoring, service, training
+from cli import calibration, compiling, dashboard, ops, queue, scoring, service, training
 from cli.common import main
 
-__all__ = ["calibration", "dashboard", "main", "ops", "queue", "scoring", "service", "training"]
+__all__ = ["calibration", "compiling", "dashboard", "main", "ops", "queue", "scoring", "service", "training"]

@@ -27,7 +27,7 @@ def thresholds(
     Per class, the threshold with the best F1 (classes with under 5 positive clips share the one with the best
     micro F1). The figures printed are cross-fitted: chosen on one half of DATA, measured on the other.
     """
-    from audioset_batch.scoring.pipeline import load_predictor
+    from audioset_batch.scoring.model_loading import load_predictor
     from audioset_batch.storage.locations import parse
     from audioset_batch.training.datasets import load_dataset, provenance
     from model.artifact import write_thresholds

@@ -14,7 +14,7 @@ import click
 from audioset_batch.errors import AudiosetError, ConfigError
 from audioset_batch.jobs.job_store import JobStore, UnknownJobError
 from audioset_batch.settings import Settings, get_settings
-from model.artifact import ArtifactError
+from model.artifact_errors import ArtifactError
 from model.choices import PRECISIONS
 from model.inference import PrecisionUnavailableError
 from model.labels import LabelFileError

@@ -126,12 +126,14 @@ def _missing_folders(settings: Settings, key: str) -> list[Path]:
 
 def check_model(settings: Settings) -> Check:
     def probe() -> str:
-        from audioset_batch.scoring.pipeline import load_predictor
+        from audioset_batch.scoring.model_loading import load_predictor
+        from model.artifact import check_artifact
 
+        check_artifact(settings.model_path)
         predictor = load_predictor(settings)
         return (
-            f"{predictor.tag} ({predictor.manifest.architecture}, {predictor.classes} classes) "
-            "loads in safe mode; sha256 matches"
+            f"{predictor.tag} ({predictor.manifest.architecture}, {predictor.classes} classes, served by "
+            f"{predictor.runtime}): every file matches its sha256; it loads"
         )
 
     return _run("model", "point AUDIOSET_MODEL_PATH at an artifact folder (model.keras + manifest.json)", probe)

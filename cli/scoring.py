@@ -294,7 +294,7 @@ def evaluate(
 
     Clips of any other length than the model's are scored as the maximum over their windows (AUDIOSET_WINDOW_HOP).
     """
-    from audioset_batch.scoring.pipeline import load_predictor
+    from audioset_batch.scoring.model_loading import load_predictor
     from audioset_batch.training.datasets import load_dataset
     from model.metrics import evaluate as compute
 

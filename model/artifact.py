@@ -2,8 +2,9 @@
 
 Layout of an artifact directory::
 
-    <artifact>/model.keras     weights + architecture (Keras v3 format)
-    <artifact>/manifest.json   name, version, architecture, classes, sha256, training, metrics
+    <artifact>/model.keras        weights + architecture (Keras v3 format)
+    <artifact>/model.int8.tflite  the serving graph compiled for LiteRT (optional; :mod:`model.compiled_forms`)
+    <artifact>/manifest.json      name, version, architecture, classes, sha256s, training, metrics, thresholds
 
 The sha256 in the manifest is checked before Keras touches the file, and the
 file loads with ``safe_mode=True``: no Lambda layers, no pickled code.
@@ -14,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError
 from model.atomic_files import replacing, write_json
+from model.compiled_forms import read_form, validated
+from model.keras_archive import check_archive
 from model.labels import ClassLabel, labels_from_json, labels_to_json
 from model.native_logs import import_tensorflow
 
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.keras"
-FORMAT_VERSION = 1
+#: 2 added per-class ``thresholds`` and ``compiled`` serving forms; this release reads 1 and 2, and writes 2.
+FORMAT_VERSION = 2
 #: The pretrained model shipped in the repository (and in the wheel); the default AUDIOSET_MODEL_PATH.
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "pretrained" / "audioset-default"
 
@@ -53,23 +56,6 @@ def label_problem(name: str, version: str) -> str | None:
     return name_problem(name, "name") or name_problem(version, "version")
 
 
-class ArtifactError(Exception):
-    """A model artifact is missing, malformed or does not match its manifest."""
-
-
-class ArtifactIntegrityError(ArtifactError):
-    """The weights file's sha256 differs from the manifest: refuse to load."""
-
-
-class UnsafeArtifactError(ArtifactError):
-    """The artifact reaches outside itself: a symlinked file, an archive member with a path, or
-    weights stored in (or linked to) other files."""
-
-
-# What Keras writes into a .keras archive; anything else (a path, an extra file) is refused.
-ARCHIVE_MEMBERS = {"metadata.json", "config.json", "model.weights.h5"}
-
-
 @dataclass(slots=True)
 class Manifest:
     name: str
@@ -86,6 +72,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     #: Per-class decision thresholds (:mod:`model.thresholds`): values, rule, data and cross-fitted figures.
     thresholds: dict[str, Any] = field(default_factory=dict)
+    #: Compiled serving forms by precision (:mod:`model.compiled_forms`): file, sha256, size, maker, accuracy gate.
+    compiled: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def threshold_values(self) -> list[float] | None:
@@ -99,7 +87,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format_version": self.format_version,
+            "format_version": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
             "architecture": self.architecture,
@@ -112,6 +100,7 @@ class Manifest:
             "metrics": self.metrics,
             "classes": labels_to_json(self.classes),
             **({"thresholds": self.thresholds} if self.thresholds else {}),
+            **({"compiled": self.compiled} if self.compiled else {}),
         }
 
     @classmethod
@@ -135,6 +124,7 @@ class Manifest:
                 created=str(data.get("created", "")),
                 format_version=int(data["format_version"]),
                 thresholds=_thresholds(data.get("thresholds"), len(data["classes"]), source),
+                compiled=validated(data.get("compiled"), source),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ArtifactError):
@@ -188,100 +178,8 @@ def read_manifest(artifact: str | Path) -> Manifest:
     return Manifest.from_json(data, source=str(path))
 
 
-#: The most each archive member may hold once extracted. The shipped weights are 29 MB; ten times the widest
-#: network trained here still fits. A member declaring more is refused before a byte of it is read.
-MEMBER_LIMITS = {"metadata.json": 1024**2, "config.json": 64 * 1024**2, "model.weights.h5": 4 * 1024**3}
-#: Keras stores members uncompressed and weights barely compress; a member expanding more is a zip bomb.
-MAX_COMPRESSION_RATIO = 50
 #: Frames per clip a manifest may declare (AudioSet clips have 10).
 MAX_FRAMES = 100_000
-
-
-def _check_weights_h5(fileobj: IO[bytes], where: str) -> None:
-    """Every dataset's bytes in the weights file itself: no external storage, virtual datasets or links.
-
-    The visitors return a finding instead of raising: h5py turns an exception raised inside a visit
-    into a SystemError.
-    """
-    import h5py
-
-    def link_finding(name: str, link: object) -> str | None:
-        if isinstance(link, h5py.ExternalLink | h5py.SoftLink):
-            return f"'{name}' is a {type(link).__name__}"
-        return None
-
-    def data_finding(name: str, item: object) -> str | None:
-        if isinstance(item, h5py.Dataset) and (item.is_virtual or item.external):
-            return f"dataset '{name}' stores its data in other files"
-        return None
-
-    with h5py.File(fileobj, "r") as f:
-        finding = f.visititems_links(link_finding) or f.visititems(data_finding)
-    if finding:
-        raise UnsafeArtifactError(f"{where}: {finding}; refusing to load")
-
-
-def check_archive(path: Path, manifest: Manifest | None = None) -> None:
-    """Refuse a ``.keras`` archive whose members are paths, unexpected files or larger than :data:`MEMBER_LIMITS`,
-    whose weights reach other files, or whose input does not take the manifest's frames.
-
-    Members are streamed (the weights through a temporary file), so memory stays flat whatever an archive
-    declares; every failure is an :class:`ArtifactError`.
-    """
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-            names = [m.filename for m in members]
-            unexpected = sorted(set(names) - ARCHIVE_MEMBERS)
-            if unexpected or len(names) != len(set(names)):
-                raise UnsafeArtifactError(
-                    f"{path}: unexpected archive members {unexpected or names}; a .keras archive holds "
-                    f"only {sorted(ARCHIVE_MEMBERS)}"
-                )
-            for member in members:
-                if member.file_size > MEMBER_LIMITS[member.filename]:
-                    raise UnsafeArtifactError(
-                        f"{path}: member {member.filename} declares {member.file_size} bytes, over the "
-                        f"{MEMBER_LIMITS[member.filename]}-byte limit for it"
-                    )
-                if member.file_size > MAX_COMPRESSION_RATIO * member.compress_size + 1024**2:
-                    raise UnsafeArtifactError(
-                        f"{path}: member {member.filename} expands {member.compress_size} bytes to "
-                        f"{member.file_size} (over {MAX_COMPRESSION_RATIO}:1), which no saved model does; "
-                        "refusing a possible zip bomb"
-                    )
-            if manifest is not None and "config.json" in names:
-                with archive.open("config.json") as fh:
-                    _check_input(json.loads(fh.read(MEMBER_LIMITS["config.json"] + 1)), manifest, path)
-            if "model.weights.h5" in names:
-                with archive.open("model.weights.h5") as member_fh, tempfile.TemporaryFile() as copy:
-                    shutil.copyfileobj(member_fh, copy, 1 << 20)  # the archive's CRC and size checks still run
-                    copy.seek(0)
-                    _check_weights_h5(copy, f"{path}:model.weights.h5")
-    except ArtifactError:
-        raise
-    except zipfile.BadZipFile as exc:
-        raise ArtifactError(f"{path}: not a .keras archive ({exc})") from None
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, zipfile.LargeZipFile) as exc:
-        raise ArtifactError(f"{path}: cannot check the archive ({type(exc).__name__}: {exc})") from None
-
-
-def _check_input(config: Any, manifest: Manifest, path: Path) -> None:
-    """The model's input must take the manifest's frames x 128: a mismatch would fail every file it is given."""
-    layers = config.get("config", {}).get("layers", []) if isinstance(config, dict) else []
-    shapes = [
-        layer["config"].get("batch_shape")
-        for layer in layers
-        if isinstance(layer, dict) and layer.get("class_name") == "InputLayer" and isinstance(layer.get("config"), dict)
-    ]
-    expected = [None, manifest.frames, 128]
-    if shapes and any(list(shape or []) != expected for shape in shapes):
-        raise ArtifactError(
-            f"{path}: the model takes input {shapes[0]} but the manifest declares frames={manifest.frames} "
-            f"(input {expected}); the manifest does not describe this model"
-        )
 
 
 def _regular_file(path: Path, artifact: str | Path) -> None:
@@ -306,10 +204,20 @@ def verify(artifact: str | Path) -> Manifest:
     return manifest
 
 
+def check_artifact(artifact: str | Path) -> Manifest:
+    """Every file of the artifact checked without loading it: the manifest, ``model.keras`` (sha256 and archive)
+    and each compiled form (sha256, size, operators). What a worker's parent runs before forking, and ``doctor``."""
+    manifest = verify(artifact)
+    check_archive(Path(artifact) / WEIGHTS_NAME, manifest.frames)
+    for form in manifest.compiled.values():
+        read_form(artifact, form)
+    return manifest
+
+
 def load(artifact: str | Path) -> tuple[keras.Model, Manifest]:
     """Verify, then load with Keras safe mode. Imports TensorFlow: call in worker children only."""
     manifest = verify(artifact)
-    check_archive(Path(artifact) / WEIGHTS_NAME, manifest)
+    check_archive(Path(artifact) / WEIGHTS_NAME, manifest.frames)
     import_tensorflow()
     import keras
 

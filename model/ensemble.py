@@ -18,17 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.artifact import (
-    MANIFEST_NAME,
-    WEIGHTS_NAME,
-    ArtifactError,
-    Manifest,
-    label_problem,
-    load,
-    read_manifest,
-    save,
-)
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, Manifest, label_problem, load, read_manifest
+from model.artifact_errors import ArtifactError
 from model.choices import COMBINES, Combine
+from model.form_builder import Validation, save_with_forms
 from model.inference import Predictor
 from model.metrics import evaluate
 from model.native_logs import import_tensorflow
@@ -203,7 +196,8 @@ def combine_artifacts(
                 f"validation data has {x.shape[1]} frames and {y.shape[1]} classes per clip; "
                 f"the members take {first.frames} frames and predict {len(first.classes)} classes"
             )
-        scores = Predictor(combined, manifest, precision="float32").predict(x)
+        scores = Predictor.from_keras(combined, manifest, precision="float32").predict(x)
         manifest.training["validation_data"] = validation_description or f"{len(x)} labelled clips"
         manifest.metrics = {"validation": evaluate(y, scores).summary()}
-    return save(combined, manifest, output)
+        return save_with_forms(combined, manifest, output, Validation(x, y, manifest.training["validation_data"]))
+    return save_with_forms(combined, manifest, output)

@@ -192,7 +192,7 @@ def fit(ctx: FitContext) -> Fitted:
     lengths = clip_lengths(x[train_idx]) if soft is not None and soft.ndim == 3 else None
     splice_rng = np.random.default_rng([config.seed, int(state["iteration"]), 2])
     served = net if config.precision == "float32" else _build(config, y.shape[1], x.shape[1])
-    predictor = Predictor(served, ctx.manifest)
+    predictor = Predictor.from_keras(served, ctx.manifest)
     loss_value = float("nan")
 
     def stalled() -> bool:

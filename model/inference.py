@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.artifact import Manifest, load
+from model.artifact import Manifest, load, read_manifest
 from model.choices import PRECISIONS
+from model.compiled_forms import gate_failed, read_form
 from model.native_logs import import_tensorflow
+from model.tf_setup import configure_tensorflow
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("audioset.model")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 class PrecisionUnavailableError(ValueError):
@@ -39,53 +41,75 @@ def cpu_supports_bfloat16() -> bool:
 
 def cpu_supports_int8() -> bool:
     """int8 dot-product instructions; without them int8 still runs, but is no faster than float32."""
-    from model.int8_runtime import INT8_CPU_FLAGS
-
     return bool(_cpu_flags() & set(INT8_CPU_FLAGS))
 
 
-def resolve_precision(requested: str) -> str:
-    """The precision to compute in.
+def resolve_precision(requested: str, forms: dict[str, dict[str, Any]] | None = None) -> str:
+    """The precision to compute in, given the artifact's compiled ``forms`` (its manifest's ``compiled``).
 
-    ``auto`` prefers int8 whenever TensorFlow has its TFLite interpreter (2.5-2.9x faster
-    than float32 with VNNI, 1.3-1.6x without, same mAP), then bfloat16 (avx512_bf16/AMX),
-    else float32 — and logs the fall back. An explicit ``bfloat16`` or ``int8`` that
-    cannot run is an error, not a silent downgrade.
+    ``auto`` prefers int8 (LiteRT; 2.5-2.9x faster than float32 with VNNI, 1.2-1.6x without, same mAP) unless
+    the artifact's int8 form failed its accuracy gate, then bfloat16 (avx512_bf16/AMX), else float32, and logs
+    the fall back. An explicit ``bfloat16`` or ``int8`` that cannot run is an error, not a silent downgrade.
     """
-    from model import int8_runtime
-
+    forms = forms or {}
     if requested not in PRECISIONS:
         raise PrecisionUnavailableError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if requested == "float32":
         return "float32"
+    int8_form = forms.get("int8") or {}
     if requested == "int8":
-        if not int8_runtime.runtime_available():
-            raise PrecisionUnavailableError("this TensorFlow build has no tf.lite interpreter for int8; use float32")
+        if not _int8_runs(forms):
+            raise PrecisionUnavailableError("int8 needs LiteRT (pip install ai-edge-litert); use float32")
+        if gate_failed(int8_form):
+            log.warning(
+                "precision int8: this model's int8 form failed its accuracy gate (%s); served as asked",
+                _gate_text(int8_form),
+            )
         if not cpu_supports_int8():
             log.warning(
                 "precision int8: this CPU has no int8 dot-product instructions (VNNI); expect a smaller speed-up "
-                "than with VNNI (measured 1.3-1.6x over float32 on AVX2-only CPUs, 2.5-2.9x with VNNI)"
+                "than with VNNI (measured 1.2-1.6x over float32 on AVX2-only CPUs, 2.5-2.9x with VNNI)"
             )
         return "int8"
     if requested == "bfloat16":
         if not cpu_supports_bfloat16():
             raise PrecisionUnavailableError("this CPU has no bfloat16 support (avx512_bf16/amx_bf16); use float32")
         return "bfloat16"
-    if int8_runtime.runtime_available():
+    if gate_failed(int8_form):
+        log.info("precision auto: not int8, whose form failed its accuracy gate (%s)", _gate_text(int8_form))
+    elif _int8_runs(forms):
         if not cpu_supports_int8():
             log.info(
                 "precision auto: int8 on a CPU without int8 dot-product instructions (VNNI): "
-                "1.3-1.6x over float32 here (2.5-2.9x with VNNI)"
+                "1.2-1.6x over float32 here (2.5-2.9x with VNNI)"
             )
         return "int8"
     if cpu_supports_bfloat16():
-        log.info("precision auto: this TensorFlow build has no tf.lite interpreter for int8; using bfloat16")
+        log.info("precision auto: bfloat16 (int8 cannot be served here)")
         return "bfloat16"
     log.warning(
-        "precision auto: no tf.lite interpreter for int8 in this TensorFlow build and no bfloat16 support "
-        "(avx512_bf16/AMX) on this CPU; falling back to float32"
+        "precision auto: int8 cannot be served here and this CPU has no bfloat16 (avx512_bf16/AMX); "
+        "falling back to float32"
     )
     return "float32"
+
+
+def _int8_runs(forms: dict[str, dict[str, Any]]) -> bool:
+    """LiteRT is installed, and the artifact carries its int8 form or TensorFlow can convert it at load."""
+    from model.litert_forward import litert_available
+
+    if not litert_available():
+        return False
+    if "int8" in forms:
+        return True
+    from model.tflite_convert import converter_available
+
+    return converter_available()
+
+
+def _gate_text(form: dict[str, Any]) -> str:
+    gate = form.get("gate") or {}
+    return f"mAP {gate.get('map')} against float32's {gate.get('float32_map')} on {gate.get('data')}"
 
 
 def _compute_in_bfloat16(config: dict[str, Any]) -> None:
@@ -139,43 +163,107 @@ class _InferenceCall:
 
 
 class Predictor:
-    """A loaded model wrapped in a traced inference function.
+    """A loaded model behind one ``forward`` callable, fed in batches of uint8 or float embeddings.
 
-    Tracing once with a ``None`` batch dimension avoids Keras ``predict``'s
-    per-call overhead and retracing on the last, shorter batch.
+    Build it with :meth:`from_artifact` (serving: the compiled form where the artifact has one, with no
+    TensorFlow import) or :meth:`from_keras` (a model in memory: training, ensembles, tests).
     """
 
     def __init__(
-        self, keras_model: keras.Model, manifest: Manifest, batch_size: int = 1024, precision: str = "float32"
+        self,
+        forward: Callable[[np.ndarray], Any],
+        manifest: Manifest,
+        *,
+        frames: int,
+        batch_size: int = 1024,
+        precision: str = "float32",
+        runtime: str = "TensorFlow",
+        model: keras.Model | None = None,
     ) -> None:
+        self._forward = forward
+        self.manifest = manifest
+        self.frames = frames
+        self.batch_size = batch_size
+        self.precision = precision
+        #: What computes the forward pass, for the load log line: ``LiteRT`` or ``TensorFlow``.
+        self.runtime = runtime
+        #: The Keras model, when one was loaded (None when a compiled form serves).
+        self.model = model
+
+    @classmethod
+    def from_keras(
+        cls,
+        keras_model: keras.Model,
+        manifest: Manifest,
+        batch_size: int = 1024,
+        precision: str = "float32",
+        threads: int | None = None,
+    ) -> Predictor:
+        """A Keras model in memory, in ``precision`` (int8 converts it here, which takes seconds).
+
+        Tracing once with a ``None`` batch dimension avoids Keras ``predict``'s per-call overhead and retracing
+        on the last, shorter batch.
+        """
+        return cls._from_keras(keras_model, manifest, batch_size, resolve_precision(precision), threads)
+
+    @classmethod
+    def _from_keras(
+        cls, keras_model: keras.Model, manifest: Manifest, batch_size: int, precision: str, threads: int | None
+    ) -> Predictor:
+        frames = int(keras_model.input_shape[1])
+        if precision == "int8":
+            from model.litert_forward import LiteRTForward
+            from model.tflite_convert import quantise
+
+            forward = LiteRTForward(quantise(keras_model), frames, len(manifest.classes), threads, where=manifest.tag)
+            return cls(
+                forward,
+                manifest,
+                frames=frames,
+                batch_size=batch_size,
+                precision=precision,
+                runtime="LiteRT (converted at load)",
+                model=keras_model,
+            )
         import_tensorflow()
         import tensorflow as tf
 
-        self.precision = resolve_precision(precision)
-        self.manifest = manifest
-        self.batch_size = batch_size
-        self.frames = int(keras_model.input_shape[1])
-        self._forward: Any
-        if self.precision == "int8":
-            from model.int8_runtime import Int8Forward
-
-            threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
-            self.model = keras_model
-            self._forward = Int8Forward(keras_model, threads)
-            return
-        keras_model = with_precision(keras_model, self.precision)
-        self.model = keras_model
-        signature = [tf.TensorSpec(shape=(None, self.frames, 128), dtype=tf.float32)]
-        self._forward = tf.function(_InferenceCall(keras_model), input_signature=signature)
+        if threads:
+            configure_tensorflow(threads)
+        keras_model = with_precision(keras_model, precision)
+        signature = [tf.TensorSpec(shape=(None, frames, 128), dtype=tf.float32)]
+        traced = tf.function(_InferenceCall(keras_model), input_signature=signature)
+        return cls(traced, manifest, frames=frames, batch_size=batch_size, precision=precision, model=keras_model)
 
     @classmethod
-    def from_artifact(cls, artifact: str | Path, batch_size: int = 1024, precision: str = "float32") -> Predictor:
-        """The artifact's model in its :func:`~model.serving_graph.serving_graph` (its weights are fixed, unlike a
-        model in training, which is served as it is)."""
+    def from_artifact(
+        cls, artifact: str | Path, batch_size: int = 1024, precision: str = "float32", threads: int | None = None
+    ) -> Predictor:
+        """The artifact's model as served: its compiled form for the precision where it has one (LiteRT, no
+        TensorFlow import), else its Keras model in its :func:`~model.serving_graph.serving_graph`.
+
+        ``threads`` bounds the forward pass's threads (None: every core).
+        """
+        manifest = read_manifest(artifact)
+        resolved = resolve_precision(precision, manifest.compiled)
+        form = manifest.compiled.get(resolved)
+        if form is not None:
+            from model.litert_forward import LiteRTForward
+
+            where = str(Path(artifact) / str(form["file"]))
+            forward = LiteRTForward(read_form(artifact, form), manifest.frames, len(manifest.classes), threads, where)
+            return cls(
+                forward, manifest, frames=manifest.frames, batch_size=batch_size, precision=resolved, runtime="LiteRT"
+            )
+        if resolved == "int8":
+            _say_once(
+                f"{artifact} has no compiled int8 form: converting it at each load (seconds, with TensorFlow); "
+                f"`audioset compile {artifact}` adds it once"
+            )
         from model.serving_graph import serving_graph
 
         keras_model, manifest = load(artifact)
-        return cls(serving_graph(keras_model), manifest, batch_size=batch_size, precision=precision)
+        return cls._from_keras(serving_graph(keras_model), manifest, batch_size, resolved, threads)
 
     @property
     def tag(self) -> str:
@@ -198,3 +286,12 @@ class Predictor:
             if progress is not None:
                 progress(len(batch))
         return np.concatenate(outputs, axis=0)
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)

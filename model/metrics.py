@@ -9,7 +9,6 @@ from statistics import NormalDist
 from typing import IO
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +61,8 @@ def evaluate(labels: np.ndarray, scores: np.ndarray) -> Evaluation:
 
 
 def _class_metrics(index: int, truth: np.ndarray, scores: np.ndarray, clips: int) -> ClassMetrics:
+    from sklearn.metrics import average_precision_score, roc_auc_score  # a second of start-up: only when measuring
+
     truth = truth.astype(bool)
     scores = scores.astype(np.float64)  # one column at a time: never a float64 copy of the whole matrix
     positives = int(truth.sum())

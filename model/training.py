@@ -71,6 +71,7 @@ def train(
     clip of ``x`` is trained on and no split is held out.
     """
     from model import artifact
+    from model.form_builder import Validation, save_with_forms
     from model.metrics import evaluate
 
     if x.ndim != 3 or x.shape[2] != 128:
@@ -172,7 +173,8 @@ def train(
     if missing is not None:
         manifest.training["masked_negatives"] = int(missing.sum())
     manifest.metrics = {"validation": final.summary()}
-    artifact.save(fitted.net, manifest, output / "model")
+    held_out = Validation(x[val_idx], y[val_idx], manifest.training["validation_data"])
+    save_with_forms(fitted.net, manifest, output / "model", held_out)
     return TrainResult(
         output / "model",
         int(state["best_iteration"]),

@@ -2,19 +2,20 @@
 
 TensorFlow is not fork-safe, so nothing here runs in the Celery parent: the
 model loads in each child on ``worker_process_init`` (or lazily on first use
-with the solo/threads pools).
+with the solo/threads pools). With a compiled form, the child never imports
+TensorFlow at all.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from audioset_batch.jobs.factory import open_job_store
 from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import Settings, get_settings
-from model.tf_setup import configure_tensorflow
 
 log = logging.getLogger("audioset.worker")
 _lock = threading.Lock()
@@ -28,14 +29,16 @@ def load_scorer(settings: Settings | None = None) -> ObjectScorer:
     with _lock:
         if _scorer is None:
             settings = settings or get_settings()
-            configure_tensorflow(settings.effective_tf_threads)
-            _scorer = ObjectScorer.from_settings(settings)
+            started = time.monotonic()
+            _scorer = ObjectScorer.from_settings(settings, worker=True)
             log.info(
-                "model %s loaded from %s (%d classes, %d TF threads)",
+                "model %s loaded from %s (%d classes, %s, %d threads) in %.2f s",
                 _scorer.model,
                 settings.model_path,
                 len(_scorer.classes),
+                _scorer.runtime,
                 settings.effective_tf_threads,
+                time.monotonic() - started,
             )
         return _scorer
 

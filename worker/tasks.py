@@ -40,7 +40,8 @@ from audioset_batch.settings import Settings, get_settings
 from audioset_batch.storage.locations import message_url
 from audioset_batch.storage.object_store import ObjectURL, check_source
 from audioset_batch.task_messages import MalformedMessageError, ScoreMessage
-from model.artifact import WEIGHTS_NAME, ArtifactError, check_archive, read_manifest, verify
+from model.artifact import check_artifact, read_manifest
+from model.artifact_errors import ArtifactError
 from worker import manifests, redelivery
 from worker import prometheus_metrics as metrics
 from worker.config import SCORE_TASK
@@ -53,13 +54,12 @@ log = logging.getLogger("audioset.worker")
 def _check_model_before_forking(**_: Any) -> None:
     """A worker whose model cannot load must not say ready and take tasks it will never finish.
 
-    The parent cannot load TensorFlow (not fork-safe), but it can verify the artifact — manifest,
-    sha256, archive — without it, which covers a wrong path, a modified or hostile file.
+    The parent cannot load TensorFlow (not fork-safe), but it can check the artifact — manifest,
+    sha256s, archive, compiled forms — without it, which covers a wrong path, a modified or hostile file.
     """
     settings = get_settings()
     try:
-        manifest = verify(settings.model_path)
-        check_archive(settings.model_path / WEIGHTS_NAME, manifest)
+        manifest = check_artifact(settings.model_path)
     except Exception as exc:  # Celery logs and ignores an exception from a signal handler: exit here instead
         reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
         log.critical("cannot start: the model at AUDIOSET_MODEL_PATH=%s is unusable: %s", settings.model_path, reason)

@@ -34,9 +34,21 @@ def made_with(options: OutputOptions) -> dict[str, Any]:
     }
 
 
+def model_identity(tag: str) -> str:
+    """``name@version`` of a result's model tag, without the ``+int8``/``+bfloat16`` that says how it computed.
+
+    A fleet of mixed CPUs may serve one model in different precisions (``auto`` picks per host); a file scored
+    by either is scored by the same model, so it is not scored again for that.
+    """
+    return tag.split("+", 1)[0]
+
+
 def still_stands(summary: dict[str, Any] | None, etag: str, model: str, options: OutputOptions) -> bool:
-    """The summary is of this version of the object, by this model, made as ``options`` would make it."""
-    if not summary or summary.get("etag") != etag or summary.get("model") != model:
+    """The summary is of this version of the object, by this model (in any precision), made as ``options``
+    would make it."""
+    if not summary or summary.get("etag") != etag:
+        return False
+    if model_identity(str(summary.get("model", ""))) != model_identity(model):
         return False
     for name, wanted in made_with(options).items():
         default = wanted if name in _RECORDINGS_ONLY else _BEFORE.get(name)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -24,15 +24,13 @@ from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_r
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.limits import Deadline, OutputCap, output_options, reader_limits
 from audioset_batch.scoring.made_with import made_with, still_stands
+from audioset_batch.scoring.model_loading import load_predictor
 from audioset_batch.scoring.recordings import WindowScore, score_windows
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectStore, ObjectURL, translate_os_error
 from model.labels import ClassLabel
 from model.metrics import StreamedEvaluation
-
-if TYPE_CHECKING:
-    from model.inference import Predictor
 
 log = logging.getLogger("audioset.pipeline")
 ALREADY_SCORED = "already scored: same ETag, model and output settings (--force scores it again)"
@@ -64,16 +62,6 @@ class FileScore:
     windows: int | None = None
     events: int | None = None
     seconds_per_frame: float | None = None
-
-
-def load_predictor(settings: Settings, model_path: Path | None = None, precision: str | None = None) -> Predictor:
-    """The model as settings (or explicit overrides) ask for it: the one place that reads
-    ``AUDIOSET_MODEL_PATH``, ``AUDIOSET_BATCH_SIZE`` and ``AUDIOSET_PRECISION``. Imports TensorFlow."""
-    from model.inference import Predictor
-
-    return Predictor.from_artifact(
-        model_path or settings.model_path, batch_size=settings.batch_size, precision=precision or settings.precision
-    )
 
 
 def score_file(
@@ -217,6 +205,8 @@ class ObjectScorer:
         self.frames = frames
         self.options = options or output_options(settings, frames=frames)
         self.limits = reader_limits(settings)
+        #: What computes the forward pass (``LiteRT``, ``TensorFlow``), for the worker's load line.
+        self.runtime = ""
 
     @classmethod
     def from_settings(
@@ -228,14 +218,18 @@ class ObjectScorer:
         top_k: int | None = None,
         full_scores: bool | None = None,
         labels: str | None = None,
+        worker: bool = False,
     ) -> ObjectScorer:
-        """Load the model and build the scorer from settings; each keyword overrides its setting."""
-        predictor = load_predictor(settings, model_path, precision)
+        """Load the model and build the scorer from settings; each keyword overrides its setting (``worker``:
+        see :func:`load_predictor`)."""
+        predictor = load_predictor(settings, model_path, precision, worker=worker)
         manifest = predictor.manifest
         options = output_options(
             settings, top_k, full_scores, labels, thresholds=manifest.threshold_values, frames=predictor.frames
         )
-        return cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
+        scorer = cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
+        scorer.runtime = predictor.runtime
+        return scorer
 
     def score_local(
         self,

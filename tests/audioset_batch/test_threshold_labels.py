@@ -74,3 +74,14 @@ def test_a_result_made_otherwise_does_not_stand() -> None:
     old = {"etag": "e", "model": "m", "top_k": 5, "full_scores": False}  # a summary from before recordings
     assert still_stands(old, "e", "m", OutputOptions())
     assert not still_stands(old, "e", "m", OutputOptions(labels="threshold", thresholds=(0.5, 0.5, 0.5)))
+
+
+def test_a_result_stands_whatever_precision_computed_it_but_not_for_another_model() -> None:
+    """A fleet of mixed CPUs serves one model in the precision each host's `auto` picks: a file scored by
+    `m@1+int8` is not scored again by a host computing `m@1+bfloat16` or `m@1`; `m@2` scores it again."""
+    options = OutputOptions()
+    summary = {"etag": "e", "model": "m@1+int8", **made_with(options)}
+    assert still_stands(summary, "e", "m@1+bfloat16", options)
+    assert still_stands(summary, "e", "m@1", options)
+    assert not still_stands(summary, "e", "m@2+int8", options)
+    assert not still_stands(summary, "e2", "m@1+int8", options)

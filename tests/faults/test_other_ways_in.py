@@ -21,7 +21,8 @@ from audioset_batch.settings import load_settings
 from audioset_batch.storage.local_store import LocalStore
 from audioset_batch.storage.object_store import InvalidObjectKeyError
 from audioset_batch.training.runs import TrainingSpec, check_queued_locations, execute, new_run_id
-from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, UnsafeArtifactError, load, sha256_file
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, load, sha256_file
+from model.artifact_errors import UnsafeArtifactError
 from producers.notifications import MalformedEventError, parse_events
 from tests.conftest import Stack, WorkerProcess
 from tests.faults.conftest import check

@@ -23,7 +23,9 @@ from audioset_batch.settings import load_settings
 from audioset_batch.storage.cos_store import CosStore
 from audioset_batch.storage.local_store import LocalStore
 from audioset_batch.storage.object_store import ObjectURL, translate_os_error
-from model.artifact import MANIFEST_NAME, ArtifactError, UnsafeArtifactError, check_archive, sha256_file, verify
+from model.artifact import MANIFEST_NAME, sha256_file, verify
+from model.artifact_errors import ArtifactError, UnsafeArtifactError
+from model.keras_archive import check_archive
 from tests.conftest import ROOT, Stack, WorkerProcess, cos_env
 from tests.faults.conftest import check
 from tests.helpers import make_labels, wait_job, write_h5
@@ -51,15 +53,24 @@ def start_worker_expecting_exit(env: dict[str, str], log: Path, timeout: float =
 
 
 @pytest.mark.integration
-def test_a_worker_whose_model_fails_its_check_never_starts(stack: Stack, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tampered", ["model.keras", "model.int8.tflite"])
+def test_a_worker_whose_model_fails_its_check_never_starts(
+    stack: Stack, tiny_model: Path, tmp_path: Path, tampered: str
+) -> None:
+    """Each file the worker could load is checked in the parent before forking: the weights, and the compiled
+    form a child would serve instead of them."""
+    from model.form_builder import add_forms
+
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
-    with (broken / "model.keras").open("ab") as fh:
+    add_forms(broken)
+    with (broken / tampered).open("ab") as fh:
         fh.write(b"tampered")
-    code, text = start_worker_expecting_exit({**stack.env, "AUDIOSET_MODEL_PATH": str(broken)}, tmp_path / "w.log")
+    env = {**stack.env, "AUDIOSET_MODEL_PATH": str(broken), "AUDIOSET_PRECISION": "auto"}
+    code, text = start_worker_expecting_exit(env, tmp_path / "w.log")
     assert code != 0 and " ready." not in text
-    assert "cannot start: the model at AUDIOSET_MODEL_PATH" in text and "sha256" in text
-    check("worker start with a tampered model", "exits, never ready", "exits, never ready")
+    assert "cannot start: the model at AUDIOSET_MODEL_PATH" in text and "sha256" in text and tampered in text
+    check(f"worker start with a tampered {tampered}", "exits, never ready", "exits, never ready")
 
 
 @pytest.mark.integration
@@ -101,7 +112,7 @@ def test_a_zip_bomb_model_is_refused_in_bounded_memory(tiny_model: Path, tmp_pat
     assert (bomb / "model.keras").stat().st_size < 2 * 1024**2
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(UnsafeArtifactError, match="possible zip bomb"):
-        check_archive(bomb / "model.keras", verify(bomb))
+        check_archive(bomb / "model.keras", verify(bomb).frames)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing expanded
     check("model.keras zip bomb (300 MB in 300 KB)", "UnsafeArtifactError", "UnsafeArtifactError")
 
@@ -115,7 +126,7 @@ def test_manifest_frames_must_match_the_model_before_any_worker_starts(tiny_mode
         manifest["frames"] = frames
         (wrong / MANIFEST_NAME).write_text(json.dumps(manifest))
         with pytest.raises(ArtifactError, match=re.escape(error)):
-            check_archive(wrong / "model.keras", verify(wrong))
+            check_archive(wrong / "model.keras", verify(wrong).frames)
         check(f"manifest frames={frames} for a 10-frame model", "ArtifactError", "ArtifactError")
 
 

@@ -152,6 +152,7 @@ def test_ensemble_command_writes_an_artifact_that_score_and_evaluate_serve(
     recorded = read_manifest(out)
     assert recorded.metrics["validation"]["clips"] == 5 and recorded.training["validation_data"] == "a.h5"
     assert json.loads(made.stdout)["validation_map"] == recorded.metrics["validation"]["mAP"]
+    assert recorded.compiled["int8"]["gate"]["data"] == "a.h5"  # compiled and gated on the same clips
     logit = runner.invoke(
         main, ["ensemble", *map(str, members), "--output", str(tmp_path / "lm"), "--combine", "logit-mean"]
     )

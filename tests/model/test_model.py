@@ -9,6 +9,7 @@ import pytest
 
 from model import artifact
 from model.architectures import ARCHITECTURES, UnknownArchitectureError, branch_count, branch_outputs, build_model
+from model.artifact_errors import ArtifactError, ArtifactIntegrityError
 from model.inference import Predictor
 from model.labels import LabelFileError, parse_labels
 from model.metrics import d_prime, evaluate
@@ -99,16 +100,16 @@ def test_tampered_artifact_is_refused(tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(artifact.ArtifactIntegrityError, match=r"does not match manifest"):
+    with pytest.raises(ArtifactIntegrityError, match=r"does not match manifest"):
         artifact.load(path)
 
 
 def test_malformed_manifest(tmp_path: Path) -> None:
     path = build_artifact(tmp_path / "m", classes=4)
     (path / artifact.MANIFEST_NAME).write_text(json.dumps({"format_version": 1}))
-    with pytest.raises(artifact.ArtifactError, match="malformed manifest"):
+    with pytest.raises(ArtifactError, match="malformed manifest"):
         artifact.read_manifest(path)
-    with pytest.raises(artifact.ArtifactError, match=r"no manifest\.json"):
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         artifact.read_manifest(tmp_path)
 
 
@@ -130,7 +131,7 @@ def test_lambda_layers_are_refused_by_safe_mode(tmp_path: Path) -> None:
         sha256=artifact.sha256_file(target / artifact.WEIGHTS_NAME),
     )
     (target / artifact.MANIFEST_NAME).write_text(json.dumps(manifest.to_json()))
-    with pytest.raises(artifact.ArtifactError, match="Lambda"):  # every load failure is an ArtifactError
+    with pytest.raises(ArtifactError, match="Lambda"):  # every load failure is an ArtifactError
         artifact.load(tmp_path / "evil")
 
 

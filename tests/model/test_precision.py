@@ -11,7 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from model import inference, int8_runtime
+from model import inference, litert_forward
 from model.architectures import ARCHITECTURES
 from model.inference import PrecisionUnavailableError, Predictor, resolve_precision
 from tests.helpers import build_artifact, write_h5
@@ -21,7 +21,7 @@ def test_auto_takes_int8_even_without_vnni(monkeypatch: pytest.MonkeyPatch, capl
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: False)
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: False)
     with caplog.at_level(logging.INFO, logger="audioset.model"):
-        assert resolve_precision("auto") == "int8"  # same mAP, still 1.3-1.6x faster than float32 on AVX2
+        assert resolve_precision("auto") == "int8"  # same mAP, still 1.2-1.6x faster than float32 on AVX2
     assert "without int8 dot-product instructions" in caplog.text
     with pytest.raises(PrecisionUnavailableError, match="no bfloat16 support"):
         resolve_precision("bfloat16")
@@ -32,15 +32,15 @@ def test_auto_prefers_int8_then_bfloat16(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: True)
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)
     assert resolve_precision("auto") == "int8"
-    monkeypatch.setattr(int8_runtime, "runtime_available", lambda: False)
+    monkeypatch.setattr(litert_forward, "litert_available", lambda: False)
     assert resolve_precision("auto") == "bfloat16"
 
 
-def test_int8_without_a_tflite_runtime(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(int8_runtime, "runtime_available", lambda: False)
+def test_int8_without_litert(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(litert_forward, "litert_available", lambda: False)
     monkeypatch.setattr(inference, "cpu_supports_int8", lambda: True)
     monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: False)
-    with pytest.raises(PrecisionUnavailableError, match=r"no tf\.lite interpreter"):
+    with pytest.raises(PrecisionUnavailableError, match=r"int8 needs LiteRT \(pip install ai-edge-litert\)"):
         resolve_precision("int8")
     with caplog.at_level(logging.WARNING, logger="audioset.model"):
         assert resolve_precision("auto") == "float32"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from model import thresholds
-from model.artifact import ArtifactError, read_manifest, write_thresholds
+from model.artifact import read_manifest, write_thresholds
+from model.artifact_errors import ArtifactError
 
 
 def separable(clips: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

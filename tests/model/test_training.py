@@ -70,6 +70,10 @@ def test_training_learns_a_learnable_signal(tmp_path: Path) -> None:
     assert manifest.training["best_iteration"] == result.best_iteration
     assert manifest.training["hyperparameters"]["batch_size"] == 64
     assert len(manifest.training["data_fingerprint"]) == 16
+    gate = manifest.compiled["int8"]["gate"]  # the serving form is compiled and gated on the validation clips
+    assert gate["clips"] == manifest.training["validation_clips"] and gate["float32_map"] == pytest.approx(
+        result.best_map, abs=1e-4
+    )
 
 
 def test_training_resumes_after_interruption(tmp_path: Path) -> None:
@@ -502,7 +506,7 @@ def test_cross_fit_targets_are_out_of_fold_predictions(tmp_path: Path) -> None:
     net.load_weights(tmp_path / "run" / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
     seen = train_idx[fold_of == 1]  # fold 0's model trained on fold 1
     manifest = artifact.read_manifest(result.artifact)
-    own = evaluate(y[seen], Predictor(net, manifest).predict(x[seen])).mean_average_precision
+    own = evaluate(y[seen], Predictor.from_keras(net, manifest).predict(x[seen])).mean_average_precision
     held_out = evaluate(y[train_idx[fold_of == 0]], soft[fold_of == 0]).mean_average_precision
     assert own > held_out + 0.15  # memorised where it trained; the soft targets come from where it did not
     assert summary["out_of_fold_map"] == pytest.approx(evaluate(y[train_idx], soft).mean_average_precision)
@@ -645,7 +649,8 @@ def test_a_separate_validation_file_selects_checkpoints_and_every_training_clip_
     model, _ = artifact.load(result.artifact)
     from model.inference import Predictor
 
-    recomputed = evaluate(y_val.astype(bool), Predictor(model, manifest).predict(x_val)).mean_average_precision
+    scores = Predictor.from_keras(model, manifest).predict(x_val)
+    recomputed = evaluate(y_val.astype(bool), scores).mean_average_precision
     assert recomputed == pytest.approx(result.best_map, abs=1e-5) and result.best_map > 0.7
     with pytest.raises(TrainingDataError, match="is the training data"):
         train(small_config(), x_train, y_train, make_labels(6), tmp_path / "same", validation=(x_train, y_train))
@@ -873,7 +878,7 @@ def test_cross_fit_window_targets_come_from_the_fold_that_did_not_see_the_clip(t
     net = build_model("feature_level_attention", 4, 10, clip_level.hidden_units, clip_level.dropout)
     net.load_weights(tmp_path / "windows" / "folds" / "fold-0" / "checkpoint" / "best.weights.h5")
     manifest = artifact.read_manifest(result.artifact)
-    fold_model = Predictor(net, manifest).predict(tile_windows(x[held], np.full(len(held), 3), 2))
+    fold_model = Predictor.from_keras(net, manifest).predict(tile_windows(x[held], np.full(len(held), 3), 2))
     np.testing.assert_allclose(scores[:, 3], fold_model, atol=2e-3)
     assert result.best_map > 0.7
     recorded = artifact.verify(result.artifact).training

@@ -46,10 +46,10 @@ def score_with(stack: Stack, tmp_path: Path, env: dict[str, str], files: dict[st
 
 
 def test_output_and_precision_settings_reach_the_queued_worker(stack: Stack, tmp_path: Path) -> None:
-    from model.int8_runtime import runtime_available
+    from model.litert_forward import litert_available
 
-    if not runtime_available():
-        pytest.fail("this TensorFlow build has no TFLite interpreter; int8 (the default's first choice) cannot run")
+    if not litert_available():
+        pytest.fail("LiteRT (ai-edge-litert) is missing; int8 (the default's first choice) cannot run")
     env = {
         "AUDIOSET_PRECISION": "int8",
         "AUDIOSET_TOP_K": "2",
@@ -73,13 +73,13 @@ def test_the_default_precision_is_auto_and_picks_int8(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from audioset_batch.settings import Settings
-    from model.int8_runtime import runtime_available
+    from model.litert_forward import litert_available
 
     monkeypatch.delenv("AUDIOSET_PRECISION", raising=False)  # the suite pins float32; this test wants the default
     assert Settings.model_fields["precision"].default == "auto"
     results = score_with(stack, tmp_path, {}, {"a.h5": write_h5(tmp_path / "a.h5", clips=2)})
     line = orjson.loads((results["a.h5.jsonl"] or b"").splitlines()[0])
-    assert line["model"] == ("tiny@0+int8" if runtime_available() else "tiny@0")
+    assert line["model"] == ("tiny@0+int8" if litert_available() else "tiny@0")
 
 
 def test_limit_settings_reach_the_queued_worker(stack: Stack, tmp_path: Path) -> None:
@@ -152,3 +152,43 @@ def test_a_bare_key_in_a_message_follows_the_configured_store(stack: Stack, tmp_
         worker.stop()
     assert result.exists(), worker.text()[-3000:]
     assert len(result.read_bytes().splitlines()) == 3
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_worker_child_serves_the_compiled_form_without_loading_tensorflow(stack: Stack, tmp_path: Path) -> None:
+    """Neither the Celery parent nor its child maps a TensorFlow library: the child runs the int8 form in LiteRT."""
+    from model.form_builder import add_forms
+    from tests.helpers import build_artifact
+
+    model = build_artifact(tmp_path / "lite", name="lite")
+    add_forms(model)
+    env = {"AUDIOSET_MODEL_PATH": str(model), "AUDIOSET_PRECISION": "auto"}
+    worker = WorkerProcess({**stack.env, **env}, tmp_path / "w.log")
+    try:
+        children = _children(worker.process.pid)
+        maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in [worker.process.pid, *children]}
+        settings = stack.settings()
+        store = CosStore(settings)
+        store.upload_file(write_h5(tmp_path / "a.h5", clips=3), stack.input_bucket, "lite/a.h5")
+        jobs = open_job_store(settings.effective_state_url)
+        job = enqueue(make_app(settings), jobs, [f"cos://{stack.input_bucket}/lite/"], settings).job
+        assert wait_job(jobs, job, 120).scored == 1
+    finally:
+        worker.stop()
+    assert children and all("/tensorflow/" not in text for text in maps.values())
+    assert all("ai_edge_litert" in maps[pid] for pid in children)
+    assert "model lite@0+int8 loaded" in worker.text() and "(12 classes, LiteRT," in worker.text()
+    key = f"predictions/{stack.input_bucket}/lite/a.h5.jsonl"
+    lines = (store.get_bytes(stack.results_bucket, key) or b"").splitlines()
+    assert len(lines) == 3 and all(orjson.loads(line)["model"] == "lite@0+int8" for line in lines)

@@ -1,0 +1,110 @@
+"""Compiling an artifact's serving forms once: when ``train`` or ``ensemble`` writes it, or ``audioset compile``.
+
+Each form is checked where it is made: its operators (:func:`~model.compiled_forms.check_flatbuffer`) and, given
+labelled validation data, its accuracy gate — its mAP beside float32's on the same clips, recorded in the
+manifest, so a form that loses accuracy is never served by ``auto`` (an int8 recipe once lost 0.10 mAP silently
+elsewhere). Imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model.artifact import MANIFEST_NAME, Manifest, load, save
+from model.atomic_files import replacing, write_json
+from model.compiled_forms import FORM_FILES, MAP_TOLERANCE, check_flatbuffer
+from model.inference import dequantize
+from model.litert_forward import LiteRTForward
+from model.native_logs import import_tensorflow
+from model.tflite_convert import quantise
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger("audioset.model")
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """Labelled held-out clips a form's accuracy gate is measured on (never the training data)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    description: str
+
+
+def compile_forms(
+    keras_model: keras.Model, artifact: Path, manifest: Manifest, validation: Validation | None = None
+) -> dict[str, dict[str, Any]]:
+    """Write each form of ``keras_model``'s serving graph into ``artifact``; returns the manifest's ``compiled``."""
+    tf = import_tensorflow()
+    from model.serving_graph import serving_graph  # imports Keras
+
+    served = serving_graph(keras_model)
+    blob = quantise(served)
+    path = artifact / FORM_FILES["int8"]
+    check_flatbuffer(blob, str(path))
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "made_by": f"TensorFlow {tf.__version__} TFLiteConverter, dynamic-range int8 weights",
+        "runtime": "LiteRT",
+    }
+    if validation is not None:
+        entry["gate"] = _gate(served, blob, manifest, validation)
+        if not entry["gate"]["passed"]:
+            log.warning("the int8 form of %s fails its accuracy gate: %s", manifest.tag, entry["gate"])
+    with replacing(path) as tmp:
+        tmp.write_bytes(blob)
+    return {"int8": entry}
+
+
+def _gate(served: keras.Model, blob: bytes, manifest: Manifest, validation: Validation) -> dict[str, Any]:
+    from model.metrics import evaluate
+
+    frames, classes = manifest.frames, len(manifest.classes)
+    compiled = LiteRTForward(blob, frames, classes, where=f"{manifest.tag} int8 form")
+    y = np.asarray(validation.y, dtype=bool)
+    reference = evaluate(y, _scores(lambda b: served(b, training=False), validation.x)).mean_average_precision
+    measured = evaluate(y, _scores(compiled, validation.x)).mean_average_precision
+    return {
+        "data": validation.description,
+        "clips": len(validation.x),
+        "float32_map": round(float(reference), 5),
+        "map": round(float(measured), 5),
+        "tolerance": MAP_TOLERANCE,
+        "passed": bool(measured >= reference - MAP_TOLERANCE),
+    }
+
+
+def _scores(forward: Callable[[np.ndarray], Any], x: np.ndarray, batch: int = 512) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(forward(dequantize(x[i : i + batch])), dtype=np.float32) for i in range(0, len(x), batch)]
+    )
+
+
+def save_with_forms(
+    keras_model: keras.Model, manifest: Manifest, artifact: str | Path, validation: Validation | None = None
+) -> Manifest:
+    """:func:`~model.artifact.save` with the compiled forms: what ``train`` and ``ensemble`` write."""
+    directory = Path(artifact)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest.compiled = compile_forms(keras_model, directory, manifest, validation)
+    return save(keras_model, manifest, directory)
+
+
+def add_forms(artifact: str | Path, validation: Validation | None = None) -> Manifest:
+    """Compile the forms of an existing artifact (written before they existed) and list them in its manifest;
+    its weights are untouched."""
+    keras_model, manifest = load(artifact)
+    manifest.compiled = compile_forms(keras_model, Path(artifact), manifest, validation)
+    write_json(Path(artifact) / MANIFEST_NAME, manifest.to_json())
+    return manifest

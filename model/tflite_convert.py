@@ -1,0 +1,47 @@
+"""The serving graph as a TFLite flatbuffer with int8 weights: the int8 compiled form's one recipe.
+
+Weights become int8 per output channel and activations are quantised per batch on the fly (dynamic-range
+quantisation), so the dense layers — nearly all of the model's FLOPs — run on the CPU's int8 dot-product
+instructions (AVX-512 VNNI, AVX-VNNI, AMX) through XNNPACK. Needs TensorFlow's converter: it runs when an
+artifact is written, or at load for an artifact written before compiled forms existed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import TYPE_CHECKING
+
+from model.native_logs import import_tensorflow, native_stderr_silenced
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger("audioset.model")
+
+
+class ConverterUnavailableError(RuntimeError):
+    """This TensorFlow build has no TFLite converter, so no int8 form can be made."""
+
+
+def converter_available() -> bool:
+    try:
+        tf = import_tensorflow()
+    except ImportError:
+        return False
+    return hasattr(getattr(tf, "lite", None), "TFLiteConverter")
+
+
+def quantise(keras_model: keras.Model) -> bytes:
+    """The model as a TFLite flatbuffer with int8 weights (dynamic-range quantisation)."""
+    tf = import_tensorflow()
+    if not hasattr(getattr(tf, "lite", None), "TFLiteConverter"):
+        raise ConverterUnavailableError("this TensorFlow build has no tf.lite converter; int8 cannot be compiled")
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # The converter exports a SavedModel first and prints its signature: keep stdout for results (`-o -`).
+    with native_stderr_silenced(), contextlib.redirect_stdout(io.StringIO()) as exported:
+        blob: bytes = converter.convert()
+    log.debug("int8 conversion: %s", exported.getvalue().strip())
+    return blob
