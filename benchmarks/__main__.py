@@ -233,7 +233,9 @@ def main() -> None:
         "--rss-clips", default="200000,1000000", help="comma-separated sizes of the labelled files for peak RSS"
     )
     parser.add_argument(
-        "--rss-precision", default="float32", help="precision of the peak-RSS runs (int8 makes the 1M-clip run short)"
+        "--rss-precision",
+        default="auto",
+        help="precision of the peak-RSS runs (auto, the default precision: the compiled form, without TensorFlow)",
     )
     parser.add_argument("--queue-files", type=int, default=16)
     parser.add_argument("--queue-clips", type=int, default=5000, help="clips per file through the queue")

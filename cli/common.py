@@ -18,6 +18,7 @@ from model.artifact_errors import ArtifactError
 from model.choices import PRECISIONS
 from model.inference import PrecisionUnavailableError
 from model.labels import LabelFileError
+from model.native_logs import TensorFlowUnavailableError
 from model.train_config import TrainConfigError, TrainingDataError
 
 log = logging.getLogger("audioset.cli")
@@ -27,6 +28,7 @@ USER_ERRORS = (
     AudiosetError,
     ArtifactError,
     PrecisionUnavailableError,
+    TensorFlowUnavailableError,
     LabelFileError,
     TrainingDataError,
     TrainConfigError,

@@ -49,10 +49,22 @@ def native_stderr_silenced() -> Iterator[None]:
             os.close(devnull)
 
 
+class TensorFlowUnavailableError(ImportError):
+    """TensorFlow (or Keras) is not installed: a serving-only install, asked for something only TensorFlow does."""
+
+
 def import_tensorflow() -> ModuleType:
     """``import tensorflow`` (and Keras), quietly; every module of this project imports it through here."""
-    with native_stderr_silenced():
-        import keras  # noqa: F401  (loads TensorFlow's C++ runtime, where the chatter comes from)
-        import tensorflow  # noqa: F401
-
+    try:
+        with native_stderr_silenced():
+            import keras  # noqa: F401  (loads TensorFlow's C++ runtime, where the chatter comes from)
+            import tensorflow  # noqa: F401
+    except ImportError as exc:
+        if isinstance(exc, TensorFlowUnavailableError):
+            raise
+        raise TensorFlowUnavailableError(
+            f"this needs TensorFlow, which is not installed here ({exc}): training, float32 or bfloat16 scoring, "
+            "and models without a compiled form need it (pip install 'tensorflow-cpu>=2.16,<2.22' keras); "
+            "a serving-only install scores at --precision int8/auto from the model's compiled form"
+        ) from None
     return sys.modules["tensorflow"]

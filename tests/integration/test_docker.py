@@ -105,3 +105,27 @@ def test_services_get_their_own_cos_keys_as_secret_files_not_the_root_login_in_t
             assert name in {"minio", "minio-setup"}, name
     assert set(compose()["secrets"]) == {"AUDIOSET_COS_ACCESS_KEY_ID", "AUDIOSET_COS_SECRET_ACCESS_KEY"}
     assert "mc admin user add local" in text and "audioset-service" in text
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    """The dashboard package was once left out of the image, so compose's dashboard service could not start."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {name.rstrip("*") for name in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    copied = {source for line in re.findall(r"^COPY (.+)$", dockerfile, re.M) for source in line.split()[:-1]}
+    assert packages | {"celeryconfig.py", "pyproject.toml"} <= copied, packages - copied
+
+
+def test_the_serving_only_requirements_are_the_project_s_without_tensorflow() -> None:
+    import tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    serving = [
+        line.strip()
+        for line in (ROOT / "docker" / "requirements-serving.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert serving == [d for d in dependencies if not d.startswith(("tensorflow", "keras"))]
+    assert any(d.startswith("ai-edge-litert") for d in serving)

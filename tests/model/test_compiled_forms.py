@@ -189,3 +189,30 @@ def test_compile_command_adds_the_form_and_its_accuracy_gate(tmp_path: Path) -> 
     assert Predictor.from_artifact(model, precision="int8").runtime == "LiteRT"
     missing = CliRunner().invoke(main, ["compile", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_a_serving_only_install_scores_from_the_form_and_says_what_needs_tensorflow(
+    compiled: Path, tmp_path: Path
+) -> None:
+    """Without TensorFlow and Keras installed (here: made unimportable), a labelled file is scored from the
+    compiled form, its summary metrics included; float32 is one line saying what to install."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras'):\n"
+        "            raise ImportError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    data = write_h5(tmp_path / "labelled.h5", clips=6, classes=12)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(blocker), "AUDIOSET_MODEL_PATH": str(compiled)}
+    command = [sys.executable, "-m", "cli", "score", str(data), "-o", str(tmp_path / "out.jsonl")]
+    served = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert served.returncode == 0, served.stderr
+    summary = orjson.loads(served.stderr.splitlines()[-1])  # the summary line goes to stderr beside -o FILE
+    assert summary["model"] == "compiled@0+int8" and summary["clips"] == 6 and summary["metrics"]["mAP"] > 0
+    refused = subprocess.run([*command, "--precision", "float32"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "TensorFlowUnavailableError" in refused.stderr and "pip install 'tensorflow-cpu" in refused.stderr
