@@ -25,7 +25,7 @@ lint: install
 
 test: install lint  ## lint, type-check and run every test (starts its own redis-server, S3 server and workers)
 	@command -v redis-server >/dev/null || { echo "tests need redis-server on PATH (apt-get install redis-server)"; exit 1; }
-	$(BIN)/pytest -n auto --dist worksteal  # one test process per core; tests share no state
+	$(BIN)/pytest -n auto --dist worksteal --durations=15  # one test process per core; tests share no state; the slowest listed
 
 bench: install  ## performance figures as JSON (not a test)
 	$(BIN)/python -m benchmarks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,15 @@ def write_file(path: Path, clips: int, seed: int = 0, classes: int = 0) -> Path:
         f["video_id_list"] = np.array([f"v{i:010d}".encode() for i in range(clips)])
         f["start_time_seconds"] = np.zeros(clips, dtype=np.float32)
     return path
+
+
+def audioset_data(needs: str) -> Path:
+    """The AudioSet release folder (``AUDIOSET_DATA_DIR``, else ``../shared/data/audioset``) holding ``needs``; a
+    benchmark without it stops with one line saying what to set."""
+    data = Path(os.environ.get("AUDIOSET_DATA_DIR", ROOT.parent / "shared" / "data" / "audioset"))
+    if not (data / needs).is_file():
+        sys.exit(f"error: no {needs} in {data}; set AUDIOSET_DATA_DIR to the AudioSet release")
+    return data
 
 
 def settings(model: Path) -> Any:

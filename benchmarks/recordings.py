@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import orjson
 
-from benchmarks.files import ROOT
+from benchmarks.files import ROOT, audioset_data
 
 CLIPS_PER_RECORDING = 360
 
@@ -173,9 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.recordings", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=10_080, help="eval_half clips to use (whole hours of 360)")
     args = parser.parse_args()
-    data = Path(os.environ.get("AUDIOSET_DATA_DIR", ROOT.parent / "shared" / "data" / "audioset"))
-    if not (data / "eval_half.h5").is_file():
-        sys.exit(f"error: no eval_half.h5 in {data}; set AUDIOSET_DATA_DIR to the AudioSet release")
+    data = audioset_data("eval_half.h5")
     with tempfile.TemporaryDirectory(prefix="recordings-bench-") as tmp:
         print(json.dumps(measure(data, args.clips, Path(tmp)), indent=2))
 
