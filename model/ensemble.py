@@ -198,6 +198,8 @@ def combine_artifacts(
             )
         scores = Predictor.from_keras(combined, manifest, precision="float32").predict(x)
         manifest.training["validation_data"] = validation_description or f"{len(x)} labelled clips"
-        manifest.metrics = {"validation": evaluate(y, scores).summary()}
-        return save_with_forms(combined, manifest, output, Validation(x, y, manifest.training["validation_data"]))
+        measured = evaluate(y, scores)
+        manifest.metrics = {"validation": measured.summary()}
+        held_out = Validation(x, y, manifest.training["validation_data"], measured.mean_average_precision)
+        return save_with_forms(combined, manifest, output, held_out)
     return save_with_forms(combined, manifest, output)

@@ -173,7 +173,9 @@ def train(
     if missing is not None:
         manifest.training["masked_negatives"] = int(missing.sum())
     manifest.metrics = {"validation": final.summary()}
-    held_out = Validation(x[val_idx], y[val_idx], manifest.training["validation_data"])
+    held_out = Validation(
+        x[val_idx], y[val_idx], manifest.training["validation_data"], float32_map=final.mean_average_precision
+    )
     save_with_forms(fitted.net, manifest, output / "model", held_out)
     return TrainResult(
         output / "model",
