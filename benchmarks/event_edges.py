@@ -88,6 +88,18 @@ def refined(event: dict[str, Any], frames: np.ndarray, threshold: float, hop: in
     return new_start, max(new_end, new_start + 1)
 
 
+def edge_windows(events: list[dict[str, Any]], hop: int) -> set[tuple[int, int]]:
+    """The distinct (recording, window start) pairs where an event starts or ends: what held-frame evidence would
+    cost in served rows (ten per such window)."""
+    margin = (WINDOW - hop) / 2
+    found = set()
+    for e in events:
+        start, end = float(e["start_seconds"]), float(e["end_seconds"])
+        found.add((e["index"], int(max(0.0, start - margin)) if start > 0 else 0))
+        found.add((e["index"], int(np.ceil(end + margin)) - WINDOW))
+    return found
+
+
 def time_quality(spans: list[tuple[int, int, float, float]], y: np.ndarray, per: int) -> dict[str, float]:
     """``spans`` of (recording, class, start, end) seconds against clip labels held for each clip's 10 s."""
     inside = total = 0.0
@@ -122,18 +134,21 @@ def measure(data: Path, clips: int) -> dict[str, Any]:
         with h5py.File(joined, "w") as f:
             f["x"] = x
             f["x"].attrs["seconds_per_frame"] = 1.0
-        events_out = io.BytesIO()
-        scorer.score_local(joined, io.BytesIO(), "bench", events_out=events_out)
+        events_out, scored = io.BytesIO(), io.BytesIO()
+        scorer.score_local(joined, scored, "bench", events_out=events_out)
     events = [orjson.loads(line) for line in events_out.getvalue().splitlines()]
     thresholds = scorer.options.thresholds
     frames = frame_probabilities(x)
     hop = scorer.options.window_hop
+    window_total = len(scored.getvalue().splitlines())
     windows = [(e["index"], e["class"]["index"], e["start_seconds"], e["end_seconds"]) for e in events]
     report: dict[str, Any] = {
         "clips": clips,
         "recordings": clips // per,
         "hop": hop,
         "events": len(events),
+        "windows": window_total,
+        "edge_windows": len(edge_windows(events, hop)),
         "window_edges": time_quality(windows, y, per),
     }
     held = held_frame_probabilities(x)
