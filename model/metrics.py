@@ -61,17 +61,45 @@ def evaluate(labels: np.ndarray, scores: np.ndarray) -> Evaluation:
 
 
 def _class_metrics(index: int, truth: np.ndarray, scores: np.ndarray, clips: int) -> ClassMetrics:
-    from sklearn.metrics import average_precision_score, roc_auc_score  # a second of start-up: only when measuring
-
     truth = truth.astype(bool)
     scores = scores.astype(np.float64)  # one column at a time: never a float64 copy of the whole matrix
     positives = int(truth.sum())
     ap = auc = None
     if positives > 0:
-        ap = float(average_precision_score(truth, scores))
+        ap = average_precision(truth, scores)
         if positives < clips:
-            auc = float(roc_auc_score(truth, scores))
+            auc = area_under_roc(truth, scores)
     return ClassMetrics(index=index, positives=positives, average_precision=ap, auc=auc)
+
+
+def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Scikit-learn's ``average_precision_score`` in a few numpy passes: the sum over distinct score thresholds,
+    highest first, of the recall gained times the precision there (tied scores form one threshold).
+
+    Scikit-learn's per-call checks cost milliseconds, which over 527 classes made every evaluation seconds long.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], truth[order]
+    ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # the last clip of each distinct score
+    tp = np.cumsum(hits)[ends].astype(np.float64)
+    precision = tp / (ends + 1)
+    gained = np.diff(np.r_[0.0, tp]) / tp[-1]
+    return float(np.sum(gained * precision))
+
+
+def area_under_roc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Scikit-learn's ``roc_auc_score`` as the Mann-Whitney statistic: the chance that a positive outscores a
+    negative, ties counting half (the same as the trapezoids under the ROC curve)."""
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    starts = np.r_[0, np.flatnonzero(ranked[1:] != ranked[:-1]) + 1]
+    counts = np.diff(np.r_[starts, len(ranked)])
+    average_rank = np.repeat(starts + (counts + 1) / 2.0, counts)  # 1-based ranks, ties sharing their mean
+    ranks = np.empty(len(scores))
+    ranks[order] = average_rank
+    positives = int(truth.sum())
+    negatives = len(truth) - positives
+    return float((ranks[truth].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
 def _combine(per_class: list[ClassMetrics], clips: int) -> Evaluation:
