@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError
+from model.artifact_errors import ArtifactError, ArtifactIntegrityError, refuse_symlink
 from model.atomic_files import replacing, write_json
 from model.compiled_forms import read_form, validated
 from model.keras_archive import check_archive
@@ -165,8 +165,10 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(artifact: str | Path) -> Manifest:
-    """Read and validate the manifest alone (cheap: no TensorFlow import)."""
+    """Read and validate the manifest alone (cheap: no TensorFlow import); a symlinked manifest is refused here, so
+    every path that serves a model (the compiled form's too) refuses it."""
     path = Path(artifact) / MANIFEST_NAME
+    refuse_symlink(path, artifact)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -182,17 +184,11 @@ def read_manifest(artifact: str | Path) -> Manifest:
 MAX_FRAMES = 100_000
 
 
-def _regular_file(path: Path, artifact: str | Path) -> None:
-    if path.is_symlink():
-        raise UnsafeArtifactError(f"{path} is a symlink; an artifact's files must live in its folder ({artifact})")
-
-
 def verify(artifact: str | Path) -> Manifest:
     """Check that the weights file matches the manifest's sha256 and keeps to its own folder."""
-    _regular_file(Path(artifact) / MANIFEST_NAME, artifact)
     manifest = read_manifest(artifact)
     weights = Path(artifact) / WEIGHTS_NAME
-    _regular_file(weights, artifact)
+    refuse_symlink(weights, artifact)
     if not weights.is_file():
         raise ArtifactError(f"{artifact}: missing {WEIGHTS_NAME}")
     actual = sha256_file(weights)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ArtifactError(Exception):
     """A model artifact is missing, malformed or does not match its manifest."""
@@ -14,3 +16,9 @@ class ArtifactIntegrityError(ArtifactError):
 class UnsafeArtifactError(ArtifactError):
     """The artifact reaches outside itself: a symlinked file, an archive member with a path, or
     weights stored in (or linked to) other files."""
+
+
+def refuse_symlink(path: Path, artifact: str | Path) -> None:
+    """Every file of an artifact lives in its folder: a symlink could point it at any file on the host."""
+    if path.is_symlink():
+        raise UnsafeArtifactError(f"{path} is a symlink; an artifact's files must live in its folder ({artifact})")

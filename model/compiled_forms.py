@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError
+from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError, refuse_symlink
 
 #: Each form's file in the artifact folder, by the precision it serves.
 FORM_FILES = {"int8": "model.int8.tflite"}
@@ -61,8 +61,7 @@ def read_form(artifact: str | Path, entry: dict[str, Any]) -> bytes:
     """The form's bytes, once checked: its own regular file, within its declared size, matching its sha256,
     holding only builtin operators. Hashing the bytes that will be loaded leaves no gap between check and use."""
     path = Path(artifact) / str(entry["file"])
-    if path.is_symlink():
-        raise UnsafeArtifactError(f"{path} is a symlink; an artifact's files must live in its folder ({artifact})")
+    refuse_symlink(path, artifact)
     try:
         with path.open("rb") as fh:
             blob = fh.read(MAX_FORM_BYTES + 1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ import numpy as np
 from model.artifact import MANIFEST_NAME, Manifest, load, save
 from model.atomic_files import replacing, write_json
 from model.compiled_forms import FORM_FILES, MAP_TOLERANCE, check_flatbuffer
-from model.inference import dequantize
+from model.inference import Predictor
 from model.litert_forward import LiteRTForward
 from model.native_logs import import_tensorflow
 from model.tflite_convert import quantise
@@ -77,8 +76,10 @@ def _gate(served: keras.Model, blob: bytes, manifest: Manifest, validation: Vali
     y = np.asarray(validation.y, dtype=bool)
     reference = validation.float32_map
     if reference is None:
-        reference = evaluate(y, _scores(lambda b: served(b, training=False), validation.x)).mean_average_precision
-    measured = evaluate(y, _scores(compiled, validation.x)).mean_average_precision
+        float32 = Predictor.from_keras(served, manifest, batch_size=512)
+        reference = evaluate(y, float32.predict(validation.x)).mean_average_precision
+    int8 = Predictor(compiled, manifest, frames=frames, batch_size=512, precision="int8", runtime="LiteRT")
+    measured = evaluate(y, int8.predict(validation.x)).mean_average_precision
     return {
         "data": validation.description,
         "clips": len(validation.x),
@@ -87,12 +88,6 @@ def _gate(served: keras.Model, blob: bytes, manifest: Manifest, validation: Vali
         "tolerance": MAP_TOLERANCE,
         "passed": bool(measured >= reference - MAP_TOLERANCE),
     }
-
-
-def _scores(forward: Callable[[np.ndarray], Any], x: np.ndarray, batch: int = 512) -> np.ndarray:
-    return np.concatenate(
-        [np.asarray(forward(dequantize(x[i : i + batch])), dtype=np.float32) for i in range(0, len(x), batch)]
-    )
 
 
 def save_with_forms(

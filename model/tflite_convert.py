@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from model.native_logs import import_tensorflow, native_stderr_silenced
@@ -25,18 +26,21 @@ class ConverterUnavailableError(RuntimeError):
     """This TensorFlow build has no TFLite converter, so no int8 form can be made."""
 
 
+def _has_converter(tf: ModuleType) -> bool:
+    return hasattr(getattr(tf, "lite", None), "TFLiteConverter")
+
+
 def converter_available() -> bool:
     try:
-        tf = import_tensorflow()
+        return _has_converter(import_tensorflow())
     except ImportError:
         return False
-    return hasattr(getattr(tf, "lite", None), "TFLiteConverter")
 
 
 def quantise(keras_model: keras.Model) -> bytes:
     """The model as a TFLite flatbuffer with int8 weights (dynamic-range quantisation)."""
     tf = import_tensorflow()
-    if not hasattr(getattr(tf, "lite", None), "TFLiteConverter"):
+    if not _has_converter(tf):
         raise ConverterUnavailableError("this TensorFlow build has no tf.lite converter; int8 cannot be compiled")
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

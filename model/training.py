@@ -151,7 +151,8 @@ def train(
             missing.sum() / y.shape[1],
         )
     fitted = fit(replace(loop, soft=soft, missing=missing))
-    final = evaluate(np.asarray(y[val_idx], dtype=bool), fitted.predictor.predict(x[val_idx]))
+    x_held, y_held = x[val_idx], np.asarray(y[val_idx], dtype=bool)
+    final = evaluate(y_held, fitted.predictor.predict(x_held))
     state = fitted.state
     manifest.created = datetime.now(UTC).isoformat(timespec="seconds")
     manifest.training = {
@@ -173,9 +174,7 @@ def train(
     if missing is not None:
         manifest.training["masked_negatives"] = int(missing.sum())
     manifest.metrics = {"validation": final.summary()}
-    held_out = Validation(
-        x[val_idx], y[val_idx], manifest.training["validation_data"], float32_map=final.mean_average_precision
-    )
+    held_out = Validation(x_held, y_held, manifest.training["validation_data"], final.mean_average_precision)
     save_with_forms(fitted.net, manifest, output / "model", held_out)
     return TrainResult(
         output / "model",

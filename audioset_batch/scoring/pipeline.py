@@ -197,6 +197,8 @@ class ObjectScorer:
         model: str,
         frames: int | None = None,
         options: OutputOptions | None = None,
+        *,
+        runtime: str = "",
     ) -> None:
         self.settings = settings
         self.predict = predict
@@ -206,7 +208,7 @@ class ObjectScorer:
         self.options = options or output_options(settings, frames=frames)
         self.limits = reader_limits(settings)
         #: What computes the forward pass (``LiteRT``, ``TensorFlow``), for the worker's load line.
-        self.runtime = ""
+        self.runtime = runtime
 
     @classmethod
     def from_settings(
@@ -227,9 +229,15 @@ class ObjectScorer:
         options = output_options(
             settings, top_k, full_scores, labels, thresholds=manifest.threshold_values, frames=predictor.frames
         )
-        scorer = cls(settings, predictor.predict, predictor.manifest.classes, predictor.tag, predictor.frames, options)
-        scorer.runtime = predictor.runtime
-        return scorer
+        return cls(
+            settings,
+            predictor.predict,
+            manifest.classes,
+            predictor.tag,
+            predictor.frames,
+            options,
+            runtime=predictor.runtime,
+        )
 
     def score_local(
         self,

@@ -216,3 +216,13 @@ def test_a_serving_only_install_scores_from_the_form_and_says_what_needs_tensorf
     refused = subprocess.run([*command, "--precision", "float32"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "TensorFlowUnavailableError" in refused.stderr and "pip install 'tensorflow-cpu" in refused.stderr
+
+
+def test_the_compiled_path_refuses_a_symlinked_manifest(compiled: Path, tmp_path: Path) -> None:
+    """Serving from the form reads only the manifest and the form: the manifest is symlink-checked there too."""
+    model = copy_of(compiled, tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    (model / MANIFEST_NAME).rename(outside)
+    (model / MANIFEST_NAME).symlink_to(outside)
+    with pytest.raises(UnsafeArtifactError, match="is a symlink"):
+        Predictor.from_artifact(model, precision="int8")
