@@ -1,13 +1,11 @@
-"""``python -m benchmarks.event_edges [--clips N]``: do per-frame outputs place event edges better than windows?
+"""``python -m benchmarks.event_edges [--clips N]``: how well do events' edges fall in time, from frames or windows?
 
-Real ``eval_half.h5`` clips joined into hour-long recordings (as :mod:`benchmarks.recordings`); the shipped model's
-events found from its windows at the default hop (what the service writes); then the same events with their edges
-moved to the frame by per-frame evidence: the decision-level member's fusion layer applied to each frame's two
-attention heads (its clip output is that layer applied to their attention-weighted means), its first and last frame
-at or above the class's threshold inside the event's first and last window; ``held_frame`` the same with the whole
-served model's score of each frame held for a window's 10 frames (any architecture, no change to the graph). Both
-are measured in time against the clips' labels, a clip's label holding for its whole 10 s (the only truth AudioSet
-has):
+Real ``eval_half.h5`` clips joined into hour-long recordings (as :mod:`benchmarks.recordings`) and scored by the
+shipped model at the default hop, as the service scores them: events with their edges on the frames (the model's
+per-frame evidence at :data:`~audioset_batch.scoring.windows.FRAME_EDGE_SCALE` of each class's threshold, what the
+service writes), the same with other shares of the threshold, and with edges on the window spans (a model without
+per-frame evidence). Each is measured in time against the clips' labels, a clip's label holding for its whole 10 s
+(the only truth AudioSet has):
 
 - time precision: the share of event seconds inside clips carrying the event's class;
 - time recall: the share of labelled clip-class seconds an event of that class covers.
@@ -30,74 +28,7 @@ from benchmarks.files import audioset_data
 from benchmarks.recordings import CLIPS_PER_RECORDING
 
 WINDOW = 10
-SCALES = (1.0, 0.5, 0.25)
-
-
-def frame_probabilities(x: np.ndarray) -> np.ndarray:
-    """Per-frame probabilities ``(recordings, frames, classes)`` of the shipped ensemble's decision-level member."""
-    import keras
-
-    from model.artifact import DEFAULT_ARTIFACT, load
-    from model.ensemble import member_networks
-    from model.inference import dequantize
-
-    ensemble, _ = load(DEFAULT_ARTIFACT)
-    member = next(m for m in member_networks(ensemble) if "fusion" in [layer.name for layer in m.layers])
-    heads = keras.Model(member.input, [member.get_layer("head2_cla").output, member.get_layer("head3_cla").output])
-    kernel, bias = (np.asarray(w, dtype=np.float64) for w in member.get_layer("fusion").get_weights())
-    recordings, frames = x.shape[:2]
-    clips = x.reshape(recordings * frames // WINDOW, WINDOW, 128)  # frame-wise layers: any cut gives the same frames
-    out = []
-    for start in range(0, len(clips), 2048):
-        head2, head3 = heads.predict(dequantize(clips[start : start + 2048]), verbose=0)
-        logits = np.concatenate([head2, head3], axis=-1).astype(np.float64) @ kernel + bias
-        out.append((1 / (1 + np.exp(-logits))).astype(np.float32))
-    return np.concatenate(out).reshape(recordings, frames, -1)
-
-
-def held_frame_probabilities(x: np.ndarray) -> np.ndarray:
-    """Per-frame probabilities of the whole served model: each frame held for a window's 10 frames (every pooling
-    of identical frames gives that frame's own output), so any artifact has them with no change to its graph."""
-    from model.artifact import DEFAULT_ARTIFACT
-    from model.inference import Predictor
-
-    predictor = Predictor.from_artifact(DEFAULT_ARTIFACT, precision="float32")
-    frames = x.reshape(-1, 128)
-    out = [
-        predictor.predict(np.repeat(frames[i : i + 4096, None, :], WINDOW, axis=1)) for i in range(0, len(frames), 4096)
-    ]
-    return np.concatenate(out).reshape(x.shape[0], x.shape[1], -1)
-
-
-def refined(event: dict[str, Any], frames: np.ndarray, threshold: float, hop: int) -> tuple[float, float]:
-    """The event's span with each edge moved to the first (last) frame at or above ``threshold`` within its first
-    (last) window; an edge with no such frame stays where the windows put it.
-
-    A window-made event spans the middle ``hop`` frames of each of its windows (``event_spans``), so its first
-    window reaches ``(10 - hop) / 2`` frames before its start and its last window as far past its end.
-    """
-    margin = (WINDOW - hop) / 2
-    start, end = float(event["start_seconds"]), float(event["end_seconds"])
-    reach_start = int(max(0.0, start - margin)) if start > 0 else 0
-    reach_end = min(len(frames), int(np.ceil(end + margin)))
-    c = event["class"]["index"]
-    first = [t for t in range(reach_start, min(reach_start + WINDOW, reach_end)) if frames[t, c] >= threshold]
-    new_start = float(first[0]) if first else start
-    last = [t for t in range(max(reach_end - WINDOW, int(new_start)), reach_end) if frames[t, c] >= threshold]
-    new_end = float(last[-1] + 1) if last else end
-    return new_start, max(new_end, new_start + 1)
-
-
-def edge_windows(events: list[dict[str, Any]], hop: int) -> set[tuple[int, int]]:
-    """The distinct (recording, window start) pairs where an event starts or ends: what held-frame evidence would
-    cost in served rows (ten per such window)."""
-    margin = (WINDOW - hop) / 2
-    found = set()
-    for e in events:
-        start, end = float(e["start_seconds"]), float(e["end_seconds"])
-        found.add((e["index"], int(max(0.0, start - margin)) if start > 0 else 0))
-        found.add((e["index"], int(np.ceil(end + margin)) - WINDOW))
-    return found
+SCALES = (1.0, 0.5, 0.25, 0.125)
 
 
 def time_quality(spans: list[tuple[int, int, float, float]], y: np.ndarray, per: int) -> dict[str, float]:
@@ -118,7 +49,8 @@ def time_quality(spans: list[tuple[int, int, float, float]], y: np.ndarray, per:
     return {"time_precision": round(precision, 4), "time_recall": round(recall, 4), "f1": round(f1, 4)}
 
 
-def measure(data: Path, clips: int) -> dict[str, Any]:
+def measure(data: Path, clips: int, precision: str) -> dict[str, Any]:
+    import audioset_batch.scoring.recordings as recordings
     from audioset_batch.scoring.pipeline import ObjectScorer
     from audioset_batch.settings import load_settings
 
@@ -128,47 +60,42 @@ def measure(data: Path, clips: int) -> dict[str, Any]:
     per = CLIPS_PER_RECORDING
     clips = len(x) - len(x) % per
     x, y = x[:clips].reshape(clips // per, per * WINDOW, 128), y[:clips]
-    scorer = ObjectScorer.from_settings(load_settings(precision="float32"))
+    scorer = ObjectScorer.from_settings(load_settings(precision=precision))
+    served = recordings.FRAME_EDGE_SCALE
+    report: dict[str, Any] = {"clips": clips, "recordings": clips // per, "hop": scorer.options.window_hop}
     with tempfile.TemporaryDirectory(prefix="edges-bench-") as tmp:
         joined = Path(tmp) / "joined.h5"
         with h5py.File(joined, "w") as f:
             f["x"] = x
             f["x"].attrs["seconds_per_frame"] = 1.0
-        events_out, scored = io.BytesIO(), io.BytesIO()
-        scorer.score_local(joined, scored, "bench", events_out=events_out)
-    events = [orjson.loads(line) for line in events_out.getvalue().splitlines()]
-    thresholds = scorer.options.thresholds
-    frames = frame_probabilities(x)
-    hop = scorer.options.window_hop
-    window_total = len(scored.getvalue().splitlines())
-    windows = [(e["index"], e["class"]["index"], e["start_seconds"], e["end_seconds"]) for e in events]
-    report: dict[str, Any] = {
-        "clips": clips,
-        "recordings": clips // per,
-        "hop": hop,
-        "events": len(events),
-        "windows": window_total,
-        "edge_windows": len(edge_windows(events, hop)),
-        "window_edges": time_quality(windows, y, per),
-    }
-    held = held_frame_probabilities(x)
-    for name, evidence in (("per_frame", frames), ("held_frame", held)):
-        for scale in SCALES:  # the frame threshold as a share of the class's threshold: frames score lower
-            edges = [
-                (e["index"], c, *refined(e, evidence[e["index"]], scale * thresholds[c], hop))
-                for e in events
-                for c in [e["class"]["index"]]
-            ]
-            moved = sum(1 for a, b in zip(windows, edges, strict=True) if a[2:] != b[2:])
-            report[f"{name}_edges_at_{scale:g}_x_threshold"] = {**time_quality(edges, y, per), "events_moved": moved}
+
+        def events_of(predict_frames: Any) -> list[tuple[int, int, float, float]]:
+            scorer.predict_frames = predict_frames
+            events_out = io.BytesIO()
+            scorer.score_local(joined, io.BytesIO(), "bench", events_out=events_out)
+            events = [orjson.loads(line) for line in events_out.getvalue().splitlines()]
+            return [(e["index"], e["class"]["index"], e["start_seconds"], e["end_seconds"]) for e in events]
+
+        with_frames = scorer.predict_frames
+        windows = events_of(None)
+        report["events"] = len(windows)
+        report["window_edges"] = time_quality(windows, y, per)
+        try:
+            for scale in SCALES:  # the frame threshold as a share of the class's threshold: frames score lower
+                recordings.FRAME_EDGE_SCALE = scale
+                name = "frame_edges_served" if scale == served else f"frame_edges_at_{scale:g}_x_threshold"
+                report[name] = {**time_quality(events_of(with_frames), y, per), "frame_edge_scale": scale}
+        finally:
+            recordings.FRAME_EDGE_SCALE = served
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.event_edges", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=10_080, help="eval_half clips to use (whole hours of 360)")
+    parser.add_argument("--precision", default="auto", help="the precision to serve in (default: auto)")
     args = parser.parse_args()
-    print(json.dumps(measure(audioset_data("eval_half.h5"), args.clips), indent=2))
+    print(json.dumps(measure(audioset_data("eval_half.h5"), args.clips, args.precision), indent=2))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from cli.common import ModelPath, json_option, main, note, warn
 @click.pass_obj
 def compile_model(settings: Settings, model_path: Path, data: tuple[str, ...], as_json: bool) -> None:
     """Compile MODEL's serving graph once (int8 for LiteRT) and list it in its manifest, so scoring loads it
-    without TensorFlow. `train` and `ensemble` do this themselves.
+    without TensorFlow. `train` and `ensemble` do this themselves. A model that scores each frame also gets a
+    twin with that per-frame evidence, which recordings use to place event edges to the frame.
 
     Given labelled held-out DATA (never the model's training data), measure the form's accuracy gate: its mAP
     beside float32's on DATA. A form that loses more than 0.001 is kept but never picked by `--precision auto`.
@@ -44,6 +45,9 @@ def compile_model(settings: Settings, model_path: Path, data: tuple[str, ...], a
             f"; mAP {gate['map']:.4f} against float32's {gate['float32_map']:.4f} on {gate['data']}" if gate else ""
         )
         note(f"{precision}: {form['file']} ({form['bytes'] / 1e6:.1f} MB){measured}")
+        if "frames" in form:
+            twin = form["frames"]
+            note(f"{precision} with per-frame evidence: {twin['file']} ({twin['bytes'] / 1e6:.1f} MB), for event edges")
         if gate and not gate["passed"]:
             warn(f"the {precision} form fails its accuracy gate: `--precision auto` will not serve it")
     if not data:

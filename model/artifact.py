@@ -4,6 +4,7 @@ Layout of an artifact directory::
 
     <artifact>/model.keras        weights + architecture (Keras v3 format)
     <artifact>/model.int8.tflite  the serving graph compiled for LiteRT (optional; :mod:`model.compiled_forms`)
+    <artifact>/model.int8.frames.tflite  the same with per-frame evidence, for recordings' event edges (optional)
     <artifact>/manifest.json      name, version, architecture, classes, sha256s, training, metrics, thresholds
 
 The sha256 in the manifest is checked before Keras touches the file, and the
@@ -207,6 +208,8 @@ def check_artifact(artifact: str | Path) -> Manifest:
     check_archive(Path(artifact) / WEIGHTS_NAME, manifest.frames)
     for form in manifest.compiled.values():
         read_form(artifact, form)
+        if "frames" in form:
+            read_form(artifact, form["frames"])
     return manifest
 
 

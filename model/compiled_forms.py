@@ -2,10 +2,11 @@
 
 A form is the artifact's serving graph (:mod:`model.serving_graph`) compiled once, when the artifact is written
 (:mod:`model.form_builder`). Today there is one, ``int8``: a TFLite flatbuffer with int8 weights
-(dynamic-range quantisation) that LiteRT runs. The manifest's ``compiled`` section pins each form like the
-weights (file name, sha256, size), names what made it, and records its accuracy gate: the mAP it scored beside
-float32 on the artifact's validation data. A form is an untrusted file: it is read whole (bounded), hashed,
-and its operators checked before the interpreter sees a byte of it.
+(dynamic-range quantisation) that LiteRT runs, and, for a model with per-frame evidence, its twin with that
+evidence as a second output (``frames``), which only recordings load. The manifest's ``compiled`` section pins
+each form like the weights (file name, sha256, size), names what made it, and records its accuracy gate: the mAP
+it scored beside float32 on the artifact's validation data. A form is an untrusted file: it is read whole
+(bounded), hashed, and its operators checked before the interpreter sees a byte of it.
 
 This module imports neither TensorFlow nor LiteRT.
 """
@@ -22,6 +23,9 @@ from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeA
 
 #: Each form's file in the artifact folder, by the precision it serves.
 FORM_FILES = {"int8": "model.int8.tflite"}
+#: Each form's twin with per-frame evidence as a second output (:mod:`model.frame_evidence`), under its
+#: ``frames`` key: only recordings load it, so scoring clips never pays for the extra output.
+FRAME_FORM_FILES = {"int8": "model.int8.frames.tflite"}
 #: The largest compiled form read: the shipped int8 form is 7 MB; a network 100 times wider still fits.
 MAX_FORM_BYTES = 1024**3
 #: How far a form's validation mAP may fall below float32's for ``auto`` to serve it.
@@ -44,11 +48,24 @@ def validated(value: Any, source: str) -> dict[str, dict[str, Any]]:
             )
         if not isinstance(entry, dict) or entry.get("file") != FORM_FILES[precision]:
             raise ArtifactError(f"{source}: compiled form {precision!r} must be the file {FORM_FILES[precision]!r}")
-        if not _SHA256.match(str(entry.get("sha256", ""))) or not 0 < int(entry.get("bytes", 0)) <= MAX_FORM_BYTES:
-            raise ArtifactError(
-                f"{source}: compiled form {precision!r} needs a sha256 and a size up to {MAX_FORM_BYTES}"
-            )
+        _check_file(entry, precision, source)
+        frames = entry.get("frames")
+        if frames is not None:
+            if not isinstance(frames, dict) or frames.get("file") != FRAME_FORM_FILES[precision]:
+                raise ArtifactError(
+                    f"{source}: the {precision!r} form's frames twin must be the file {FRAME_FORM_FILES[precision]!r}"
+                )
+            _check_file(frames, f"{precision} frames", source)
     return {precision: dict(entry) for precision, entry in value.items()}
+
+
+def _check_file(entry: dict[str, Any], name: str, source: str) -> None:
+    try:
+        size = int(entry.get("bytes", 0))
+    except (TypeError, ValueError):
+        size = 0
+    if not _SHA256.match(str(entry.get("sha256", ""))) or not 0 < size <= MAX_FORM_BYTES:
+        raise ArtifactError(f"{source}: compiled form {name!r} needs a sha256 and a size up to {MAX_FORM_BYTES}")
 
 
 def gate_failed(entry: dict[str, Any]) -> bool:

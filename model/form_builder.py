@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model.artifact import MANIFEST_NAME, Manifest, load, save
+from model.artifact_errors import ArtifactError
 from model.atomic_files import replacing, write_json
-from model.compiled_forms import FORM_FILES, MAP_TOLERANCE, check_flatbuffer
+from model.compiled_forms import FORM_FILES, FRAME_FORM_FILES, MAP_TOLERANCE, check_flatbuffer
 from model.inference import Predictor
 from model.litert_forward import LiteRTForward
 from model.native_logs import import_tensorflow
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("audioset.model")
+#: How far the frames twin's clip output may stray from its form's: float rounding of a differently fused graph
+#: (up to 2e-5 seen on the shipped twin), far below the 4 decimals records carry.
+TWIN_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +67,42 @@ def compile_forms(
         entry["gate"] = _gate(served, blob, manifest, validation)
         if not entry["gate"]["passed"]:
             log.warning("the int8 form of %s fails its accuracy gate: %s", manifest.tag, entry["gate"])
+    twin = _frames_twin(served, blob, artifact, manifest)
+    if twin is not None:
+        twin_blob, entry["frames"] = twin
+        with replacing(artifact / FRAME_FORM_FILES["int8"]) as tmp:
+            tmp.write_bytes(twin_blob)
     with replacing(path) as tmp:
         tmp.write_bytes(blob)
     return {"int8": entry}
+
+
+def _frames_twin(
+    served: keras.Model, blob: bytes, artifact: Path, manifest: Manifest
+) -> tuple[bytes, dict[str, Any]] | None:
+    """The int8 form with per-frame evidence as a second output, for recordings' event edges; None for a model
+    without evidence. Its clip output must be the form's own (the same layers and weights), or nothing ships."""
+    from model.frame_evidence import with_frame_evidence
+
+    with_frames = with_frame_evidence(served)
+    if with_frames is None:
+        return None
+    twin = quantise(with_frames)
+    where = str(artifact / FRAME_FORM_FILES["int8"])
+    check_flatbuffer(twin, where)
+    frames, classes = manifest.frames, len(manifest.classes)
+    probe = np.random.default_rng(0).uniform(-1, 1, size=(64, frames, 128)).astype(np.float32)
+    clip = LiteRTForward(blob, frames, classes, where=where)(probe)
+    twin_clip, _ = LiteRTForward(twin, frames, classes, where=where, evidence=True).with_frames(probe)
+    difference = float(np.abs(clip - twin_clip).max())
+    if difference > TWIN_TOLERANCE:
+        raise ArtifactError(f"{where}: its clip output differs from the int8 form's by {difference:.2g}")
+    return twin, {
+        "file": FRAME_FORM_FILES["int8"],
+        "sha256": hashlib.sha256(twin).hexdigest(),
+        "bytes": len(twin),
+        "clip_output_difference": float(f"{difference:.3g}"),
+    }
 
 
 def _gate(served: keras.Model, blob: bytes, manifest: Manifest, validation: Validation) -> dict[str, Any]:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger("audioset.model")
+#: One forward pass giving clip probabilities and per-frame probabilities ``(clips, frames, classes)``.
+FramesForward = Callable[[np.ndarray], tuple[Any, Any]]
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -179,8 +181,13 @@ class Predictor:
         precision: str = "float32",
         runtime: str = "TensorFlow",
         model: keras.Model | None = None,
+        evidence: Callable[[], FramesForward] | None = None,
     ) -> None:
         self._forward = forward
+        self._evidence_factory = evidence
+        self._evidence: FramesForward | None = None
+        #: The model scores each frame (:meth:`predict_frames` gives them): recordings' event edges use it.
+        self.frame_evidence = evidence is not None
         self.manifest = manifest
         self.frames = frames
         self.batch_size = batch_size
@@ -216,6 +223,12 @@ class Predictor:
             from model.tflite_convert import quantise
 
             forward = LiteRTForward(quantise(keras_model), frames, len(manifest.classes), threads, where=manifest.tag)
+
+            def converted_evidence(with_frames: keras.Model) -> FramesForward:
+                blob = quantise(with_frames)
+                twin = LiteRTForward(blob, frames, len(manifest.classes), threads, manifest.tag, evidence=True)
+                return twin.with_frames
+
             return cls(
                 forward,
                 manifest,
@@ -224,6 +237,7 @@ class Predictor:
                 precision=precision,
                 runtime="LiteRT (converted at load)",
                 model=keras_model,
+                evidence=_deferred(keras_model, converted_evidence),
             )
         import_tensorflow()
         import tensorflow as tf
@@ -233,7 +247,19 @@ class Predictor:
         keras_model = with_precision(keras_model, precision)
         signature = [tf.TensorSpec(shape=(None, frames, 128), dtype=tf.float32)]
         traced = tf.function(_InferenceCall(keras_model), input_signature=signature)
-        return cls(traced, manifest, frames=frames, batch_size=batch_size, precision=precision, model=keras_model)
+
+        def traced_evidence(with_frames: keras.Model) -> FramesForward:
+            return tf.function(_InferenceCall(with_frames), input_signature=signature)  # type: ignore[no-any-return]
+
+        return cls(
+            traced,
+            manifest,
+            frames=frames,
+            batch_size=batch_size,
+            precision=precision,
+            model=keras_model,
+            evidence=_deferred(keras_model, traced_evidence),
+        )
 
     @classmethod
     def from_artifact(
@@ -252,8 +278,22 @@ class Predictor:
 
             where = str(Path(artifact) / str(form["file"]))
             forward = LiteRTForward(read_form(artifact, form), manifest.frames, len(manifest.classes), threads, where)
+            twin = form.get("frames")
+
+            def compiled_evidence() -> FramesForward:
+                assert twin is not None
+                blob, at = read_form(artifact, twin), str(Path(artifact) / str(twin["file"]))
+                classes = len(manifest.classes)
+                return LiteRTForward(blob, manifest.frames, classes, threads, at, evidence=True).with_frames
+
             return cls(
-                forward, manifest, frames=manifest.frames, batch_size=batch_size, precision=resolved, runtime="LiteRT"
+                forward,
+                manifest,
+                frames=manifest.frames,
+                batch_size=batch_size,
+                precision=resolved,
+                runtime="LiteRT",
+                evidence=None if twin is None else compiled_evidence,
             )
         if resolved == "int8":
             _say_once(
@@ -286,6 +326,37 @@ class Predictor:
             if progress is not None:
                 progress(len(batch))
         return np.concatenate(outputs, axis=0)
+
+    def predict_frames(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Clip probabilities and, where the model has per-frame evidence (:mod:`model.frame_evidence`), each
+        frame's probabilities ``(clips, frames, classes)``; else ``None`` beside the clip probabilities.
+
+        The evidence is built on first use (a second interpreter, or a second traced function), from the thread
+        that calls it, so scoring clips never pays for it.
+        """
+        if self._evidence is None and self._evidence_factory is not None:
+            self._evidence = self._evidence_factory()
+        if self._evidence is None:
+            return self.predict(x), None
+        if x.shape[0] == 0:
+            return np.zeros((0, self.classes), np.float32), np.zeros((0, self.frames, self.classes), np.float32)
+        clips, frames = [], []
+        for start in range(0, x.shape[0], self.batch_size):
+            clip, per_frame = self._evidence(dequantize(x[start : start + self.batch_size]))
+            clips.append(np.asarray(clip, dtype=np.float32))
+            frames.append(np.asarray(per_frame, dtype=np.float32))
+        return np.concatenate(clips, axis=0), np.concatenate(frames, axis=0)
+
+
+def _deferred(
+    keras_model: keras.Model, build: Callable[[keras.Model], FramesForward]
+) -> Callable[[], FramesForward] | None:
+    """``build`` over the model with per-frame evidence, called on first use; None when it has none (known at once:
+    finding it only builds a graph, while tracing or converting it takes seconds)."""
+    from model.frame_evidence import with_frame_evidence
+
+    with_frames = with_frame_evidence(keras_model)
+    return None if with_frames is None else lambda: build(with_frames)
 
 
 _said: set[str] = set()

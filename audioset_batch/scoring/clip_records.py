@@ -15,6 +15,8 @@ import orjson
 from model.labels import ClassLabel
 
 Predict = Callable[[np.ndarray], np.ndarray]
+#: Clip scores and, where the model has them, per-frame scores ``(clips, frames, classes)`` (else None).
+PredictFrames = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 

@@ -1,7 +1,8 @@
 """What a result was made with, beside its model and its object's ETag.
 
 A summary records it, and the already-scored check compares it: a file whose summary says it was made otherwise
-(another top-k, hop, threshold or labels mode, other thresholds) is scored again when enqueued again.
+(another top-k, hop, threshold or labels mode, other thresholds, a recording's event edges placed otherwise) is
+scored again when enqueued again.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def model_identity(tag: str) -> str:
     return tag.split("+", 1)[0]
 
 
-def still_stands(summary: dict[str, Any] | None, etag: str, model: str, options: OutputOptions) -> bool:
+def still_stands(
+    summary: dict[str, Any] | None, etag: str, model: str, options: OutputOptions, event_edges: str = "windows"
+) -> bool:
     """The summary is of this version of the object, by this model (in any precision), made as ``options``
-    would make it."""
+    would make it; a recording's events with their edges placed the same way (``frames`` or ``windows``)."""
     if not summary or summary.get("etag") != etag:
         return False
     if model_identity(str(summary.get("model", ""))) != model_identity(model):
@@ -54,4 +57,4 @@ def still_stands(summary: dict[str, Any] | None, etag: str, model: str, options:
         default = wanted if name in _RECORDINGS_ONLY else _BEFORE.get(name)
         if summary.get(name, default) != wanted:
             return False
-    return True
+    return "windows" not in summary or summary.get("event_edges", "windows") == event_edges

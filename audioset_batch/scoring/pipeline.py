@@ -20,7 +20,7 @@ from audioset_batch.results.keys import ResultKeys, result_keys
 from audioset_batch.results.records import dumps, loads, now
 from audioset_batch.retry_policy import should_retry
 from audioset_batch.scoring.chunk_stream import predicted, prefetched
-from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records, top_label_counts
+from audioset_batch.scoring.clip_records import OutputOptions, Predict, PredictFrames, encode_records, top_label_counts
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.limits import Deadline, OutputCap, output_options, reader_limits
 from audioset_batch.scoring.made_with import made_with, still_stands
@@ -62,6 +62,7 @@ class FileScore:
     windows: int | None = None
     events: int | None = None
     seconds_per_frame: float | None = None
+    event_edges: str | None = None
 
 
 def score_file(
@@ -81,13 +82,15 @@ def score_file(
     max_output_ratio: float | None = None,
     progress: Progress | None = None,
     events_out: IO[bytes] | None = None,
+    predict_frames: PredictFrames | None = None,
 ) -> FileScore:
     """Read, validate and score one local HDF5 file, writing JSON Lines to ``out``; ``progress(done, total)``
     hears of the clips scored after each chunk.
 
     Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is the model's frames
     per clip: a file of clips of any other length (or of one T x 128 recording) is scored as windows
-    (:mod:`recordings`), one record per window, and its events go to ``events_out``. ``max_output_ratio`` bounds
+    (:mod:`recordings`), one record per window, and its events go to ``events_out``, their edges on the frames
+    where ``predict_frames`` gives per-frame scores. ``max_output_ratio`` bounds
     the bytes written (:class:`OutputCap`).
     """
     started = time.monotonic()
@@ -127,6 +130,7 @@ def score_file(
                 source=source,
                 options=options,
                 width=frames,
+                predict_frames=predict_frames,
                 chunk_rows=chunk_clips,
                 streamed=streamed,
                 deadline=deadline,
@@ -179,6 +183,7 @@ def score_file(
         windows=None if recording is None else recording.windows,
         events=None if recording is None else recording.events,
         seconds_per_frame=None if recording is None else recording.seconds_per_frame,
+        event_edges=None if recording is None else recording.event_edges,
     )
 
 
@@ -199,9 +204,13 @@ class ObjectScorer:
         options: OutputOptions | None = None,
         *,
         runtime: str = "",
+        predict_frames: PredictFrames | None = None,
     ) -> None:
         self.settings = settings
         self.predict = predict
+        #: Clip and per-frame scores in one pass, for recordings' event edges (None: edges on window spans).
+        self.predict_frames = predict_frames
+        self.event_edges = "windows" if predict_frames is None else "frames"
         self.classes = classes
         self.model = model
         self.frames = frames
@@ -237,6 +246,7 @@ class ObjectScorer:
             predictor.frames,
             options,
             runtime=predictor.runtime,
+            predict_frames=predictor.predict_frames if predictor.frame_evidence else None,
         )
 
     def score_local(
@@ -265,6 +275,7 @@ class ObjectScorer:
             max_output_ratio=self.settings.max_output_ratio,
             progress=progress,
             events_out=events_out,
+            predict_frames=self.predict_frames,
         )
 
     def _store(self, url: ObjectURL) -> ObjectStore:
@@ -276,7 +287,7 @@ class ObjectScorer:
 
     def already_scored(self, url: ObjectURL, etag: str) -> bool:
         summary = loads(self._store(url).get_bytes(self.settings.results_bucket, self.keys(url).summary))
-        return still_stands(summary, etag, self.model, self.options)
+        return still_stands(summary, etag, self.model, self.options, self.event_edges)
 
     def score(self, url: ObjectURL, *, force: bool = False, attempt: int = 1, job: str | None = None) -> Outcome:
         """Score one object. Input and storage errors become error records, except a transient error with
@@ -384,4 +395,5 @@ def _recording_fields(scored: FileScore, events: str) -> dict[str, Any]:
         "events": scored.events,
         "events_result": events,
         "seconds_per_frame": scored.seconds_per_frame,
+        "event_edges": scored.event_edges,
     }

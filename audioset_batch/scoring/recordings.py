@@ -2,7 +2,8 @@
 
 The same read → predict → encode pipeline as clips (:mod:`chunk_stream`), over windows cut by the reader. Each
 window is one record; consecutive windows of a clip where a class stays at or above the event threshold become
-one event; a clip's score for its metrics is the maximum over its windows (a class heard anywhere in the clip).
+one event, its edges on the frames where the model scores each frame (``predict_frames``); a clip's score for its
+metrics is the maximum over its windows (a class heard anywhere in the clip).
 """
 
 from __future__ import annotations
@@ -14,12 +15,27 @@ from typing import IO
 import numpy as np
 import orjson
 
-from audioset_batch.scoring.chunk_stream import predicted, prefetched
-from audioset_batch.scoring.clip_records import OutputOptions, Predict, encode_records, top_label_counts
+from audioset_batch.scoring.chunk_stream import predicted_with, prefetched
+from audioset_batch.scoring.clip_records import (
+    OutputOptions,
+    Predict,
+    PredictFrames,
+    encode_records,
+    top_label_counts,
+)
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile
 from audioset_batch.scoring.limits import Deadline, OutputCap
 from audioset_batch.scoring.window_reader import window_chunks, window_count
-from audioset_batch.scoring.windows import Event, EventTracker, event_record, event_spans
+from audioset_batch.scoring.windows import (
+    FRAME_EDGE_SCALE,
+    Event,
+    EventTracker,
+    HeardFrames,
+    event_record,
+    event_spans,
+    frame_edges,
+    heard_frames,
+)
 from model.labels import ClassLabel
 from model.metrics import StreamedEvaluation
 
@@ -31,6 +47,8 @@ class WindowScore:
     written: int = 0
     firsts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     seconds_per_frame: float = 0.0
+    #: Where events' edges fell: on ``frames`` (the model's per-frame evidence) or on window spans.
+    event_edges: str = "windows"
 
 
 @dataclass(slots=True)
@@ -73,6 +91,7 @@ def score_windows(
     source: str,
     options: OutputOptions,
     width: int,
+    predict_frames: PredictFrames | None = None,
     chunk_rows: int,
     streamed: StreamedEvaluation | None = None,
     deadline: Deadline | None = None,
@@ -83,7 +102,8 @@ def score_windows(
     spf = embeddings.seconds_per_frame or options.seconds_per_frame
     total = window_count(embeddings, width, options.window_hop)
     result = WindowScore(firsts=np.zeros(len(classes), dtype=np.int64), seconds_per_frame=spf)
-    tracker = EventTracker(options.event_thresholds(len(classes)), classes)
+    thresholds = options.event_thresholds(len(classes))
+    tracker = EventTracker(thresholds, classes, shortest=spf)
     pool = _ClipPool(embeddings, streamed)
     about: dict[int, tuple[str | None, float | None]] = {}  # clip -> video id, start time: for its events
 
@@ -100,7 +120,11 @@ def score_windows(
             result.events += 1
 
     chunks = window_chunks(embeddings, width, options.window_hop, chunk_rows)
-    for chunk, scores in predicted(prefetched(chunks), predict):
+    forward: Callable[[np.ndarray], tuple[np.ndarray, HeardFrames | None]] = lambda x: (predict(x), None)  # noqa: E731
+    if predict_frames is not None:
+        result.event_edges = "frames"
+        forward = _frames_heard(predict_frames, width, thresholds, thresholds * FRAME_EDGE_SCALE)
+    for chunk, scores, heard in predicted_with(prefetched(chunks), forward):
         if deadline is not None:
             deadline.check()
         assert chunk.clip_index is not None and chunk.frame_starts is not None
@@ -127,7 +151,8 @@ def score_windows(
             cap.check(result.written, chunk.start + len(scores), total)
         out.write(lines)
         span_starts, span_ends = event_spans(chunk.frame_starts, embeddings.frames, width, options.window_hop)
-        write_events(list(tracker.feed(chunk.clip_index, span_starts * spf, span_ends * spf, scores, starts)))
+        edges = None if heard is None else frame_edges(heard, chunk.frame_starts, embeddings.frames, spf)
+        write_events(list(tracker.feed(chunk.clip_index, span_starts * spf, span_ends * spf, scores, starts, edges)))
         about = {clip: info for clip, info in about.items() if clip >= tracker.clip}  # earlier clips' events are out
         pool.add(chunk.clip_index, scores)
         if progress is not None:
@@ -135,3 +160,33 @@ def score_windows(
     write_events(list(tracker.finish()))
     pool.flush()
     return result
+
+
+#: Windows predicted at a time for their per-frame evidence: it is ``width x classes`` floats a window (21 MB for
+#: 1,024 windows of the shipped model), reduced at once to the few frames events need.
+EVIDENCE_ROWS = 1024
+
+
+def _frames_heard(
+    predict_frames: PredictFrames, width: int, thresholds: np.ndarray, frame_thresholds: np.ndarray
+) -> Callable[[np.ndarray], tuple[np.ndarray, HeardFrames | None]]:
+    """Scores and :class:`HeardFrames` of a chunk of windows, never holding more than :data:`EVIDENCE_ROWS` windows'
+    evidence (a chunk is thousands of windows)."""
+
+    def forward(x: np.ndarray) -> tuple[np.ndarray, HeardFrames | None]:
+        scores, parts = [], []
+        for first in range(0, len(x), EVIDENCE_ROWS):
+            batch = x[first : first + EVIDENCE_ROWS]
+            batch_scores, evidence = predict_frames(batch)
+            batch_scores = np.asarray(batch_scores, dtype=np.float32)
+            scores.append(batch_scores)
+            if evidence is None:
+                return np.concatenate([*scores, predict_frames(x[first + len(batch) :])[0]]), None
+            if evidence.shape != (len(batch), width, len(thresholds)):
+                raise ValueError(f"model returned per-frame scores {evidence.shape} for {len(batch)} windows")
+            parts.append((first, heard_frames(batch_scores, evidence, thresholds, frame_thresholds)))
+        if not scores:
+            return np.zeros((0, len(thresholds)), np.float32), None
+        return np.concatenate(scores), HeardFrames.joined(parts)
+
+    return forward

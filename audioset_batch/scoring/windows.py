@@ -3,11 +3,14 @@
 Pure functions over arrays. A clip of ``T`` frames is cut into windows of ``width`` frames (the model's 10)
 every ``hop`` frames; a last window is added flush with the end when the hops do not reach it, so every frame
 is heard; a clip shorter than ``width`` is one window, zero-padded at the end as AudioSet pads short clips.
+
+An event's edges fall where its windows put them (:func:`event_spans`) or, where the model scores each frame
+(:mod:`model.frame_evidence`), on the frames themselves (:func:`frame_edges`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +28,61 @@ def event_spans(frame_starts: np.ndarray, frames: int, width: int, hop: int) -> 
     last = hop_starts(frames, width, hop)[-1]
     ends = np.where(frame_starts >= last, float(min(frames, last + width)), frame_starts + margin + hop)
     return starts, np.maximum(ends, starts)
+
+
+#: A frame counts as hearing a class at this share of the class's threshold: a frame's own probability runs lower
+#: than its window's pooled one. Chosen on real recordings (``python -m benchmarks.event_edges``: time F1 0.401 with
+#: window edges; 0.419, 0.428, 0.432 with frame edges at 1, 0.5 and 0.25 of the threshold; 0.434 at 0.125).
+FRAME_EDGE_SCALE = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class HeardFrames:
+    """For each window and class present in it (at or above the class's threshold), which of the window's frames
+    reach the class's frame threshold: all an event's edges need of the per-frame evidence, a few bytes a window
+    where the evidence itself is ``width x classes`` floats."""
+
+    rows: np.ndarray  # window of each pair
+    classes: np.ndarray  # class of each pair
+    heard: np.ndarray  # (pairs, width) bool
+
+    @staticmethod
+    def joined(parts: Sequence[tuple[int, HeardFrames]]) -> HeardFrames:
+        """Parts of consecutive windows, each with the row its first window has in the whole."""
+        if not parts:
+            return HeardFrames(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), bool))
+        return HeardFrames(
+            np.concatenate([first + part.rows for first, part in parts]),
+            np.concatenate([part.classes for _, part in parts]),
+            np.concatenate([part.heard for _, part in parts]),
+        )
+
+
+def heard_frames(
+    scores: np.ndarray, evidence: np.ndarray, thresholds: np.ndarray, frame_thresholds: np.ndarray
+) -> HeardFrames:
+    """Windows' ``scores`` and per-frame ``evidence`` ``(windows, width, classes)`` reduced to :class:`HeardFrames`
+    (a non-finite frame is never heard)."""
+    rows, classes = np.nonzero(scores >= thresholds[None, :])
+    return HeardFrames(rows, classes, evidence[rows, :, classes] >= frame_thresholds[classes][:, None])
+
+
+def frame_edges(
+    heard: HeardFrames, frame_starts: np.ndarray, frames: int, spf: float
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """Where each window would start and end an event of each class present in it, in seconds: its first frame
+    heard, and just after its last; padding past the clip's ``frames`` is never heard. A pair with no frame heard
+    is left out: its event edge stays on the window's span (:func:`event_spans`)."""
+    width = heard.heard.shape[1] if heard.heard.ndim == 2 else 0
+    origins = frame_starts[heard.rows]
+    inside = heard.heard & ((origins[:, None] + np.arange(width)[None, :]) < frames)
+    some = inside.any(axis=1)
+    first = origins + inside.argmax(axis=1)
+    last = origins + width - inside[:, ::-1].argmax(axis=1)
+    return {
+        (int(row), int(c)): (float(start) * spf, float(end) * spf)
+        for row, c, start, end in zip(heard.rows[some], heard.classes[some], first[some], last[some], strict=True)
+    }
 
 
 def pooled_clip_scores(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, width: int, hop: int) -> np.ndarray:
@@ -56,21 +114,30 @@ class EventTracker:
     """Merges consecutive windows of one clip where a class scores at or above its threshold into events.
 
     Fed window rows in file order (any number of calls); an event ends at the first window below threshold,
-    at a new clip, or at :meth:`finish`. It spans from its first window's span start to its last one's span end
-    (:func:`event_spans`).
+    at a new clip, or at :meth:`finish`. It runs from its first window's start edge to its last one's end edge:
+    the window spans (:func:`event_spans`) or the frames (:func:`frame_edges`); at least ``shortest`` long.
     """
 
     thresholds: np.ndarray  # one per class
     classes: Sequence[ClassLabel]
+    shortest: float = 0.0
     clip: int = -1  # the clip being fed; events of earlier clips have all been yielded
     _open: dict[int, Event] = field(default_factory=dict)
 
     def feed(
-        self, clips: np.ndarray, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, peaks: np.ndarray
+        self,
+        clips: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        scores: np.ndarray,
+        peaks: np.ndarray,
+        edges: Mapping[tuple[int, int], tuple[float, float]] | None = None,
     ) -> Iterator[tuple[int, ClassLabel, Event]]:
         """Windows (clip index, the span each window stands for in an event, scores, and each window's own start
-        for the peak); yields each event that ended."""
+        for the peak; ``edges``: per (window, class) the frame edges that replace the span, :func:`frame_edges`);
+        yields each event that ended."""
         present = scores >= self.thresholds[None, :]
+        edges = edges or {}
         for row in range(len(scores)):
             clip = int(clips[row])
             if clip != self.clip:
@@ -82,10 +149,11 @@ class EventTracker:
             for index in on:
                 score = float(scores[row, index])
                 event = self._open.get(index)
+                start, end = edges.get((row, index), (float(starts[row]), float(ends[row])))
                 if event is None:
-                    self._open[index] = Event(float(starts[row]), float(ends[row]), score, float(peaks[row]), 1)
+                    self._open[index] = Event(start, end, score, float(peaks[row]), 1)
                     continue
-                event.end = float(ends[row])
+                event.end = end
                 event.windows += 1
                 if score > event.peak:
                     event.peak, event.peak_at = score, float(peaks[row])
@@ -100,6 +168,7 @@ class EventTracker:
 
     def _close(self, index: int, keep: bool = False) -> tuple[int, ClassLabel, Event]:
         event = self._open[index] if keep else self._open.pop(index)
+        event.end = max(event.end, event.start + self.shortest)  # frame edges of different windows may cross
         return self.clip, self.classes[index], event
 
 

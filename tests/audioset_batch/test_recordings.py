@@ -11,11 +11,19 @@ import orjson
 import pytest
 
 from audioset_batch.errors import ConfigError, EmptyDatasetError, FrameCountError, LayoutError, LimitExceededError
+from audioset_batch.scoring import recordings
 from audioset_batch.scoring.clip_records import OutputOptions
 from audioset_batch.scoring.hdf5_reader import EmbeddingFile, Limits
 from audioset_batch.scoring.pipeline import ObjectScorer, score_file
 from audioset_batch.scoring.window_reader import window_chunks
-from audioset_batch.scoring.windows import EventTracker, event_spans
+from audioset_batch.scoring.windows import (
+    FRAME_EDGE_SCALE,
+    EventTracker,
+    HeardFrames,
+    event_spans,
+    frame_edges,
+    heard_frames,
+)
 from audioset_batch.settings import load_settings
 from model.clip_windows import cut_windows, hop_starts
 from tests.helpers import make_labels
@@ -86,6 +94,79 @@ def test_event_spans_tile_a_clip_without_overlap() -> None:
     assert begin.tolist() == [0.0, 7.5, 12.5, 15.5] and end.tolist() == [7.5, 12.5, 17.5, 23.0]
     begin, end = event_spans(hop_starts(30, 10, 10), 30, 10, 10)
     assert begin.tolist() == [0, 10, 20] and end.tolist() == [10, 20, 30]
+
+
+def frame_model(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mean_model` with each frame's own scores: class 0 hears a frame by its loudness."""
+    frames = np.asarray(x, dtype=np.float32).mean(axis=2) / 255.0
+    evidence = np.stack([frames, 1 - frames, np.full_like(frames, 0.1), np.full_like(frames, 0.9)], axis=2)
+    return mean_model(x), evidence
+
+
+def test_frame_edges_fall_on_the_first_and_last_frame_heard_never_on_padding() -> None:
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.9, 0.9]])
+    evidence = np.zeros((3, 10, 2), dtype=np.float32)
+    evidence[0, 3:7, 0] = 0.4  # window 0 (frames 0..9): class 0 heard on frames 3..6
+    evidence[1, 8:, 1] = 0.9  # window 1 starts at frame 5 of a 12-frame clip: frames 13, 14 are padding
+    evidence[1, 6, 1] = 0.9
+    evidence[1, :, 0] = 0.9  # class 0 is not present in window 1: its frames are not kept
+    heard = heard_frames(scores, evidence, np.array([0.5, 0.5]), np.array([0.3, 0.3]))
+    assert list(zip(heard.rows.tolist(), heard.classes.tolist(), strict=True)) == [(0, 0), (1, 1), (2, 0), (2, 1)]
+    edges = frame_edges(heard, np.array([0, 5, 2]), 12, 0.5)
+    assert edges == {(0, 0): (1.5, 3.5), (1, 1): (5.5, 6.0)}  # in seconds; window 2 heard nothing: its span stands
+    joined = HeardFrames.joined([(0, heard), (3, heard)])
+    assert joined.rows.tolist() == [0, 1, 2, 2, 3, 4, 5, 5] and joined.heard.shape == (8, 10)
+
+
+def test_an_event_takes_its_start_from_its_first_window_and_its_end_from_its_last() -> None:
+    tracker = EventTracker(np.array([0.5]), make_labels(1), shortest=1.0)
+    scores = np.array([[0.9], [0.9], [0.9]])
+    clip = np.zeros(3, dtype=int)
+    spans = np.array([0.0, 5.0, 10.0]), np.array([5.0, 10.0, 15.0])
+    edges = {(0, 0): (8.0, 9.0), (1, 0): (9.0, 12.0)}  # the last window heard nothing: its span's end stands
+    (only,) = [e for _, _, e in [*tracker.feed(clip, *spans, scores, np.arange(3.0), edges), *tracker.finish()]]
+    assert (only.start, only.end, only.windows) == (8.0, 15.0, 3)
+    crossed = EventTracker(np.array([0.5]), make_labels(1), shortest=1.0)  # edges from two windows that cross
+    edges = {(0, 0): (9.0, 10.0), (1, 0): (5.0, 6.0)}
+    ended = [*crossed.feed(clip[:2], spans[0][:2], spans[1][:2], scores[:2], np.zeros(2), edges)]
+    (event,) = [e for _, _, e in [*ended, *crossed.finish()]]
+    assert (event.start, event.end) == (9.0, 10.0)  # at least one frame long, never negative
+
+
+def test_events_are_placed_to_the_frame_where_the_model_scores_frames(tmp_path: Path) -> None:
+    x = np.zeros((40, 128), dtype=np.uint8)
+    x[21:29] = 255  # class 0 sounds on frames 21..28
+    path = write(tmp_path / "day.h5", x)
+    with h5py.File(path, "a") as f:
+        f["x"].attrs["seconds_per_frame"] = 1.0
+    options = OutputOptions(window_hop=5, event_threshold=0.5)
+    records, by_window, spans = score(path, options)
+    framed_records, by_frame, framed = score(path, options, predict_frames=frame_model)
+    assert records == framed_records  # the records are the windows' either way
+    loud = [(e["start_seconds"], e["end_seconds"], e["windows"]) for e in by_window if e["class"]["index"] == 0]
+    assert loud == [(22.5, 27.5, 1)]  # the window at 20 s: its middle five frames
+    loud = [(e["start_seconds"], e["end_seconds"], e["windows"]) for e in by_frame if e["class"]["index"] == 0]
+    assert loud == [(21.0, 29.0, 1)]  # the frames themselves
+    assert (spans.event_edges, framed.event_edges) == ("windows", "frames")  # type: ignore[attr-defined]
+    assert 0 < FRAME_EDGE_SCALE < 1
+
+
+def test_evidence_is_reduced_a_few_windows_at_a_time_with_the_same_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = np.random.default_rng(7).integers(0, 256, size=(3, 57, 128), dtype=np.uint8)
+    path = write(tmp_path / "three.h5", x)
+    options = OutputOptions(window_hop=3, event_threshold=0.5)
+    _, whole, _ = score(path, options, predict_frames=frame_model)
+    seen: list[int] = []
+
+    def counted(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(len(batch))
+        return frame_model(batch)
+
+    monkeypatch.setattr(recordings, "EVIDENCE_ROWS", 4)
+    _, pieces, _ = score(path, options, predict_frames=counted)
+    assert pieces == whole and len(whole) > 3 and max(seen) == 4 and sum(seen) == 3 * 17
 
 
 def test_a_recording_gets_one_record_per_window_with_its_offset_and_events_beside(tmp_path: Path) -> None:

@@ -74,6 +74,10 @@ def test_a_result_made_otherwise_does_not_stand() -> None:
     old = {"etag": "e", "model": "m", "top_k": 5, "full_scores": False}  # a summary from before recordings
     assert still_stands(old, "e", "m", OutputOptions())
     assert not still_stands(old, "e", "m", OutputOptions(labels="threshold", thresholds=(0.5, 0.5, 0.5)))
+    recording = {**summary, "windows": 8}  # a recording's events were placed on window spans
+    assert still_stands(recording, "e", "m", options) and not still_stands(recording, "e", "m", options, "frames")
+    assert still_stands({**recording, "event_edges": "frames"}, "e", "m", options, "frames")
+    assert still_stands(summary, "e", "m", options, "frames")  # a file of clips has no events to place
 
 
 def test_a_result_stands_whatever_precision_computed_it_but_not_for_another_model() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -113,6 +114,7 @@ def test_real_clips_joined_into_a_recording_score_as_clips_with_aligned_windows_
     from audioset_batch.scoring.clip_records import OutputOptions
     from audioset_batch.scoring.pipeline import ObjectScorer
     from audioset_batch.settings import load_settings
+    from benchmarks.event_edges import time_quality
     from benchmarks.recordings import event_quality
 
     x, y = eval_half[0][:720], eval_half[1][:720]
@@ -124,7 +126,7 @@ def test_real_clips_joined_into_a_recording_score_as_clips_with_aligned_windows_
         f["x"].attrs["seconds_per_frame"] = 1.0
     scorer = ObjectScorer.from_settings(load_settings(), full_scores=True)
 
-    def scores(path: Path, hop: int) -> tuple[np.ndarray, list[dict[str, object]]]:
+    def scores(path: Path, hop: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
         out, events = io.BytesIO(), io.BytesIO()
         scorer.options = OutputOptions(top_k=5, full_scores=True, window_hop=hop, seconds_per_frame=1.0)
         scorer.score_local(path, out, "eval", events_out=events)
@@ -138,3 +140,15 @@ def test_real_clips_joined_into_a_recording_score_as_clips_with_aligned_windows_
     _, events = scores(joined, 5)
     quality = event_quality(events, y, 360)  # the benchmark's rule: an event overlaps a clip carrying its class
     assert quality["events"] > 300 and quality["precision"] > 0.4 and quality["recall"] > 0.4, quality
+
+    # Edges on frames (served) place events better in time than edges on window spans (model card).
+    def spans(found: list[dict[str, Any]]) -> list[tuple[int, int, float, float]]:
+        return [(e["index"], e["class"]["index"], e["start_seconds"], e["end_seconds"]) for e in found]
+
+    assert scorer.event_edges == "frames"
+    with_frames = scorer.predict_frames
+    scorer.predict_frames = None
+    _, by_windows = scores(joined, 5)
+    scorer.predict_frames = with_frames
+    framed, windowed = time_quality(spans(events), y, 360), time_quality(spans(by_windows), y, 360)
+    assert len(by_windows) == len(events) and framed["f1"] > windowed["f1"] + 0.01, (framed, windowed)

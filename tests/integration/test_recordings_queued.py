@@ -42,6 +42,7 @@ def test_a_queued_worker_scores_a_recording_into_windows_and_events(
     base = f"predictions/{stack.input_bucket}/rec/day.h5"
     summary = orjson.loads(store.get_bytes(stack.results_bucket, base + ".summary.json") or b"{}")
     assert (summary["clips"], summary["windows"], summary["window_hop"], summary["seconds_per_frame"]) == (1, 8, 5, 1.0)
+    assert summary["event_edges"] == "frames"  # the worker's model scores each frame: edges fall on frames
     records = [
         orjson.loads(line) for line in (store.get_bytes(stack.results_bucket, base + ".jsonl") or b"").splitlines()
     ]

@@ -26,11 +26,13 @@ def test_shipped_artifact_is_valid_and_small() -> None:
     assert (DEFAULT_MODEL_PATH / artifact.WEIGHTS_NAME).stat().st_size < 52 * 1024 * 1024
     form = artifact.check_artifact(DEFAULT_MODEL_PATH).compiled["int8"]  # served without TensorFlow, gated
     assert form["bytes"] < 12 * 1024 * 1024 and form["gate"]["passed"] and form["gate"]["clips"] == 10257
+    assert form["frames"]["bytes"] < 12 * 1024 * 1024  # its twin with per-frame evidence, for event edges
 
 
 def test_shipped_model_scores_in_safe_mode() -> None:
     predictor = Predictor.from_artifact(DEFAULT_MODEL_PATH)
-    assert Predictor.from_artifact(DEFAULT_MODEL_PATH, precision="auto").runtime == "LiteRT"
+    served = Predictor.from_artifact(DEFAULT_MODEL_PATH, precision="auto")
+    assert served.runtime == "LiteRT" and served.frame_evidence  # the decision-level member's frames
     x = np.random.default_rng(0).integers(0, 256, size=(3, 10, 128), dtype=np.uint8)
     scores = predictor.predict(x)
     assert scores.shape == (3, 527) and np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
