@@ -7,11 +7,18 @@ the message and restarted the connection (Redis) or stopped the worker with an u
 filesystem broker of ``audioset run``). Here such a message gets the queue it was taken from as its routing, a
 delivery tag if it has none, and then meets Celery's and the task's own checks, which refuse what is wrong; a
 file in the filesystem queue that is not JSON at all is dropped with a log line.
+
+And one repair: kombu takes a message off its Redis queue (``BRPOP``) and only then records it as unacknowledged,
+in a second command. When Redis goes away between the two, the message is in neither place: only in this
+process's memory, and the consumer drops it as it reconnects. The file stayed pending for ever (the soak caught
+it). Such a message is kept here (:func:`keep_undelivered`) and put back on its queue by the redelivery thread
+as soon as Redis answers again (:func:`put_back_undelivered`), unless it did reach the unacknowledged set.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from json import JSONDecodeError
 from queue import Empty
@@ -20,6 +27,39 @@ from typing import Any
 from kombu.transport import filesystem, redis
 
 log = logging.getLogger("audioset.worker")
+
+_undelivered: list[tuple[dict[str, Any], str]] = []
+_undelivered_lock = threading.Lock()
+
+
+def keep_undelivered(message: dict[str, Any], queue: str) -> None:
+    """A message taken off ``queue`` whose delivery failed as Redis went away: kept to be put back."""
+    with _undelivered_lock:
+        _undelivered.append((message, queue))
+
+
+def put_back_undelivered(channel: Any) -> int:
+    """Put each kept message back on its queue through ``channel`` (a live Redis channel); returns how many.
+
+    One that reached the unacknowledged set after all is left to the sweep of unheld deliveries
+    (:mod:`worker.redelivery`), so it is not sent twice. On an error the rest is kept for the next call.
+    """
+    with _undelivered_lock:
+        pending = list(_undelivered)
+        _undelivered.clear()
+    put = 0
+    for done, (message, queue) in enumerate(pending):
+        try:
+            tag = message.get("properties", {}).get("delivery_tag")
+            if not channel.client.hexists(channel.unacked_key, tag):
+                channel._put(queue, message)
+                put += 1
+                log.warning("put back a message of %r that Redis lost while delivering it (tag %s)", queue, tag)
+        except Exception:
+            with _undelivered_lock:
+                _undelivered[:0] = pending[done:]
+            raise
+    return put
 
 
 def repaired(message: Any, queue: str) -> dict[str, Any] | None:
@@ -69,6 +109,14 @@ class _RedisChannel(redis.Channel):  # type: ignore[misc]
 
 class RedisTransport(_Guarded, redis.Transport):  # type: ignore[misc]
     Channel = _RedisChannel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        try:
+            super()._deliver(message, queue)
+        except self.connection_errors:  # off the queue, perhaps not yet unacknowledged: see the module's note
+            if isinstance(message, dict):
+                keep_undelivered(message, queue)
+            raise
 
 
 class _FilesystemChannel(filesystem.Channel):  # type: ignore[misc]

@@ -10,7 +10,8 @@ So each worker's main process writes, every :data:`HEARTBEAT_SECONDS`, the deliv
 running) under ``audioset:held:<node>`` with a short expiry, and one worker at a time puts back every unacked
 message that is older than :data:`GRACE_SECONDS` and held by no live worker. A message a live worker holds is
 never put back, so a file is never scored twice because of this. Workers that do not write heartbeats (an older
-release) are not seen: do not mix releases on one queue.
+release) are not seen: do not mix releases on one queue. Each tick also puts back the messages Redis lost while
+delivering them to this process (:func:`~worker.guarded_transports.put_back_undelivered`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 import threading
 import time
 from typing import Any
+
+from worker.guarded_transports import put_back_undelivered
 
 log = logging.getLogger("audioset.worker")
 
@@ -98,6 +101,7 @@ class Redelivery(threading.Thread):
     def tick(self) -> None:
         channel = self._channel()
         client = channel.client
+        put_back_undelivered(channel)  # this process's messages Redis lost mid-delivery, first
         now = time.time()
         mine = f"{HELD_PREFIX}{self.node}:{os.getpid()}"  # two workers given one node name still count apart
         client.set(mine, json.dumps({"at": now, "tags": held_tags()}), ex=HOLDER_TTL_SECONDS)

@@ -158,3 +158,45 @@ def test_only_deliveries_no_live_worker_holds_are_put_back() -> None:
     assert orphans(unacked, holders, now, grace=15.0) == ["lost-in-a-restart"]
     every_holder_gone = orphans(unacked, [], now, grace=15.0)  # e.g. the whole fleet was killed
     assert every_holder_gone == ["running-on-a", "prefetched-by-b", "lost-in-a-restart"]
+
+
+def test_a_message_redis_loses_between_taking_it_and_recording_it_is_put_back(
+    redis_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu takes a message off the queue (BRPOP), then records it as unacknowledged: Redis going away in between
+    left it nowhere but in the consumer's memory, and the file pending for ever."""
+    import uuid
+
+    import redis
+    from kombu import Connection
+
+    from worker.guarded_transports import RedisTransport, put_back_undelivered
+
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    with Connection(redis_db, transport=RedisTransport) as connection:
+        channel = connection.default_channel
+        for tag in ("lost-mid-delivery", "recorded-before-the-outage"):
+            info = {"exchange": "", "routing_key": queue}
+            properties = {"delivery_tag": tag, "delivery_info": info, "body_encoding": "base64"}
+            channel._put(queue, {"body": "e30=", "headers": {"task": "t"}, "properties": properties})
+        received: list[object] = []
+        channel.basic_consume(queue, no_ack=False, callback=received.append, consumer_tag="soak")
+        recorded = channel.qos.append
+
+        def redis_went_away(message: object, tag: str) -> None:
+            if tag == "recorded-before-the-outage":
+                recorded(message, tag)  # recorded, then the connection broke before the consumer saw it
+            raise redis.ConnectionError("Connection closed by server.")
+
+        monkeypatch.setattr(channel.qos, "append", redis_went_away)
+        for _ in range(2):
+            with pytest.raises(redis.ConnectionError):
+                connection.drain_events(timeout=5)
+        client = channel.client
+        assert received == [] and client.llen(queue) == 0
+        assert not client.hexists(channel.unacked_key, "lost-mid-delivery")  # without the repair: nowhere
+        assert put_back_undelivered(channel) == 1  # the recorded one is the redelivery sweep's, not sent twice
+        assert put_back_undelivered(channel) == 0
+        (raw,) = client.lrange(queue, 0, -1)
+        assert orjson.loads(raw)["properties"]["delivery_tag"] == "lost-mid-delivery"
+        client.delete(queue, channel.unacked_key, channel.unacked_index_key)
