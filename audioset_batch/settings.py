@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")
     precision: Precision = Field(
         "auto",
-        description="Inference precision; auto = int8 (LiteRT) unless the model's int8 form failed its accuracy gate, "
-        "else bfloat16 where supported, else float32.",
+        description="Inference precision; auto = the bfloat16 form (OpenVINO) on CPUs with AMX, else int8 (LiteRT), "
+        "passing over a form that failed its accuracy gate; else bfloat16 where supported, else float32.",
     )
     full_scores: bool = Field(False, description="Also write every class score per clip.")
     window_hop: int = Field(
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     tf_threads: int = Field(
         0,
         ge=0,
-        description="Inference threads (LiteRT or TensorFlow) per worker process; 0 = cores / concurrency "
+        description="Inference threads (LiteRT, OpenVINO or TensorFlow) per worker process; 0 = cores / concurrency "
         "(a command run alone, such as `score`, uses every core).",
     )
 

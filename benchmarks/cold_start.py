@@ -7,7 +7,7 @@ Measures, in one run on one machine, and prints JSON:
 - a worker child's time to ready after fork (its model load, from the worker's own log line), and the worker's
   start to its first child ready, with and without the compiled form;
 - forward-only clips/s of each runtime that serves here (LiteRT int8 from the form, TensorFlow float32, and
-  bfloat16 where the CPU has it), with the CPU's features named.
+  the bfloat16 form in OpenVINO: in bfloat16 where the CPU has it, else in float32), with the CPU's features named.
 """
 
 from __future__ import annotations
@@ -122,11 +122,21 @@ def worker_ready(model: Path, precision: str, tmp: Path) -> dict[str, Any]:
 def forward_rates(model: Path, clips: int, rounds: int = 3) -> dict[str, Any]:
     """Forward-only clips/s per runtime on in-memory arrays, in this one process: the runtimes take turns for
     ``rounds`` rounds and each keeps its best, so a burst of other work on the machine hits them alike."""
+    from model.artifact import read_manifest
     from model.inference import Predictor, cpu_supports_bfloat16
+    from model.served_forms import compiled_forward, form_runs_here
 
     x = np.random.default_rng(1).integers(0, 256, size=(clips, 10, 128), dtype=np.uint8)
     precisions = ["int8", "float32"] + (["bfloat16"] if cpu_supports_bfloat16() else [])
     predictors = {precision: Predictor.from_artifact(model, precision=precision) for precision in precisions}
+    manifest = read_manifest(model)
+    if "bfloat16" not in predictors and form_runs_here("bfloat16", manifest.compiled):
+        # No bfloat16 arithmetic here: OpenVINO runs the bfloat16 form in float32, which is worth knowing too.
+        forward, _ = compiled_forward(model, manifest, "bfloat16", None)
+        precisions.append("bfloat16_form_in_float32")
+        predictors["bfloat16_form_in_float32"] = Predictor(
+            forward, manifest, frames=manifest.frames, precision="bfloat16", runtime="OpenVINO (float32 here)"
+        )
     best = dict.fromkeys(precisions, 0.0)
     for predictor in predictors.values():
         predictor.predict(x[:2048])  # warm-up: trace and allocate

@@ -17,12 +17,14 @@ from cli.common import ModelPath, json_option, main, note, warn
 @json_option
 @click.pass_obj
 def compile_model(settings: Settings, model_path: Path, data: tuple[str, ...], as_json: bool) -> None:
-    """Compile MODEL's serving graph once (int8 for LiteRT) and list it in its manifest, so scoring loads it
-    without TensorFlow. `train` and `ensemble` do this themselves. A model that scores each frame also gets a
-    twin with that per-frame evidence, which recordings use to place event edges to the frame.
+    """Compile MODEL's serving graph once (int8 for LiteRT; float16 weights that OpenVINO computes in bfloat16)
+    and list the forms in its manifest, so scoring loads them without TensorFlow. `train` and `ensemble` do this
+    themselves. A model that scores each frame also gets a twin with that per-frame evidence, which recordings use
+    to place event edges to the frame.
 
     Given labelled held-out DATA (never the model's training data), measure the form's accuracy gate: its mAP
     beside float32's on DATA. A form that loses more than 0.001 is kept but never picked by `--precision auto`.
+    The bfloat16 form's gate is measured only where OpenVINO computes in bfloat16 (a CPU with AMX or AVX-512 BF16).
     """
     from audioset_batch.storage.locations import parse
     from audioset_batch.training.datasets import load_dataset, provenance
@@ -44,7 +46,9 @@ def compile_model(settings: Settings, model_path: Path, data: tuple[str, ...], a
         measured = (
             f"; mAP {gate['map']:.4f} against float32's {gate['float32_map']:.4f} on {gate['data']}" if gate else ""
         )
-        note(f"{precision}: {form['file']} ({form['bytes'] / 1e6:.1f} MB){measured}")
+        if gate and "computed_in" in gate:
+            measured += f" (computed in {gate['computed_in']}: this CPU has no {precision} arithmetic)"
+        note(f"{precision}: {form['file']} ({form['bytes'] / 1e6:.1f} MB, run by {form['runtime']}){measured}")
         if "frames" in form:
             twin = form["frames"]
             note(f"{precision} with per-frame evidence: {twin['file']} ({twin['bytes'] / 1e6:.1f} MB), for event edges")

@@ -1,9 +1,10 @@
 """Compiled serving forms: what an artifact may carry beside ``model.keras`` so scoring needs no TensorFlow.
 
 A form is the artifact's serving graph (:mod:`model.serving_graph`) compiled once, when the artifact is written
-(:mod:`model.form_builder`). Today there is one, ``int8``: a TFLite flatbuffer with int8 weights
-(dynamic-range quantisation) that LiteRT runs, and, for a model with per-frame evidence, its twin with that
-evidence as a second output (``frames``), which only recordings load. The manifest's ``compiled`` section pins
+(:mod:`model.form_builder`). Two today, both TFLite flatbuffers: ``int8`` (int8 weights, dynamic-range
+quantisation) that LiteRT runs, with, for a model with per-frame evidence, its twin giving that evidence as a
+second output (``frames``, which only recordings load); and ``bfloat16`` (float16 weights) that OpenVINO computes
+in bfloat16 where the CPU has bfloat16 arithmetic. The manifest's ``compiled`` section pins
 each form like the weights (file name, sha256, size), names what made it, and records its accuracy gate: the mAP
 it scored beside float32 on the artifact's validation data. A form is an untrusted file: it is read whole
 (bounded), hashed, and its operators checked before the interpreter sees a byte of it.
@@ -21,8 +22,11 @@ from typing import Any
 
 from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError, refuse_symlink
 
-#: Each form's file in the artifact folder, by the precision it serves.
-FORM_FILES = {"int8": "model.int8.tflite"}
+#: Each form's file in the artifact folder, by the precision it serves: int8 weights run by LiteRT, and float16
+#: weights that OpenVINO computes in bfloat16 (on AMX, the fastest path measured; :mod:`model.openvino_forward`).
+FORM_FILES = {"int8": "model.int8.tflite", "bfloat16": "model.float16.tflite"}
+#: What runs each form.
+FORM_RUNTIMES = {"int8": "LiteRT", "bfloat16": "OpenVINO"}
 #: Each form's twin with per-frame evidence as a second output (:mod:`model.frame_evidence`), under its
 #: ``frames`` key: only recordings load it, so scoring clips never pays for the extra output.
 FRAME_FORM_FILES = {"int8": "model.int8.frames.tflite"}
@@ -51,10 +55,9 @@ def validated(value: Any, source: str) -> dict[str, dict[str, Any]]:
         _check_file(entry, precision, source)
         frames = entry.get("frames")
         if frames is not None:
-            if not isinstance(frames, dict) or frames.get("file") != FRAME_FORM_FILES[precision]:
-                raise ArtifactError(
-                    f"{source}: the {precision!r} form's frames twin must be the file {FRAME_FORM_FILES[precision]!r}"
-                )
+            twin = FRAME_FORM_FILES.get(precision)
+            if not isinstance(frames, dict) or frames.get("file") != twin:
+                raise ArtifactError(f"{source}: the {precision!r} form's frames twin must be the file {twin!r}")
             _check_file(frames, f"{precision} frames", source)
     return {precision: dict(entry) for precision, entry in value.items()}
 

@@ -19,11 +19,12 @@ import numpy as np
 from model.artifact import MANIFEST_NAME, Manifest, load, save
 from model.artifact_errors import ArtifactError
 from model.atomic_files import replacing, write_json
-from model.compiled_forms import FORM_FILES, FRAME_FORM_FILES, MAP_TOLERANCE, check_flatbuffer
+from model.compiled_forms import FORM_FILES, FORM_RUNTIMES, FRAME_FORM_FILES, MAP_TOLERANCE, check_flatbuffer
 from model.inference import Predictor
 from model.litert_forward import LiteRTForward
 from model.native_logs import import_tensorflow
-from model.tflite_convert import quantise
+from model.openvino_forward import OpenVINOForward, openvino_available
+from model.tflite_convert import float16_weights, quantise
 
 if TYPE_CHECKING:
     import keras
@@ -53,28 +54,42 @@ def compile_forms(
     from model.serving_graph import serving_graph  # imports Keras
 
     served = serving_graph(keras_model)
-    blob = quantise(served)
-    path = artifact / FORM_FILES["int8"]
-    check_flatbuffer(blob, str(path))
-    entry: dict[str, Any] = {
-        "file": path.name,
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "bytes": len(blob),
-        "made_by": f"TensorFlow {tf.__version__} TFLiteConverter, dynamic-range int8 weights",
-        "runtime": "LiteRT",
-    }
+    converter = f"TensorFlow {tf.__version__} TFLiteConverter"
+    if validation is not None and validation.float32_map is None:
+        validation = _with_float32_map(served, manifest, validation)
+    int8_blob = quantise(served)
+    forms = {"int8": _entry(int8_blob, artifact, "int8", f"{converter}, dynamic-range int8 weights")}
+    bfloat16_blob = float16_weights(served)
+    forms["bfloat16"] = _entry(bfloat16_blob, artifact, "bfloat16", f"{converter}, float16 weights")
     if validation is not None:
-        entry["gate"] = _gate(served, blob, manifest, validation)
-        if not entry["gate"]["passed"]:
-            log.warning("the int8 form of %s fails its accuracy gate: %s", manifest.tag, entry["gate"])
-    twin = _frames_twin(served, blob, artifact, manifest)
+        forms["int8"]["gate"] = _gate(int8_blob, "int8", manifest, validation)
+        if openvino_available():
+            forms["bfloat16"]["gate"] = _gate(bfloat16_blob, "bfloat16", manifest, validation)
+        else:
+            log.info("the bfloat16 form's accuracy gate is not measured: OpenVINO is not installed")
+    for precision, form in forms.items():
+        if "gate" in form and not form["gate"]["passed"]:
+            log.warning("the %s form of %s fails its accuracy gate: %s", precision, manifest.tag, form["gate"])
+    twin = _frames_twin(served, int8_blob, artifact, manifest)
     if twin is not None:
-        twin_blob, entry["frames"] = twin
+        twin_blob, forms["int8"]["frames"] = twin
         with replacing(artifact / FRAME_FORM_FILES["int8"]) as tmp:
             tmp.write_bytes(twin_blob)
-    with replacing(path) as tmp:
-        tmp.write_bytes(blob)
-    return {"int8": entry}
+    for precision, blob in (("int8", int8_blob), ("bfloat16", bfloat16_blob)):
+        with replacing(artifact / FORM_FILES[precision]) as tmp:
+            tmp.write_bytes(blob)
+    return forms
+
+
+def _entry(blob: bytes, artifact: Path, precision: str, made_by: str) -> dict[str, Any]:
+    check_flatbuffer(blob, str(artifact / FORM_FILES[precision]))
+    return {
+        "file": FORM_FILES[precision],
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "made_by": made_by,
+        "runtime": FORM_RUNTIMES[precision],
+    }
 
 
 def _frames_twin(
@@ -105,22 +120,31 @@ def _frames_twin(
     }
 
 
-def _gate(served: keras.Model, blob: bytes, manifest: Manifest, validation: Validation) -> dict[str, Any]:
+def _with_float32_map(served: keras.Model, manifest: Manifest, validation: Validation) -> Validation:
     from model.metrics import evaluate
 
-    frames, classes = manifest.frames, len(manifest.classes)
-    compiled = LiteRTForward(blob, frames, classes, where=f"{manifest.tag} int8 form")
-    y = np.asarray(validation.y, dtype=bool)
-    reference = validation.float32_map
-    if reference is None:
-        float32 = Predictor.from_keras(served, manifest, batch_size=512)
-        reference = evaluate(y, float32.predict(validation.x)).mean_average_precision
-    int8 = Predictor(compiled, manifest, frames=frames, batch_size=512, precision="int8", runtime="LiteRT")
-    measured = evaluate(y, int8.predict(validation.x)).mean_average_precision
+    float32 = Predictor.from_keras(served, manifest, batch_size=512)
+    measured = evaluate(np.asarray(validation.y, dtype=bool), float32.predict(validation.x)).mean_average_precision
+    return Validation(validation.x, validation.y, validation.description, float(measured))
+
+
+def _gate(blob: bytes, precision: str, manifest: Manifest, validation: Validation) -> dict[str, Any]:
+    """The form's mAP on the validation clips beside float32's, run by the runtime that serves it."""
+    from model.metrics import evaluate
+
+    frames, classes, where = manifest.frames, len(manifest.classes), f"{manifest.tag} {precision} form"
+    runtime = FORM_RUNTIMES[precision]
+    forward = (OpenVINOForward if runtime == "OpenVINO" else LiteRTForward)(blob, frames, classes, where=where)
+    served = Predictor(forward, manifest, frames=frames, batch_size=512, precision=precision, runtime=runtime)
+    measured = evaluate(np.asarray(validation.y, dtype=bool), served.predict(validation.x)).mean_average_precision
+    reference = float(validation.float32_map or 0.0)
+    # OpenVINO computes in float32 on a CPU without bfloat16: the gate then checks the float16 weights only.
+    computed_in = getattr(forward, "computes_in", precision)
     return {
         "data": validation.description,
         "clips": len(validation.x),
-        "float32_map": round(float(reference), 5),
+        **({} if computed_in == precision else {"computed_in": computed_in}),
+        "float32_map": round(reference, 5),
         "map": round(float(measured), 5),
         "tolerance": MAP_TOLERANCE,
         "passed": bool(measured >= reference - MAP_TOLERANCE),

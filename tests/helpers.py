@@ -19,6 +19,22 @@ def make_labels(n: int, prefix: str = "Class") -> list[ClassLabel]:
     return [ClassLabel(index=i, mid=f"/m/test{i:03d}", name=f"{prefix} {i}") for i in range(n)]
 
 
+def auto_serves() -> tuple[str, str]:
+    """``(precision, runtime)`` that ``auto`` serves an artifact with both compiled forms on this CPU: the
+    bfloat16 form in OpenVINO where the CPU has AMX, else the int8 form in LiteRT (:func:`resolve_precision`)."""
+    from model.inference import cpu_has_amx
+    from model.openvino_forward import openvino_available
+
+    return ("bfloat16", "OpenVINO") if cpu_has_amx() and openvino_available() else ("int8", "LiteRT")
+
+
+def flip_a_byte(path: Path, at: int = -100) -> None:
+    """Corrupt a file the way a bad disk or a tampering hand would: one byte, its size unchanged."""
+    blob = bytearray(path.read_bytes())
+    blob[at] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
 def write_h5(
     path: Path,
     clips: int = 6,

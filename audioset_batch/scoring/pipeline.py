@@ -216,7 +216,7 @@ class ObjectScorer:
         self.frames = frames
         self.options = options or output_options(settings, frames=frames)
         self.limits = reader_limits(settings)
-        #: What computes the forward pass (``LiteRT``, ``TensorFlow``), for the worker's load line.
+        #: What computes the forward pass (``LiteRT``, ``OpenVINO``, ``TensorFlow``), for the worker's load line.
         self.runtime = runtime
 
     @classmethod

@@ -20,20 +20,11 @@ from model import inference
 from model.artifact import MANIFEST_NAME, read_manifest
 from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError
 from model.compiled_forms import FORM_FILES, _field, _u32, check_flatbuffer
-from model.form_builder import add_forms
 from model.inference import Predictor
-from tests.helpers import build_artifact, write_h5
+from tests.helpers import auto_serves, build_artifact, flip_a_byte, write_h5
 
 ROOT = Path(__file__).resolve().parents[2]
 X = np.random.default_rng(3).integers(0, 256, size=(40, 10, 128), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny artifact with its int8 form (no gate measured: ``auto`` serves it whatever its random weights)."""
-    model = build_artifact(tmp_path_factory.mktemp("compiled") / "m", name="compiled")
-    add_forms(model)
-    return model
 
 
 def copy_of(model: Path, tmp_path: Path) -> Path:
@@ -77,11 +68,17 @@ def test_int8_is_served_from_the_form_by_litert_with_float32_s_top_labels(compil
     assert fast.predict(X[:0]).shape == (0, 12)
 
 
-def test_scoring_with_a_compiled_form_never_imports_tensorflow(compiled: Path, tmp_path: Path) -> None:
-    """The worker child and `audioset score` load the form without TensorFlow, Keras or scikit-learn."""
+@pytest.mark.parametrize(("amx", "served"), [(False, "int8"), (True, "bfloat16")])
+def test_scoring_with_a_compiled_form_never_imports_tensorflow(
+    compiled: Path, tmp_path: Path, amx: bool, served: str
+) -> None:
+    """The worker child and `audioset score` load the form without TensorFlow, Keras or scikit-learn: the int8
+    form in LiteRT, and on a CPU with AMX (here: this CPU taken for one) the bfloat16 form in OpenVINO."""
     data = write_h5(tmp_path / "a.h5", clips=5)
     program = (
         "import sys\n"
+        "from model import inference\n"
+        f"inference.cpu_has_amx = lambda: {amx}\n"
         "from cli import main\n"
         f"main(['score', {str(data)!r}, '-o', {str(tmp_path / 'a.jsonl')!r}], standalone_mode=False)\n"
         "print(sorted(m for m in ('tensorflow', 'keras', 'sklearn') if m in sys.modules))\n"
@@ -91,7 +88,7 @@ def test_scoring_with_a_compiled_form_never_imports_tensorflow(compiled: Path, t
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     lines = (tmp_path / "a.jsonl").read_bytes().splitlines()
-    assert len(lines) == 5 and orjson.loads(lines[0])["model"] == "compiled@0+int8"
+    assert len(lines) == 5 and orjson.loads(lines[0])["model"] == f"compiled@0+{served}"
 
 
 def test_an_artifact_without_the_form_converts_at_load_and_says_how_to_add_it(
@@ -123,9 +120,7 @@ def test_a_form_that_failed_its_gate_is_never_picked_by_auto(
 
 def test_a_modified_form_is_refused(compiled: Path, tmp_path: Path) -> None:
     model = copy_of(compiled, tmp_path)
-    blob = bytearray((model / "model.int8.tflite").read_bytes())
-    blob[-100] ^= 0xFF
-    (model / "model.int8.tflite").write_bytes(bytes(blob))
+    flip_a_byte(model / "model.int8.tflite")
     with pytest.raises(ArtifactIntegrityError, match="does not match the manifest's"):
         Predictor.from_artifact(model, precision="int8")
     (model / "model.int8.tflite").unlink()
@@ -212,7 +207,9 @@ def test_a_serving_only_install_scores_from_the_form_and_says_what_needs_tensorf
     served = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert served.returncode == 0, served.stderr
     summary = orjson.loads(served.stderr.splitlines()[-1])  # the summary line goes to stderr beside -o FILE
-    assert summary["model"] == "compiled@0+int8" and summary["clips"] == 6 and summary["metrics"]["mAP"] > 0
+    assert (
+        summary["model"] == f"compiled@0+{auto_serves()[0]}" and summary["clips"] == 6 and summary["metrics"]["mAP"] > 0
+    )
     refused = subprocess.run([*command, "--precision", "float32"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "TensorFlowUnavailableError" in refused.stderr and "pip install 'tensorflow-cpu" in refused.stderr

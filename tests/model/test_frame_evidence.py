@@ -19,7 +19,7 @@ from model.form_builder import add_forms
 from model.frame_evidence import with_frame_evidence
 from model.inference import Predictor, dequantize
 from model.serving_graph import serving_graph
-from tests.helpers import build_artifact
+from tests.helpers import build_artifact, flip_a_byte
 
 X = np.random.default_rng(5).integers(0, 256, size=(24, 10, 128), dtype=np.uint8)
 
@@ -73,13 +73,6 @@ def test_feature_level_networks_have_no_evidence_and_an_ensemble_takes_its_membe
     assert with_frame_evidence(combine([fla, fla2])) is None
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = build_artifact(tmp_path_factory.mktemp("evidence") / "m", name="frames")
-    add_forms(model)
-    return model
-
-
 def test_the_compiled_form_has_a_twin_with_evidence_that_agrees_with_float32(compiled: Path) -> None:
     twin = read_manifest(compiled).compiled["int8"]["frames"]
     assert twin["file"] == FRAME_FORM_FILES["int8"] and twin["bytes"] == (compiled / twin["file"]).stat().st_size
@@ -111,9 +104,7 @@ def test_a_network_without_evidence_scores_recordings_from_its_windows(tmp_path:
 def test_a_modified_or_misnamed_twin_is_refused(compiled: Path, tmp_path: Path) -> None:
     model = Path(shutil.copytree(compiled, tmp_path / "copy"))
     twin = model / FRAME_FORM_FILES["int8"]
-    blob = bytearray(twin.read_bytes())
-    blob[-100] ^= 0xFF
-    twin.write_bytes(bytes(blob))
+    flip_a_byte(twin)
     with pytest.raises(ArtifactIntegrityError, match="does not match the manifest's"):
         check_artifact(model)  # what a worker's parent checks before forking
     predictor = Predictor.from_artifact(model, precision="int8")  # clips are served: the twin is read on first use

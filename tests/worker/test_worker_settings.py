@@ -167,9 +167,10 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_worker_child_serves_the_compiled_form_without_loading_tensorflow(stack: Stack, tmp_path: Path) -> None:
-    """Neither the Celery parent nor its child maps a TensorFlow library: the child runs the int8 form in LiteRT."""
+    """Neither the Celery parent nor its child maps a TensorFlow library: the child runs a compiled form (LiteRT,
+    or OpenVINO on a CPU with AMX)."""
     from model.form_builder import add_forms
-    from tests.helpers import build_artifact
+    from tests.helpers import auto_serves, build_artifact
 
     model = build_artifact(tmp_path / "lite", name="lite")
     add_forms(model)
@@ -187,8 +188,10 @@ def test_a_worker_child_serves_the_compiled_form_without_loading_tensorflow(stac
     finally:
         worker.stop()
     assert children and all("/tensorflow/" not in text for text in maps.values())
-    assert all("ai_edge_litert" in maps[pid] for pid in children)
-    assert "model lite@0+int8 loaded" in worker.text() and "(12 classes, LiteRT," in worker.text()
+    precision, runtime = auto_serves()  # the int8 form in LiteRT; on a CPU with AMX, the bfloat16 in OpenVINO
+    library = "ai_edge_litert" if runtime == "LiteRT" else "libopenvino"
+    assert all(library in maps[pid] for pid in children)
+    assert f"model lite@0+{precision} loaded" in worker.text() and f"(12 classes, {runtime}," in worker.text()
     key = f"predictions/{stack.input_bucket}/lite/a.h5.jsonl"
     lines = (store.get_bytes(stack.results_bucket, key) or b"").splitlines()
-    assert len(lines) == 3 and all(orjson.loads(line)["model"] == "lite@0+int8" for line in lines)
+    assert len(lines) == 3 and all(orjson.loads(line)["model"] == f"lite@0+{precision}" for line in lines)
