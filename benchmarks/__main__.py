@@ -3,7 +3,8 @@
 Measures, in one run on one machine, and reports each figure as a ratio to forward-only:
 - forward only: the model (the shipped one, or ``--model``) on in-memory arrays (the ceiling);
 - ``audioset score`` end to end on a local file (read, infer, write JSONL), top-5 and full scores;
-- the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end;
+- the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end, and with
+  ``--rounds N`` every precision forward only and end to end N times interleaved (medians and ratios);
 - the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores),
   with this model and with the seed's model (the serving budget: the model at the default precision end to end
   against the seed's way with the seed's model in float32);
@@ -200,12 +201,43 @@ def fast_precision(
     return result
 
 
-def serving_budget(report: dict[str, Any], baseline: float) -> dict[str, Any]:
-    """The model at the default precision (``auto``), end to end with top-5, against the seed's way with the seed's
-    model in float32: a ratio of at least 1 means serving it costs no more than the seed did."""
+def interleaved(model: Path, path: Path, clips: int, forward_clips: int, precisions: list[str], rounds: int) -> Any:
+    """Every precision that runs here, forward only and end to end (top-5), round after round in one process:
+    medians and each precision's ratio to float32 and to int8, read off the same rounds (a shared host drifts
+    between one precision's run and the next; interleaving spreads that drift over all of them)."""
     from model.inference import resolve_precision
 
-    default = resolve_precision("auto")
+    served = ["float32", *(p for p in precisions if resolve_precision(p) == p)]
+    measured: dict[str, dict[str, list[float]]] = {p: {"forward_only": [], "score_top5": []} for p in served}
+    for _ in range(rounds):
+        for precision in served:
+            measured[precision]["forward_only"].append(forward_only(model, forward_clips, precision))
+            measured[precision]["score_top5"].append(score_end_to_end(model, path, clips, False, precision))
+    medians = {p: {k: float(np.median(v)) for k, v in m.items()} for p, m in measured.items()}
+    report: dict[str, Any] = {"rounds": rounds}
+    for precision, values in medians.items():
+        report[precision] = {
+            kind: {
+                "clips_per_second_median": round(value, 1),
+                "range": [round(min(measured[precision][kind]), 1), round(max(measured[precision][kind]), 1)],
+                **{
+                    f"vs_{base}": round(value / medians[base][kind], 2)
+                    for base in ("float32", "int8")
+                    if base in medians and base != precision
+                },
+            }
+            for kind, value in values.items()
+        }
+    return report
+
+
+def serving_budget(report: dict[str, Any], baseline: float, forms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The model at the default precision (``auto``, as it resolves for this model's compiled ``forms`` on this
+    CPU), end to end with top-5, against the seed's way with the seed's model in float32: a ratio of at least 1
+    means serving it costs no more than the seed did."""
+    from model.inference import resolve_precision
+
+    default = resolve_precision("auto", forms)
     measured = report["score_top5"] if default == "float32" else report.get(default, {}).get("score_top5")
     if measured is None:
         return {"skipped": f"the default precision here is {default}; measure it with --precision {default}"}
@@ -236,6 +268,12 @@ def main() -> None:
         "--rss-precision",
         default="auto",
         help="precision of the peak-RSS runs (auto, the default precision: the compiled form, without TensorFlow)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="also measure every precision forward only and end to end this many times, interleaved (medians)",
     )
     parser.add_argument("--queue-files", type=int, default=16)
     parser.add_argument("--queue-clips", type=int, default=5000, help="clips per file through the queue")
@@ -283,7 +321,10 @@ def main() -> None:
             report[precision] = fast_precision(model, precision, big, args.clips, args.forward_clips, report)
         baseline = seed_way(seed_model(manifest.classes, tmp / "seed-model"), big, args.clips)
         report["seed_way_seed_model"] = entry(baseline, clips=args.clips)
-        report["serving_budget"] = serving_budget(report, baseline)
+        report["serving_budget"] = serving_budget(report, baseline, manifest.compiled)
+        if args.rounds:
+            precisions = [p for p in args.precision.split(",") if p]
+            report["interleaved"] = interleaved(model, big, args.clips, args.forward_clips, precisions, args.rounds)
         big.unlink()
         if not args.skip_queue:
             # one process limited to one core: the unit that N processes should scale from

@@ -24,7 +24,8 @@ def compile_model(settings: Settings, model_path: Path, data: tuple[str, ...], a
 
     Given labelled held-out DATA (never the model's training data), measure the form's accuracy gate: its mAP
     beside float32's on DATA. A form that loses more than 0.001 is kept but never picked by `--precision auto`.
-    The bfloat16 form's gate is measured only where OpenVINO computes in bfloat16 (a CPU with AMX or AVX-512 BF16).
+    OpenVINO measures the bfloat16 form's gate in bfloat16 on a CPU with AMX or AVX-512 BF16, elsewhere in float32
+    (the gate says so).
     """
     from audioset_batch.storage.locations import parse
     from audioset_batch.training.datasets import load_dataset, provenance

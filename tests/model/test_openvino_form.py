@@ -17,7 +17,7 @@ from model.artifact import MANIFEST_NAME, read_manifest
 from model.artifact_errors import ArtifactError, ArtifactIntegrityError, UnsafeArtifactError
 from model.compiled_forms import FORM_FILES, read_form
 from model.inference import Predictor
-from model.openvino_forward import OpenVINOForward
+from model.openvino_forward import PART_CLIPS, OpenVINOForward
 from tests.helpers import build_artifact, flip_a_byte, write_h5
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +88,17 @@ def test_a_form_of_another_shape_or_one_openvino_cannot_read_is_an_artifact_erro
         OpenVINOForward(blob[: len(blob) // 2], frames=10, classes=12, where="y.tflite")
 
 
+def test_a_batch_cut_into_parts_across_streams_gives_each_clip_its_own_row(compiled: Path) -> None:
+    blob = read_form(compiled, read_manifest(compiled).compiled["bfloat16"])
+    x = np.random.default_rng(6).uniform(-1, 1, size=(2 * PART_CLIPS + 3, 10, 128)).astype(np.float32)
+    two_streams, one_stream = OpenVINOForward(blob, 10, 12, threads=2), OpenVINOForward(blob, 10, 12, threads=1)
+    whole = two_streams(x)  # three parts over two streams, the last of 3 clips
+    assert whole.shape == (len(x), 12)
+    rows = np.concatenate([one_stream(x[i : i + 1]) for i in (0, PART_CLIPS, 2 * PART_CLIPS + 2)])
+    assert np.allclose(whole[[0, PART_CLIPS, 2 * PART_CLIPS + 2]], rows, atol=1e-6)  # each row is its own clip's
+    assert np.array_equal(two_streams(x[:5]), whole[:5]) and two_streams(x[:0]).shape == (0, 12)
+
+
 def test_the_compile_gate_says_what_openvino_computed_in(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -101,4 +112,5 @@ def test_the_compile_gate_says_what_openvino_computed_in(tmp_path: Path) -> None
     assert gate["clips"] == 30 and gate["passed"] == (gate["map"] >= gate["float32_map"] - 0.001)
     computed = OpenVINOForward(read_form(model, read_manifest(model).compiled["bfloat16"]), 10, 12).computes_in
     assert gate.get("computed_in", "bfloat16") == computed  # float32 on a CPU without bfloat16: said, not hidden
+    assert computed == ("bfloat16" if inference.cpu_supports_bfloat16() else "float32")  # what this CPU can do
     assert "bfloat16: model.float16.tflite" in result.output and "run by OpenVINO" in result.output
