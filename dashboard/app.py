@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from audioset_batch.errors import AudiosetError
-from audioset_batch.jobs.job_store import STATUSES, UnknownJobError, find_job
+from audioset_batch.jobs.job_store import STATUSES, JobStatus, UnknownJobError, find_job, find_job_status
 from audioset_batch.results.search import Hit, UnknownLabelError
 from dashboard import reading
 from dashboard.charts import bar_chart
@@ -94,18 +94,19 @@ class Views:
     def job_fragment(self, request: Request) -> Response:
         if request.query_params.get("part") == "files":
             return self.page(request, "_job_files.html", **self._job_context(request))
-        job = reading.job_row(self.sources.jobs.status(self._job(request)))
+        job = reading.job_row(self._job_status(request))
         return self.page(request, "_job_summary.html", job=job)  # polled every few seconds: counts only
 
     def _job_context(self, request: Request) -> dict[str, Any]:
-        job = self._job(request)
+        found = self._job_status(request)
+        job = found.id
         status = request.query_params.get("status") or None
         if status not in STATUSES:
             status = None
         contains = request.query_params.get("q", "")[:200]
         files = reading.job_files(self.sources, job, status, contains, _int(request.query_params.get("offset"), 0))
         return {
-            "job": reading.job_row(self.sources.jobs.status(job)),
+            "job": reading.job_row(found),
             "files": files,
             "page_size": reading.PAGE_SIZE,
             "filter": {"status": status or "", "q": contains},
@@ -113,11 +114,11 @@ class Views:
         }
 
     def job_plots(self, request: Request) -> Response:
-        job = self._job(request)
-        plots = reading.job_plots(self.sources, job)
+        found = self._job_status(request)
+        plots = reading.job_plots(self.sources, found)
         labels = bar_chart([(name, float(n)) for name, n in plots.labels], "clips per top label", "{:.0f}")
         maps = bar_chart(plots.file_maps[:40], "mAP per labelled file", "{:.3f}", top=1.0)
-        status = reading.job_row(self.sources.jobs.status(job))
+        status = reading.job_row(found)
         return self.page(request, "plots.html", job=status, plots=plots, labels_chart=labels, maps_chart=maps)
 
     def file(self, request: Request) -> Response:
@@ -203,14 +204,18 @@ class Views:
         return JSONResponse({"jobs": self._jobs_context()["jobs"]})
 
     def api_job(self, request: Request) -> Response:
-        job = self._job(request)
-        data = reading.job_row(self.sources.jobs.status(job))
-        failed = reading.job_files(self.sources, job, "failed", "", 0)
+        found = self._job_status(request)
+        data = reading.job_row(found)
+        failed = reading.job_files(self.sources, found.id, "failed", "", 0)
         data["failed_items"] = failed.rows
         return JSONResponse(data)
 
     def _job(self, request: Request) -> str:
-        return find_job(self.sources.jobs, request.path_params["job"])
+        return self._job_status(request).id
+
+    def _job_status(self, request: Request) -> JobStatus:
+        """The job the URL names, read once per request (the page shows its counts)."""
+        return find_job_status(self.sources.jobs, request.path_params["job"])
 
 
 def _notice(request: Request) -> str | None:

@@ -150,10 +150,10 @@ _plot_cache: dict[tuple[str, int, int], JobPlots] = {}
 _plot_lock = threading.Lock()
 
 
-def job_plots(sources: Sources, job: str) -> JobPlots:
+def job_plots(sources: Sources, status: JobStatus) -> JobPlots:
     """The job's label distribution (each clip counted once, under its top label) and its files' mAP, summed from
-    the files' summaries; kept while the job's counts stay the same."""
-    status = sources.jobs.status(job)
+    the files' summaries; kept while the job's counts (``status``, as the page read them) stay the same."""
+    job = status.id
     cache_key = (job, status.scored, status.total)
     with _plot_lock:
         cached = _plot_cache.get(cache_key)

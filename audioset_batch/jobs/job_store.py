@@ -214,14 +214,18 @@ def new_job_id() -> str:
 
 def find_job(store: JobStore, ref: str) -> str:
     """A job id from an id or a job name (``enqueue --job NAME``); a name used twice means its newest job."""
+    return find_job_status(store, ref).id
+
+
+def find_job_status(store: JobStore, ref: str) -> JobStatus:
+    """:func:`find_job`'s job with its status, read once (a page that shows the job needs both)."""
     try:
-        store.status(ref)
-        return ref
+        return store.status(ref)
     except UnknownJobError:
         pass
     for status in store.list_jobs(None):  # newest first
         if status.name == ref:
-            return status.id
+            return status
     raise UnknownJobError(ref)
 
 

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from audioset_batch.jobs.factory import open_job_store
-from audioset_batch.jobs.job_store import ItemEnd, JobStore
+from audioset_batch.jobs.job_store import ItemEnd, JobStatus, JobStore
 from audioset_batch.scoring.pipeline import ObjectScorer
 from audioset_batch.settings import load_settings
 from audioset_batch.storage.local_store import LocalStore
@@ -201,6 +201,24 @@ def test_plots_count_each_clip_once_under_its_top_label(board: Board) -> None:
     counts = [int(n) for n in re.findall(r'">(\d+)</text></g>', body.split("mAP per file")[0])]
     assert sum(counts) == 6 + 3  # the two scored files' clips
     assert "mAP per file" in body and "labelled.h5" in body
+
+
+def test_a_page_about_a_job_reads_its_status_once(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    status = board.jobs.status
+
+    def counted(job_id: str) -> JobStatus:
+        calls.append(job_id)
+        return status(job_id)
+
+    monkeypatch.setattr(board.jobs, "status", counted)
+    for path in ("/jobs/{}", "/fragments/jobs/{}", "/fragments/jobs/{}?part=files", "/jobs/{}/plots", "/api/jobs/{}"):
+        calls.clear()
+        code, _, _ = board.request("GET", path.format(board.job))
+        assert code == 200 and calls == [board.job], path  # found and shown with one read of the job store
+    calls.clear()
+    code, _, body = board.request("GET", "/api/jobs/nightly")  # by name: the status comes from the job list
+    assert code == 200 and json.loads(body)["id"] == board.job
 
 
 def test_actions_need_same_origin_and_the_csrf_field_then_cancel_ends_pending_files(board: Board) -> None:
