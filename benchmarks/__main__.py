@@ -287,6 +287,8 @@ def main() -> None:
         help="comma-separated fast precisions to measure against float32 (empty: float32 only)",
     )
     args = parser.parse_args()
+    if args.rounds < 0:
+        parser.error(f"--rounds must be 0 (none) or more, not {args.rounds}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from model.artifact import read_manifest
     from model.artifact_errors import ArtifactError
