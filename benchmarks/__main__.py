@@ -175,15 +175,24 @@ def through_queue(model: Path, workers: int, files: int, clips: int, tmp: Path, 
         redis_proc.terminate()
 
 
+def not_here(precision: str) -> str | None:
+    """Why ``precision`` cannot be measured on this CPU (bfloat16 without avx512_bf16/AMX, say), or None."""
+    from model.inference import PrecisionUnavailableError, resolve_precision
+
+    try:
+        resolved = resolve_precision(precision)
+    except PrecisionUnavailableError as exc:
+        return str(exc)
+    return None if resolved == precision else f"resolved to {resolved} on this machine"
+
+
 def fast_precision(
     model: Path, precision: str, path: Path, clips: int, forward_clips: int, report: dict[str, Any]
 ) -> dict[str, Any]:
     """One fast precision: forward-only and end to end, each against the same measurement in float32."""
-    from model.inference import resolve_precision
-
-    resolved = resolve_precision(precision)
-    if resolved != precision:
-        return {"skipped": f"resolved to {resolved} on this machine"}
+    why_not = not_here(precision)
+    if why_not:
+        return {"skipped": why_not}
     forward = forward_only(model, forward_clips, precision)
     result: dict[str, Any] = {
         "forward_only": {
@@ -205,9 +214,7 @@ def interleaved(model: Path, path: Path, clips: int, forward_clips: int, precisi
     """Every precision that runs here, forward only and end to end (top-5), round after round in one process:
     medians and each precision's ratio to float32 and to int8, read off the same rounds (a shared host drifts
     between one precision's run and the next; interleaving spreads that drift over all of them)."""
-    from model.inference import resolve_precision
-
-    served = ["float32", *(p for p in precisions if resolve_precision(p) == p)]
+    served = ["float32", *(p for p in precisions if not not_here(p))]
     measured: dict[str, dict[str, list[float]]] = {p: {"forward_only": [], "score_top5": []} for p in served}
     for _ in range(rounds):
         for precision in served:

@@ -159,3 +159,12 @@ def test_dashboard_benchmark_serves_a_big_job_from_both_job_stores() -> None:
     for kind in ("redis", "sqlite"):
         assert set(report[kind]) >= {"jobs_list_ms", "job_page_ms", "job_live_summary_ms", "api_job_ms"}
         assert all(value > 0 for value in report[kind].values())
+
+
+def test_a_precision_this_cpu_cannot_run_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.__main__ import not_here
+    from model import inference
+
+    monkeypatch.setattr(inference, "cpu_supports_bfloat16", lambda: False)
+    assert not_here("bfloat16") == "this CPU has no bfloat16 support (avx512_bf16/amx_bf16); use float32"
+    assert not_here("float32") is None  # (make bench asks for bfloat16 by default: it is skipped, not a crash)
