@@ -203,7 +203,9 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if " ready." in self.text() and "model " in self.text():
+            text = self.text()
+            # a child's model loaded (not a line of the audioset.model logger, which comes before it)
+            if " ready." in text and " loaded from " in text:
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{self.text()[-4000:]}")

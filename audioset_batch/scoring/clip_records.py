@@ -6,6 +6,7 @@ are encoded with orjson, which serialises numpy scalars and arrays natively.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -102,17 +103,15 @@ def encode_records(
     labelled = [{"index": i, "mid": c.mid, "name": c.name} for i, c in enumerate(classes)]
     # Python lists, converted once per chunk: per-row numpy indexing was a third of the encoding time
     chosen = [np.asarray(row).tolist() for row in indices] if isinstance(indices, list) else indices.tolist()
-    finite_starts = None if start_times is None else np.isfinite(start_times).tolist()
+    seconds = None if start_times is None else np.asarray(start_times, dtype=np.float64).tolist()
+    starts = None if seconds is None else [t if math.isfinite(t) else None for t in seconds]
     lines = []
     for row in range(scores.shape[0]):
-        start_time = None
-        if finite_starts is not None and start_times is not None and finite_starts[row]:
-            start_time = float(start_times[row])
         record: dict[str, object] = {
             "source": source,
             "index": start_index + row if windows is None else int(windows[0][row]),
             "video_id": video_ids[row] if video_ids is not None else None,
-            "start_time_seconds": start_time,
+            "start_time_seconds": None if starts is None else starts[row],
         }
         if windows is not None:
             record["offset_seconds"] = round(float(windows[1][row]), 3)
