@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     soft_time_limit: int = Field(3600, ge=1, description="Seconds before a file is abandoned with an error record.")
     time_limit: int = Field(3660, ge=1, description="Seconds before the worker child is killed (hard limit).")
     visibility_timeout: int = Field(0, ge=0, description="Redis redelivery timeout; 0 = time limit + 600 s.")
+    redelivery_grace: float = Field(
+        30.0,
+        ge=10,
+        description="Seconds before a delivery that no live worker holds (lost in a Redis restart, or its worker "
+        "killed) is put back on its queue; at least 10, twice the workers' 5 s heartbeat.",
+    )
     max_attempts: int = Field(5, ge=1, description="Deliveries of one file before it gets an error record.")
     retry_backoff: float = Field(2.0, gt=0, description="First retry delay in seconds; doubles each attempt.")
     retry_backoff_max: float = Field(300.0, gt=0, description="Cap on the retry delay in seconds.")

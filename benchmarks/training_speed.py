@@ -43,6 +43,7 @@ def training_speed(recipe: Recipe, classes: list[ClassLabel], iterations: int, p
         ema_decay=0.998,
         weight_decay=0.1,
         precision=precision,
+        compile_forms=False,  # the speed of training, not of compiling the artifact it publishes
     )
     marks: dict[int, float] = {}
 

@@ -72,6 +72,8 @@ class EmbeddedService:
         self.concurrency = concurrency
         self.interval = interval
         self.stop = threading.Event()
+        self.signals: list[int] = []  # SIGINT/SIGTERM received since catch_stop_signals()
+        self._catching = False
         self.worker: subprocess.Popen[bytes] | None = None
         self.thread: threading.Thread | None = None
         self.lock = RunLock(self.root / ".run.lock")
@@ -218,16 +220,23 @@ class EmbeddedService:
             os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool children
         worker.wait()
 
-    def serve_forever(self, on_tick: Callable[[], None] | None = None, say: Callable[[str], None] | None = None) -> int:
-        """Block until SIGINT/SIGTERM or the worker dies; returns the exit code (130, 143, or 1 if the worker died)."""
-        got: list[int] = []
+    def catch_stop_signals(self) -> None:
+        """From now on SIGINT/SIGTERM ask :meth:`serve_forever` to stop: call it before :meth:`start`, so a Ctrl-C
+        while the worker and dashboard start stops the run like any other (it was a traceback and exit -2)."""
 
         def handler(signum: int, _frame: Any) -> None:
-            got.append(signum)
+            self.signals.append(signum)
             self.stop.set()
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        self._catching = True
+
+    def serve_forever(self, on_tick: Callable[[], None] | None = None, say: Callable[[str], None] | None = None) -> int:
+        """Block until SIGINT/SIGTERM or the worker dies; returns the exit code (130, 143, or 1 if the worker died)."""
+        if not self._catching:
+            self.catch_stop_signals()
+        got = self.signals
         while not self.stop.is_set():
             if self.worker is not None and self.worker.poll() is not None:
                 log.error("worker exited with code %s", self.worker.returncode)

@@ -173,6 +173,8 @@ def run(settings: Settings, root: Path | None, demo: bool, concurrency: int, tim
     note(f"incoming: {service.root / INCOMING}")
     note(f"results:  {service.root / RESULTS / service.settings.results_prefix}")
     worker_log = service.root / ".logs" / "worker.log" if demo else None
+    if not demo:  # --demo stops on Ctrl-C as any command does
+        service.catch_stop_signals()
     service.start(log_file=worker_log, say=note)
     try:
         if not demo:

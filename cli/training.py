@@ -299,6 +299,14 @@ def training_monitor(settings: Settings, run_id: str, interval: float, quiet: bo
     show_default=True,
     help="Average the members' probabilities, or their log-odds (better for members calibrated differently).",
 )
+@click.option(
+    "--forms",
+    type=click.Choice(["compile", "skip"]),
+    default="compile",
+    show_default=True,
+    help="compile: also write the serving forms (int8, bfloat16), gated on the --validation clips, so scoring loads "
+    "without TensorFlow; skip: quicker, served by Keras until `audioset compile`.",
+)
 @click.pass_obj
 def ensemble(
     settings: Settings,
@@ -308,6 +316,7 @@ def ensemble(
     version: str,
     validation_data: tuple[str, ...],
     method: Combine,
+    forms: str,
 ) -> None:
     """Combine trained artifacts into one that serves the mean of their predictions.
 
@@ -334,6 +343,7 @@ def ensemble(
         validation=(held_out.x, held_out.y) if held_out else None,
         validation_description=", ".join(held_out.sources) if held_out else "",
         method=method,
+        compile_forms=forms == "compile",
     )
     summary = {
         "artifact": str(output),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, Manifest, label_problem, load, read_manifest
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, Manifest, label_problem, load, read_manifest, save
 from model.artifact_errors import ArtifactError
 from model.choices import COMBINES, Combine
 from model.form_builder import Validation, save_with_forms
@@ -116,6 +116,7 @@ def combine_artifacts(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     validation_description: str = "",
     method: Combine = "mean",
+    compile_forms: bool = True,
 ) -> Manifest:
     """Write an artifact serving the mean of ``artifacts``; the members must share frames and classes.
 
@@ -124,7 +125,8 @@ def combine_artifacts(
     artifacts at hand.
 
     With ``validation`` (embeddings, labels) the combined model is evaluated in float32 and the result
-    recorded in the manifest, as training records a model's.
+    recorded in the manifest, as training records a model's. Without ``compile_forms`` the artifact has no
+    compiled serving forms (Keras serves it until ``audioset compile`` adds them).
     """
     if len(artifacts) < 2 and not (artifacts and read_manifest(artifacts[0]).architecture == ENSEMBLE):
         raise EnsembleError(
@@ -189,6 +191,7 @@ def combine_artifacts(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     combined = combine(nets, name=ENSEMBLE, method=method)
+    held_out = None
     if validation is not None:
         x, y = validation
         if y.shape[1] != len(first.classes) or x.shape[1] != first.frames:
@@ -201,5 +204,6 @@ def combine_artifacts(
         measured = evaluate(y, scores)
         manifest.metrics = {"validation": measured.summary()}
         held_out = Validation(x, y, manifest.training["validation_data"], measured.mean_average_precision)
-        return save_with_forms(combined, manifest, output, held_out)
-    return save_with_forms(combined, manifest, output)
+    if not compile_forms:
+        return save(combined, manifest, output)
+    return save_with_forms(combined, manifest, output, held_out)

@@ -213,6 +213,13 @@ class TrainConfig(BaseModel):
     split_seed: int | None = setting(
         None, "Seed of the validation hold-out (default: --seed). Keep it fixed to compare runs or distil between them."
     )
+    compile_forms: bool = setting(
+        True,
+        "compile: also write the serving forms (int8, bfloat16) with their accuracy gate on the held-out clips, so "
+        "scoring loads without TensorFlow; skip: a quicker experiment, served by Keras until `audioset compile`.",
+        flag="--forms",
+        values={"compile": True, "skip": False},
+    )
     name: str = setting("audioset-model", "Model name, written into every result's model field.")
     version: str = setting("1", "Model version (results say name@version).")
 
@@ -259,8 +266,9 @@ class TrainConfig(BaseModel):
         return self.validation_fraction, self.seed if self.split_seed is None else self.split_seed
 
 
-# Settings a resumed run may change: extend a run, stop it now (iterations <= reached), or add early stopping.
-RESUMABLE = frozenset({"iterations", "patience"})
+# Settings a resumed run may change: extend a run, stop it now (iterations <= reached), add early stopping, or
+# compile the forms of the artifact it publishes (which the weights do not depend on).
+RESUMABLE = frozenset({"iterations", "patience", "compile_forms"})
 # Settings that only shape soft targets: a run without them (a cross-fit fold) does not depend on them.
 SOFT_TARGET_SETTINGS = frozenset({"distill_weight", "mask_negatives"})
 # What a cross-fit fold model does not depend on: its folds can be reused by a run of another name or version.

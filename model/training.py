@@ -175,7 +175,10 @@ def train(
         manifest.training["masked_negatives"] = int(missing.sum())
     manifest.metrics = {"validation": final.summary()}
     held_out = Validation(x_held, y_held, manifest.training["validation_data"], final.mean_average_precision)
-    save_with_forms(fitted.net, manifest, output / "model", held_out)
+    if config.compile_forms:
+        save_with_forms(fitted.net, manifest, output / "model", held_out)
+    else:
+        artifact.save(fitted.net, manifest, output / "model")
     return TrainResult(
         output / "model",
         int(state["best_iteration"]),

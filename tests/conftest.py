@@ -20,8 +20,8 @@ from worker.config import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Tests compare exact float32 scores and model tags; the default (auto: int8 where TFLite runs) has tests of its own
-# (tests/worker/test_worker_settings.py), which unset this.
+# Tests in this process compare exact float32 scores and model tags. The queued workers of `stack` serve the
+# compiled form at `auto` instead (see the fixture); tests of the default precision unset this.
 os.environ.setdefault("AUDIOSET_PRECISION", "float32")
 
 
@@ -75,6 +75,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         return
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
+    reap_stopped_workers()
     server.stop()
 
 
@@ -101,12 +102,24 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     wait_for_port(port)
     yield f"http://127.0.0.1:{port}"
+    reap_stopped_workers()
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_artifact(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` with its compiled forms (ungated): a worker child serving it at ``auto`` is ready in well under a
+    second, where loading TensorFlow for float32 takes about four."""
+    from model.form_builder import add_forms
+
+    model = build_artifact(tmp_path_factory.mktemp("compiled") / "tiny")
+    add_forms(model)
+    return model
 
 
 @pytest.fixture
@@ -150,20 +163,28 @@ class Stack:
 
 
 @pytest.fixture
-def stack(redis_server: RedisServer, s3_endpoint: str, tiny_model: Path) -> Stack:
+def stack(redis_server: RedisServer, s3_endpoint: str, tiny_compiled: Path) -> Stack:
+    """Its workers serve the compiled form at ``auto``, as a deployment's default does: each child is ready in a
+    fraction of a second instead of loading TensorFlow. A test that compares exact float32 scores says so."""
+    return new_stack(redis_server, s3_endpoint, tiny_compiled, AUDIOSET_PRECISION="auto")
+
+
+def new_stack(redis_server: RedisServer, s3_endpoint: str, model: Path, **env_overrides: str) -> Stack:
+    """A pipeline of its own (queue, buckets) serving ``model``, its buckets made."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **cos_env(s3_endpoint),
         "AUDIOSET_BROKER_URL": redis_server.db_url(2),
         "AUDIOSET_STATE_URL": redis_server.db_url(3),
         "AUDIOSET_QUEUE": f"test-{suffix}",
-        "AUDIOSET_MODEL_PATH": str(tiny_model),
+        "AUDIOSET_MODEL_PATH": str(model),
         "AUDIOSET_RESULTS_BUCKET": f"results-{suffix}",
         "AUDIOSET_WORKER_CONCURRENCY": "1",
         "AUDIOSET_TF_THREADS": "1",
         "AUDIOSET_RETRY_BACKOFF": "0.2",
         "AUDIOSET_RETRY_BACKOFF_MAX": "1",
         "AUDIOSET_LOG_LEVEL": "INFO",
+        **env_overrides,
     }
     stack = Stack(env=env, input_bucket=f"input-{suffix}", results_bucket=f"results-{suffix}")
     from audioset_batch.storage.cos_store import CosStore
@@ -212,9 +233,15 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.text()[-4000:]}")
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """SIGTERM, Celery's warm shutdown. Celery takes 1.5-2.5 s to join even an idle pool (its supervisor
+        sleeps in 0.8 s steps): ``wait=False``, for a test that is done with the worker, leaves that wait to
+        :func:`reap_stopped_workers` instead of the next test."""
         if self.process.poll() is None:
             self.process.terminate()
+            if not wait:
+                STOPPING.append(self)
+                return
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
@@ -223,11 +250,20 @@ class WorkerProcess:
         self.log.close()
 
 
+#: Workers sent SIGTERM and not yet waited for; reaped before the servers they talk to stop.
+STOPPING: list[WorkerProcess] = []
+
+
+def reap_stopped_workers() -> None:
+    while STOPPING:
+        STOPPING.pop().stop()
+
+
 @pytest.fixture
 def worker(stack: Stack, tmp_path: Path) -> Iterator[WorkerProcess]:
     process = WorkerProcess(stack.env, tmp_path / "worker.log")
     yield process
-    process.stop()
+    process.stop(wait=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -28,6 +28,11 @@ def auto_serves() -> tuple[str, str]:
     return ("bfloat16", "OpenVINO") if cpu_has_amx() and openvino_available() else ("int8", "LiteRT")
 
 
+def stack_tag(tag: str = "tiny@0") -> str:
+    """The model tag a ``stack`` fixture's worker writes: its compiled form as ``auto`` serves it here."""
+    return f"{tag}+{auto_serves()[0]}"
+
+
 def flip_a_byte(path: Path, at: int = -100) -> None:
     """Corrupt a file the way a bad disk or a tampering hand would: one byte, its size unchanged."""
     blob = bytearray(path.read_bytes())

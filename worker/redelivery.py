@@ -8,10 +8,10 @@ lost connection, expecting the broker to redeliver them), or one held by a worke
 
 So each worker's main process writes, every :data:`HEARTBEAT_SECONDS`, the delivery tags it holds (prefetched and
 running) under ``audioset:held:<node>`` with a short expiry, and one worker at a time puts back every unacked
-message that is older than :data:`GRACE_SECONDS` and held by no live worker. A message a live worker holds is
-never put back, so a file is never scored twice because of this. Workers that do not write heartbeats (an older
-release) are not seen: do not mix releases on one queue. Each tick also puts back the messages Redis lost while
-delivering them to this process (:func:`~worker.guarded_transports.put_back_undelivered`).
+message that is older than the grace period (``AUDIOSET_REDELIVERY_GRACE``, 30 s) and held by no live worker. A
+message a live worker holds is never put back, so a file is never scored twice because of this. Workers that do
+not write heartbeats (an older release) are not seen: do not mix releases on one queue. Each tick also puts back
+the messages Redis lost while delivering them to this process (:func:`~worker.guarded_transports.put_back_undelivered`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ log = logging.getLogger("audioset.worker")
 HEARTBEAT_SECONDS = 5.0
 #: A worker whose heartbeat is older than this is gone, and so is its hold on its messages.
 HOLDER_TTL_SECONDS = 20
-#: A delivery younger than this is never put back: its holder may not have said so yet.
-GRACE_SECONDS = 30.0
 HELD_PREFIX = "audioset:held:"
 REAPER_LOCK = "audioset:redelivery-lock"
 
@@ -53,9 +51,7 @@ def held_tags() -> list[str]:
     return sorted(tag for tag in tags if isinstance(tag, str))
 
 
-def orphans(
-    unacked: list[tuple[str, float]], holders: list[dict[str, Any]], now: float, grace: float = GRACE_SECONDS
-) -> list[str]:
+def orphans(unacked: list[tuple[str, float]], holders: list[dict[str, Any]], now: float, grace: float) -> list[str]:
     """The delivery tags to put back: older than ``grace`` and held by none of the live ``holders``.
 
     A tag delivered after a holder last reported is left for a later round (that holder may have it).
@@ -68,10 +64,12 @@ def orphans(
 class Redelivery(threading.Thread):
     """The heartbeat and the sweep, on a thread of the worker's main process."""
 
-    def __init__(self, app: Any, node: str) -> None:
+    def __init__(self, app: Any, node: str, grace: float) -> None:
         super().__init__(name="redelivery", daemon=True)
         self.app = app
         self.node = node
+        #: A delivery younger than this is never put back: its holder may not have said so yet.
+        self.grace = grace
         self.stopping = threading.Event()
         self._connection: Any = None
 
@@ -109,12 +107,12 @@ class Redelivery(threading.Thread):
             return  # another worker sweeps this round
         unacked = [
             (tag.decode() if isinstance(tag, bytes) else str(tag), float(at))
-            for tag, at in client.zrangebyscore(channel.unacked_index_key, 0, now - GRACE_SECONDS, withscores=True)
+            for tag, at in client.zrangebyscore(channel.unacked_index_key, 0, now - self.grace, withscores=True)
         ]
         if not unacked:
             return
         holders = [json.loads(raw) for raw in client.mget(list(client.scan_iter(HELD_PREFIX + "*"))) if raw]
-        for tag in orphans(unacked, holders, now):
+        for tag in orphans(unacked, holders, now, self.grace):
             channel.qos.restore_by_tag(tag, leftmost=True)
             log.warning("put back delivery %s: no live worker holds it (its holder is gone); it is sent again", tag)
 
@@ -122,12 +120,13 @@ class Redelivery(threading.Thread):
 _running: list[Redelivery] = []
 
 
-def start(app: Any, node: str) -> None:
+def start(app: Any, node: str, grace: float) -> None:
     """Start the heartbeat and sweep in this (main) process, once; a no-op for the embedded filesystem broker."""
     if _running or not str(app.conf.broker_url).startswith(("redis://", "rediss://")):
         return
-    thread = Redelivery(app, node)
+    thread = Redelivery(app, node, grace)
     thread.start()
+    log.info("a delivery no live worker holds is put back after %g s (AUDIOSET_REDELIVERY_GRACE)", grace)
     _running.append(thread)
 
 

@@ -121,7 +121,7 @@ def _start_redelivery(sender: Any = None, **_: Any) -> None:
     """In the main process, once consuming: the heartbeat that lets a message whose holder is gone come back in
     seconds, not after the visibility timeout (``worker/redelivery.py``)."""
     if sender is not None:
-        redelivery.start(sender.app, sender.hostname)
+        redelivery.start(sender.app, sender.hostname, get_settings().redelivery_grace)
 
 
 @worker_shutdown.connect

@@ -170,7 +170,7 @@ def test_progress_hears_of_the_clips_after_each_chunk(tmp_path: Path) -> None:
 
 
 def test_score_and_evaluate_show_a_clip_bar_with_the_time_left_on_a_terminal_and_none_with_quiet(
-    tmp_path: Path, tiny_model: Path
+    tmp_path: Path, tiny_compiled: Path
 ) -> None:
     import fcntl
     import os
@@ -183,7 +183,9 @@ def test_score_and_evaluate_show_a_clip_bar_with_the_time_left_on_a_terminal_and
     from tests.conftest import ROOT
 
     path = write_h5(tmp_path / "bar.h5", clips=30, classes=12)
-    env = {**os.environ, "AUDIOSET_MODEL_PATH": str(tiny_model), "AUDIOSET_READ_CHUNK_CLIPS": "10"}
+    # the compiled form at the default precision: each command starts in a second, without TensorFlow
+    model = str(tiny_compiled)
+    env = {**os.environ, "AUDIOSET_MODEL_PATH": model, "AUDIOSET_READ_CHUNK_CLIPS": "10", "AUDIOSET_PRECISION": "auto"}
 
     def stderr_on_a_terminal(*extra: str, command: tuple[str, ...] = ()) -> str:
         leader, follower = pty.openpty()
@@ -214,5 +216,5 @@ def test_score_and_evaluate_show_a_clip_bar_with_the_time_left_on_a_terminal_and
     shown = stderr_on_a_terminal()
     assert "bar.h5" in shown and "30/30" in shown and "clip/s" in shown and "<" in shown  # pace, time left
     assert "30/30" not in stderr_on_a_terminal("--quiet")
-    evaluated = stderr_on_a_terminal(command=("evaluate", str(tiny_model), str(path)))
+    evaluated = stderr_on_a_terminal(command=("evaluate", model, str(path)))
     assert "evaluate" in evaluated and "30/30" in evaluated  # the long evaluation shows its clips too

@@ -201,6 +201,8 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
             "0.01",
             "--precision",
             "bfloat16",
+            "--forms",
+            "skip",
         ],
     )
     assert student.exit_code == 0, student.output
@@ -210,7 +212,7 @@ def test_custom_label_set_trains_and_is_served_under_its_names(tmp_path: Path) -
     assert (params["branches"], params["ema_decay"], manifest["branches"]) == (2, 0.9, 2)
     assert (params["mixup"], params["label_smoothing"], params["lr_schedule"]) == (0.2, 0.05, "cosine")
     assert (params["frame_mix"], params["frame_mix_targets"], params["weight_decay"]) == (0.2, "union", 0.01)
-    assert params["precision"] == "bfloat16"
+    assert params["precision"] == "bfloat16" and params["compile_forms"] is False and "compiled" not in manifest
     assert [t["model"] for t in manifest["training"]["teachers"]] == ["birds@1"]
     assert (
         manifest["training"]["validation_clips"]

@@ -21,23 +21,23 @@ from tests.conftest import ROOT
 from tests.helpers import write_h5
 
 
-def embedded_env(tiny_model: Path) -> dict[str, str]:
+def embedded_env(tiny_compiled: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOSET_")}
-    env.update({"AUDIOSET_MODEL_PATH": str(tiny_model), "AUDIOSET_TF_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"AUDIOSET_MODEL_PATH": str(tiny_compiled), "AUDIOSET_TF_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return env
 
 
-def start_run(root: Path, tmp_path: Path, tiny_model: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+def start_run(root: Path, tmp_path: Path, tiny_compiled: Path) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     """`audioset run --root ROOT` in a subprocess, its output in ``tmp_path/run.log``."""
     log = (tmp_path / "run.log").open("wb")
     command = [sys.executable, "-m", "cli", "run", "--root", str(root)]
-    process = subprocess.Popen(command, env=embedded_env(tiny_model), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env=embedded_env(tiny_compiled), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return process, log
 
 
-def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) -> None:
+def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_compiled: Path) -> None:
     root = tmp_path / "buckets"
-    process, log = start_run(root, tmp_path, tiny_model)
+    process, log = start_run(root, tmp_path, tiny_compiled)
     try:
         deadline = time.monotonic() + 60
         while not (root / "incoming").is_dir() and time.monotonic() < deadline:
@@ -81,10 +81,10 @@ def test_file_dropped_into_incoming_is_scored(tmp_path: Path, tiny_model: Path) 
     assert code == 143  # 128 + SIGTERM, as a shell reports a process stopped by it
 
 
-def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> None:
+def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_compiled: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "cli", "run", "--demo", "--root", str(tmp_path / "b")],
-        env=embedded_env(tiny_model),
+        env=embedded_env(tiny_compiled),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -97,7 +97,7 @@ def test_demo_prints_top_labels_and_exits(tmp_path: Path, tiny_model: Path) -> N
 
 
 def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_files(
-    tmp_path: Path, tiny_model: Path
+    tmp_path: Path, tiny_compiled: Path
 ) -> None:
     """The state kill -9 leaves: the filesystem broker already dropped the message, the watch job holds the
     item as pending, a download sits in the temp folder. A restart must score the file and clean up."""
@@ -120,7 +120,7 @@ def test_restart_after_a_crash_sends_again_what_was_in_hand_and_cleans_temp_file
     stale.mkdir(parents=True)
     (stale / "0_stale.audioset.score.msg").write_text("{}")
 
-    process, log = start_run(root, tmp_path, tiny_model)
+    process, log = start_run(root, tmp_path, tiny_compiled)
     try:
         result = root / "results" / "predictions" / "incoming" / "lost.h5.jsonl"
         deadline = time.monotonic() + 120
@@ -175,10 +175,10 @@ def worker_ready(tmp_path: Path) -> Callable[[], bool]:
 
 
 def test_a_second_run_in_the_same_folder_says_who_holds_it_and_leaves_the_first_alone(
-    tmp_path: Path, tiny_model: Path
+    tmp_path: Path, tiny_compiled: Path
 ) -> None:
     root = tmp_path / "buckets"
-    first, log = start_run(root, tmp_path, tiny_model)
+    first, log = start_run(root, tmp_path, tiny_compiled)
     try:
         wait_for(worker_ready(tmp_path), 120, "worker ready", first)
         # The first run's queue and temp files must survive the second start (a queue its worker does not
@@ -190,7 +190,7 @@ def test_a_second_run_in_the_same_folder_says_who_holds_it_and_leaves_the_first_
         download.write_bytes(b"in use")
         second = subprocess.run(
             [sys.executable, "-m", "cli", "run", "--root", str(root)],
-            env=embedded_env(tiny_model),
+            env=embedded_env(tiny_compiled),
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -212,15 +212,15 @@ def test_a_second_run_in_the_same_folder_says_who_holds_it_and_leaves_the_first_
 
 
 def test_an_idle_run_stops_on_ctrl_c_at_once_and_a_killed_run_never_blocks_the_next(
-    tmp_path: Path, tiny_model: Path
+    tmp_path: Path, tiny_compiled: Path
 ) -> None:
     root = tmp_path / "buckets"
-    first, log = start_run(root, tmp_path, tiny_model)
+    first, log = start_run(root, tmp_path, tiny_compiled)
     wait_for(worker_ready(tmp_path), 120, "worker ready", first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     log.close()
-    again, log = start_run(root, tmp_path, tiny_model)  # its worker (told of the kill) may still be stopping
+    again, log = start_run(root, tmp_path, tiny_compiled)  # its worker (told of the kill) may still be stopping
     try:
         wait_for(worker_ready(tmp_path), 120, "worker ready after kill -9", again)
         started = time.monotonic()
@@ -241,14 +241,16 @@ def _is_worker_of(proc: Path, root: Path) -> bool:
         return False
 
 
-def test_ctrl_c_while_busy_says_what_it_waits_for_and_a_second_stops_at_once(tmp_path: Path, tiny_model: Path) -> None:
+def test_ctrl_c_while_busy_says_what_it_waits_for_and_a_second_stops_at_once(
+    tmp_path: Path, tiny_compiled: Path
+) -> None:
     """The file in hand is named; a second Ctrl-C kills the worker; the next start scores the file whole."""
     root = tmp_path / "buckets"
     env = {"AUDIOSET_READ_CHUNK_CLIPS": "1"}  # one clip per read: a 20,000-clip file takes a while
     log = (tmp_path / "run.log").open("wb")
     command = [sys.executable, "-m", "cli", "run", "--root", str(root)]
     process = subprocess.Popen(
-        command, env={**embedded_env(tiny_model), **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        command, env={**embedded_env(tiny_compiled), **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         wait_for(worker_ready(tmp_path), 120, "worker ready", process)
@@ -271,7 +273,7 @@ def test_ctrl_c_while_busy_says_what_it_waits_for_and_a_second_stops_at_once(tmp
     result = root / "results" / "predictions" / "incoming" / "slow.h5.jsonl"
     assert not result.exists()
     (tmp_path / "again").mkdir()
-    again, log = start_run(root, tmp_path / "again", tiny_model)
+    again, log = start_run(root, tmp_path / "again", tiny_compiled)
     try:
         wait_for(result.exists, 180, "the result after the restart", again)
         assert len(result.read_bytes().splitlines()) == 20_000

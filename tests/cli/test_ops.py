@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from audioset_batch.results.search import Hit, UnknownLabelError, resolve_label, search_records
 from cli import main
 from tests.conftest import ROOT, Stack, WorkerProcess, free_port
-from tests.helpers import make_labels, wait_job, write_h5
+from tests.helpers import make_labels, stack_tag, wait_job, write_h5
 
 
 def test_resolve_label_by_name_or_mid_with_suggestions() -> None:
@@ -237,5 +237,5 @@ def test_prometheus_metrics_from_two_worker_processes(stack: Stack, tmp_path: Pa
     assert value(r"audioset_clips_total") == 12
     assert value(r'audioset_failures_total\{error="NotHDF5Error"\}') == 1
     assert value(r"audioset_scoring_seconds_count") == 4
-    assert value(r'audioset_model_info\{model="tiny@0"\}') == 1
+    assert value(rf'audioset_model_info\{{model="{re.escape(stack_tag())}"\}}') == 1
     assert value(rf'audioset_queue_depth\{{queue="{stack.env["AUDIOSET_QUEUE"]}"\}}') == 0

@@ -513,7 +513,6 @@ def test_a_delivery_whose_holder_is_gone_comes_back_in_seconds_and_a_held_one_ne
     import redis
 
     from audioset_batch.task_messages import ScoreMessage
-    from worker.redelivery import GRACE_SECONDS
 
     inputs = upload(stack, tmp_path, "orphan", 2)
     queue, settings = stack.env["AUDIOSET_QUEUE"], stack.settings()
@@ -534,9 +533,11 @@ def test_a_delivery_whose_holder_is_gone_comes_back_in_seconds_and_a_held_one_ne
     payload = jsonlib.loads(raw)
     tag = payload["properties"]["delivery_tag"]
     client.hset("unacked", tag, jsonlib.dumps([payload, queue, queue]))
-    client.zadd("unacked_index", {tag: time.time() - GRACE_SECONDS - 5})
-    proxy.slow("orphan/f0000.h5", seconds=GRACE_SECONDS + 15)  # held by the live worker past the grace period
-    worker = WorkerProcess({**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url}, tmp_path / "w.log", concurrency=2)
+    grace = 10  # AUDIOSET_REDELIVERY_GRACE's least (default 30)
+    client.zadd("unacked_index", {tag: time.time() - grace - 5})
+    proxy.slow("orphan/f0000.h5", seconds=grace + 15)  # held by the live worker past the grace period
+    env = {**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_REDELIVERY_GRACE": str(grace)}
+    worker = WorkerProcess(env, tmp_path / "w.log", concurrency=2)
     try:
         app.send_task(
             "audioset.score_object",
@@ -552,6 +553,7 @@ def test_a_delivery_whose_holder_is_gone_comes_back_in_seconds_and_a_held_one_ne
     assert (row.scored, row.lost, row.duplicated) == (2, 0, 0)
     assert (status.scored, status.pending) == (2, 0)
     assert text.count("no live worker holds it") == 1 and tag in text  # the lost one, never the held one
+    assert "put back after 10 s (AUDIOSET_REDELIVERY_GRACE)" in text
     store = CosStore(settings)
     summary = orjson.loads(
         store.get_bytes(stack.results_bucket, f"predictions/{stack.input_bucket}/orphan/f0000.h5.summary.json") or b"{}"

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_command_prints_every_figure_as_json() -> None:
-    args = ["--clips", "3000", "--forward-clips", "3000", "--rss-clips", "2000", "--skip-queue"]
-    args += ["--precision", "int8", "--rss-precision", "int8", "--training-iterations", "3", "--rounds", "2"]
+    # small: every figure, not a measurement. Training speed is timed on tiny members below: TensorFlow's tracing of
+    # the shipped model's 1,536-wide member costs seconds however few iterations are timed.
+    args = ["--clips", "600", "--forward-clips", "600", "--rss-clips", "500", "--skip-queue"]
+    args += ["--precision", "int8", "--rss-precision", "int8", "--training-iterations", "0", "--rounds", "2"]
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True, timeout=500
     )
@@ -47,12 +49,12 @@ def test_benchmark_command_prints_every_figure_as_json() -> None:
             rounds["int8"][kind]["clips_per_second_median"] / rounds["float32"][kind]["clips_per_second_median"],
             abs=0.01,
         )
-    training = report["training"]["members"]  # the shipped model is an ensemble: each member's recipe is timed
-    assert sorted(training) == ["audioset-fla@4", "audioset-mla@2"]
-    for member in training.values():
-        assert member["float32_iterations_per_second"] > 0
-        assert member.get("bfloat16_speedup", 0) > 0 or "skipped" in member["bfloat16"]
-    rss = report["rss_2000_clips"]
+    assert "training" not in report  # --training-iterations 0
+    from benchmarks.training_speed import training_recipes
+
+    # the shipped model is an ensemble: each member's recipe is what `make bench` times
+    assert sorted(training_recipes(read_manifest(DEFAULT_ARTIFACT))) == ["audioset-fla@4", "audioset-mla@2"]
+    rss = report["rss_500_clips"]
     assert rss["precision"] == "int8" and rss["peak_rss_mb"] > 0 and rss["model_loaded_rss_mb"] > 0
 
 
@@ -68,7 +70,7 @@ def test_peak_rss_is_the_scoring_process_own_not_the_benchmark_process_peak(tmp_
     ballast = np.ones(3 * 1024**3, dtype=np.uint8)  # make this (parent) process's peak 3 GB, far above a scorer's
     parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert parent_peak_mb > 3000 and int(ballast[-1]) == 1
-    rss = peak_rss_mb(DEFAULT_ARTIFACT, write_file(tmp_path / "small.h5", 500), "float32")
+    rss = peak_rss_mb(DEFAULT_ARTIFACT, write_file(tmp_path / "small.h5", 500), "int8")
     del ballast
     assert 0 < rss["model_loaded_rss_mb"] < parent_peak_mb - 500 and 0 < rss["peak_rss_mb"] < parent_peak_mb - 500
 
@@ -92,9 +94,11 @@ def test_benchmark_measures_the_model_it_is_given_and_each_member_of_an_ensemble
     assert report["model"]["tag"] == "ens@3" and report["model"]["architecture"] == "ensemble"
     assert report["score_top5"]["clips_per_second"] > 0 and report["seed_way"]["clips_per_second"] > 0
     assert report["rss_300_clips"]["model_loaded_rss_mb"] > 0
-    training = report["training"]["members"]
+    training = report["training"]["members"]  # each member's recipe is timed, in bfloat16 too where the CPU has it
     assert sorted(training) == ["fsa@2", "mla@1"]
-    assert all(member["float32_iterations_per_second"] > 0 for member in training.values())
+    for member in training.values():
+        assert member["float32_iterations_per_second"] > 0
+        assert member.get("bfloat16_speedup", 0) > 0 or "skipped" in member["bfloat16"]
     from benchmarks.training_speed import training_recipes
     from model.artifact import read_manifest
 
@@ -117,8 +121,13 @@ def test_benchmark_names_a_folder_that_is_not_a_model_in_one_line(tmp_path: Path
 @pytest.mark.integration
 def test_soak_command_kills_a_child_restarts_redis_and_reports_every_file() -> None:
     """The 2,000-file soak is on demand (`python -m benchmarks.soak`); this runs it small so it cannot rot."""
+    import os
+
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks.soak", "--files", "16", "--timeout", "300"],
+        # at the default precision, as `python -m benchmarks.soak` runs (not the float32 this suite pins)
+        # and with the least redelivery grace: the file Redis loses in its restart comes back 20 s sooner
+        env={**{k: v for k, v in os.environ.items() if k != "AUDIOSET_PRECISION"}, "AUDIOSET_REDELIVERY_GRACE": "10"},
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ from audioset_batch.jobs.factory import open_job_store
 from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import enqueue
 from tests.conftest import ROOT, Stack, WorkerProcess
-from tests.helpers import wait_job, write_h5
+from tests.helpers import stack_tag, wait_job, write_h5
 from worker.app import make_app
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_prefix_is_scored_corrupt_file_is_isolated_reenqueue_is_noop_force_repla
         lines = [orjson.loads(line) for line in body.splitlines()]
         assert [line["index"] for line in lines] == list(range(n))
         assert lines[0]["source"] == f"{stack.input_bucket}/{key}"
-        assert lines[0]["model"] == "tiny@0" and len(lines[0]["labels"]) == 5
+        assert lines[0]["model"] == stack_tag() and len(lines[0]["labels"]) == 5
         assert lines[1]["video_id"].startswith("vid") and lines[1]["start_time_seconds"] == 10.0
         summary = orjson.loads(store.get_bytes(results, f"predictions/{stack.input_bucket}/{key}.summary.json") or b"")
         assert summary["clips"] == n and summary["etag"] == store.stat(stack.input_bucket, key).etag

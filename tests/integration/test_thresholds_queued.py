@@ -21,10 +21,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_thresholds_are_chosen_kept_and_used_by_score_and_by_a_queued_worker(
-    stack: Stack, tiny_model: Path, tmp_path: Path
+    stack: Stack, tiny_compiled: Path, tmp_path: Path
 ) -> None:
     model = tmp_path / "model"
-    shutil.copytree(tiny_model, model)
+    shutil.copytree(tiny_compiled, model)  # served without TensorFlow: each command below starts in a second
     classes = len(read_manifest(model).classes)
     held_out = write_h5(tmp_path / "held.h5", clips=60, classes=classes, seed=4)
     env = {**stack.env, "AUDIOSET_MODEL_PATH": str(model)}

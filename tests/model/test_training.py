@@ -28,6 +28,7 @@ def small_config(**overrides: object) -> TrainConfig:
         "eval_every": 20,
         "checkpoint_every": 20,
         "seed": 3,
+        "compile_forms": False,  # compiling is tested where a test asks for it (its gate, below)
     }
     base.update(overrides)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -62,7 +63,7 @@ def out_of_fold_scores(config: TrainConfig, y: np.ndarray, run: Path) -> tuple[n
 def test_training_learns_a_learnable_signal(tmp_path: Path) -> None:
     x, y = learnable_dataset(800, 6, seed=0)
     chance = y.mean()
-    result = train(small_config(), x, y, make_labels(6), tmp_path / "run")
+    result = train(small_config(compile_forms=True), x, y, make_labels(6), tmp_path / "run")
     assert result.best_map > max(0.7, 2 * chance)
     assert result.history[0]["iteration"] == 20 and len(result.history) == 4
     manifest = artifact.verify(result.artifact)
@@ -219,10 +220,13 @@ def test_a_finished_run_can_be_extended_or_finished_now(tmp_path: Path) -> None:
     extended = train(small_config(iterations=80), x, y, make_labels(3), tmp_path / "run")
     assert [h["iteration"] for h in extended.history] == [20, 40, 60, 80] and extended.iterations_run == 80
     assert extended.best_map >= first.best_map
-    # Asking for fewer iterations than already run trains no more and publishes the best checkpoint so far.
-    now = train(small_config(iterations=50), x, y, make_labels(3), tmp_path / "run")
+    assert artifact.verify(extended.artifact).compiled == {}  # --forms skip: Keras only
+    # Asking for fewer iterations than already run trains no more and publishes the best checkpoint so far, here
+    # with its compiled forms (the weights do not depend on them, so the run may change its mind).
+    now = train(small_config(iterations=50, compile_forms=True), x, y, make_labels(3), tmp_path / "run")
     assert now.iterations_run == 80 and now.best_iteration == extended.best_iteration
     assert now.best_map == pytest.approx(extended.best_map)
+    assert sorted(artifact.verify(now.artifact).compiled) == ["bfloat16", "int8"]
 
 
 def test_label_count_must_match(tmp_path: Path) -> None:
@@ -264,7 +268,7 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
         f"labels: {labels}\n"
         f"output: cos://{stack.results_bucket}/runs/\n"
         "architecture: feature_level_attention\niterations: 40\nbatch_size: 32\nhidden_units: 32\n"
-        "eval_every: 20\ncheckpoint_every: 20\nname: queued-model\n"
+        "eval_every: 20\ncheckpoint_every: 20\nname: queued-model\ncompile_forms: false\n"
     )
     env = {**os.environ, **stack.env, "AUDIOSET_LOCAL_ROOT": str(tmp_path / "local")}
 
@@ -304,6 +308,7 @@ def test_queued_training_run_is_listed_monitored_and_publishes_its_artifact(stac
     assert [c["name"] for c in manifest["classes"]] == ["Alpha", "Beta", "Gamma"]
     assert manifest["training"]["data"] == f"cos://{stack.input_bucket}/training/train.h5"  # a bucket URL, whole
     assert store.get_bytes(stack.results_bucket, prefix + "model.keras")
+    assert "compiled" not in manifest and manifest["training"]["hyperparameters"]["compile_forms"] is False
 
 
 def test_cosine_schedule_decays_from_the_base_rate_to_the_floor() -> None:
@@ -692,6 +697,8 @@ def test_train_command_takes_a_validation_file(tmp_path: Path) -> None:
         "16",
         "--batch-size",
         "32",
+        "--forms",
+        "skip",
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

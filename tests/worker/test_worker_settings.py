@@ -71,12 +71,14 @@ def test_output_and_precision_settings_reach_the_queued_worker(stack: Stack, tmp
 
 
 def test_the_default_precision_is_auto_and_picks_int8(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from audioset_batch.settings import Settings
     from model.litert_forward import litert_available
 
     monkeypatch.delenv("AUDIOSET_PRECISION", raising=False)  # the suite pins float32; this test wants the default
+    del stack.env["AUDIOSET_PRECISION"]  # and so do its workers; a model without compiled forms, converted at load
+    stack.env["AUDIOSET_MODEL_PATH"] = str(tiny_model)
     assert Settings.model_fields["precision"].default == "auto"
     results = score_with(stack, tmp_path, {}, {"a.h5": write_h5(tmp_path / "a.h5", clips=2)})
     line = orjson.loads((results["a.h5.jsonl"] or b"").splitlines()[0])
@@ -116,7 +118,7 @@ def test_an_ensemble_artifact_is_served_by_the_queued_worker(stack: Stack, tmp_p
         build_artifact(tmp_path / "m2", architecture="decision_level_single_attention", seed=4),
     ]
     ensemble = tmp_path / "ensemble"
-    combine_artifacts(members, ensemble, name="ens", version="2")
+    combine_artifacts(members, ensemble, name="ens", version="2", compile_forms=False)
     data = write_h5(tmp_path / "a.h5", clips=4, classes=12)
     env = {"AUDIOSET_MODEL_PATH": str(ensemble), "AUDIOSET_PRECISION": "float32", "AUDIOSET_FULL_SCORES": "true"}
     results = score_with(stack, tmp_path, env, {"a.h5": data})
