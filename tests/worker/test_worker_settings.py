@@ -17,7 +17,7 @@ import pytest
 from audioset_batch.jobs.factory import open_job_store
 from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import enqueue
-from tests.conftest import Stack, WorkerProcess
+from tests.conftest import RedisServer, Stack, WorkerProcess, new_stack
 from tests.helpers import wait_job, write_h5
 from worker.app import make_app
 
@@ -71,14 +71,14 @@ def test_output_and_precision_settings_reach_the_queued_worker(stack: Stack, tmp
 
 
 def test_the_default_precision_is_auto_and_picks_int8(
-    stack: Stack, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, s3_endpoint: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from audioset_batch.settings import Settings
     from model.litert_forward import litert_available
 
     monkeypatch.delenv("AUDIOSET_PRECISION", raising=False)  # the suite pins float32; this test wants the default
-    del stack.env["AUDIOSET_PRECISION"]  # and so do its workers; a model without compiled forms, converted at load
-    stack.env["AUDIOSET_MODEL_PATH"] = str(tiny_model)
+    # a stack that sets no precision, serving a model without compiled forms (converted to int8 at load)
+    stack = new_stack(redis_server, s3_endpoint, tiny_model)
     assert Settings.model_fields["precision"].default == "auto"
     results = score_with(stack, tmp_path, {}, {"a.h5": write_h5(tmp_path / "a.h5", clips=2)})
     line = orjson.loads((results["a.h5.jsonl"] or b"").splitlines()[0])
