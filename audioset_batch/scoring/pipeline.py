@@ -29,6 +29,7 @@ from audioset_batch.scoring.recordings import WindowScore, score_windows
 from audioset_batch.settings import Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectStore, ObjectURL, translate_os_error
+from model.inference import Predictor
 from model.labels import ClassLabel
 from model.metrics import StreamedEvaluation
 
@@ -90,8 +91,7 @@ def score_file(
     Shared by the worker and ``audioset score``, so both write identical lines. ``frames`` is the model's frames
     per clip: a file of clips of any other length (or of one T x 128 recording) is scored as windows
     (:mod:`recordings`), one record per window, and its events go to ``events_out``, their edges on the frames
-    where ``predict_frames`` gives per-frame scores. ``max_output_ratio`` bounds
-    the bytes written (:class:`OutputCap`).
+    where ``predict_frames`` gives per-frame scores. ``max_output_ratio`` bounds the bytes written (:class:`OutputCap`).
     """
     started = time.monotonic()
     cap = OutputCap.for_file(path.stat().st_size, max_output_ratio) if max_output_ratio else None
@@ -230,10 +230,11 @@ class ObjectScorer:
         full_scores: bool | None = None,
         labels: str | None = None,
         worker: bool = False,
+        predictor: Predictor | None = None,
     ) -> ObjectScorer:
         """Load the model and build the scorer from settings; each keyword overrides its setting (``worker``:
-        see :func:`load_predictor`)."""
-        predictor = load_predictor(settings, model_path, precision, worker=worker)
+        see :func:`load_predictor`; ``predictor``: a model already loaded, which a benchmark reuses)."""
+        predictor = predictor or load_predictor(settings, model_path, precision, worker=worker)
         manifest = predictor.manifest
         options = output_options(
             settings, top_k, full_scores, labels, thresholds=manifest.threshold_values, frames=predictor.frames

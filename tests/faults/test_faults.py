@@ -168,9 +168,9 @@ def test_transient_faults_past_celerys_default_of_three_retries_still_end(
 
     Celery's own retry cap defaulted to 3, so the fourth failure used to end the task with the file pending for ever.
     """
-    # several attempts, each of several SDK tries, fail; then the store recovers
+    # enough failed requests for four attempts, each of several SDK tries; then the store recovers
     status, row, text = job_with_fast_retries(
-        stack, proxy, tmp_path, "past-4-attempts", 15, lambda: proxy.fail_next(30)
+        stack, proxy, tmp_path, "past-4-attempts", 15, lambda: proxy.fail_next(20)
     )
     assert (row.scored, row.errored, row.lost, row.duplicated) == (1, 0, 0, 0)
     assert (status.scored, status.pending) == (1, 0)
@@ -180,19 +180,19 @@ def test_transient_faults_past_celerys_default_of_three_retries_still_end(
 def test_transient_faults_on_every_attempt_end_in_a_record_not_pending(
     stack: Stack, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """Reads fail for good, writes work: the last of five attempts writes the error record and fails the item."""
+    """Reads fail for good, writes work: the last of three attempts writes the error record and fails the item."""
 
     def reads_fail() -> None:
         proxy.rules.append(
-            lambda _m, path: (503, "SlowDown") if "/all-5/" in path and "predictions" not in path else None
+            lambda _m, path: (503, "SlowDown") if "/all-3/" in path and "predictions" not in path else None
         )
 
-    status, row, _ = job_with_fast_retries(stack, proxy, tmp_path, "all-5", 5, reads_fail)
+    status, row, _ = job_with_fast_retries(stack, proxy, tmp_path, "all-3", 3, reads_fail)
     assert (row.scored, row.errored, row.lost, row.duplicated) == (0, 1, 0, 0)
     assert (status.failed, status.pending) == (1, 0)
-    key = f"predictions/{stack.input_bucket}/all-5/f0000.h5.error.json"
+    key = f"predictions/{stack.input_bucket}/all-3/f0000.h5.error.json"
     record = orjson.loads(CosStore(stack.settings()).get_bytes(stack.results_bucket, key) or b"{}")
-    assert record["error"] == "TransientStorageError" and record["attempts"] == 5
+    assert record["error"] == "TransientStorageError" and record["attempts"] == 3
 
 
 def test_transient_faults_past_the_attempt_cap_give_an_error_record(
@@ -535,7 +535,8 @@ def test_a_delivery_whose_holder_is_gone_comes_back_in_seconds_and_a_held_one_ne
     client.hset("unacked", tag, jsonlib.dumps([payload, queue, queue]))
     grace = 10  # AUDIOSET_REDELIVERY_GRACE's least (default 30)
     client.zadd("unacked_index", {tag: time.time() - grace - 5})
-    proxy.slow("orphan/f0000.h5", seconds=grace + 15)  # held by the live worker past the grace period
+    # held by the live worker past the grace period, through at least one sweep (every 5 s) after it
+    proxy.slow("orphan/f0000.h5", seconds=grace + 8)
     env = {**stack.env, "AUDIOSET_COS_ENDPOINT": proxy.url, "AUDIOSET_REDELIVERY_GRACE": str(grace)}
     worker = WorkerProcess(env, tmp_path / "w.log", concurrency=2)
     try:
