@@ -73,7 +73,6 @@ class EmbeddedService:
         self.interval = interval
         self.stop = threading.Event()
         self.signals: list[int] = []  # SIGINT/SIGTERM received since catch_stop_signals()
-        self._catching = False
         self.worker: subprocess.Popen[bytes] | None = None
         self.thread: threading.Thread | None = None
         self.lock = RunLock(self.root / ".run.lock")
@@ -230,13 +229,10 @@ class EmbeddedService:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
-        self._catching = True
 
     def serve_forever(self, on_tick: Callable[[], None] | None = None, say: Callable[[str], None] | None = None) -> int:
         """Block until SIGINT/SIGTERM or the worker dies; returns the exit code (130, 143, or 1 if the worker died)."""
-        if not self._catching:
-            self.catch_stop_signals()
-        got = self.signals
+        self.catch_stop_signals()  # again, if the caller did: the signals already received stay in self.signals
         while not self.stop.is_set():
             if self.worker is not None and self.worker.poll() is not None:
                 log.error("worker exited with code %s", self.worker.returncode)
@@ -245,8 +241,8 @@ class EmbeddedService:
             if on_tick:
                 on_tick()
             self.stop.wait(1.0)
-        self.shutdown(got, say)
-        return 128 + got[0] if got else 0
+        self.shutdown(self.signals, say)
+        return 128 + self.signals[0] if self.signals else 0
 
 
 IDLE_STOP_SECONDS = 3.0

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, Manifest, label_problem, load, read_manifest, save
+from model.artifact import MANIFEST_NAME, WEIGHTS_NAME, Manifest, label_problem, load, read_manifest
 from model.artifact_errors import ArtifactError
 from model.choices import COMBINES, Combine
-from model.form_builder import Validation, save_with_forms
+from model.form_builder import Validation, publish
 from model.inference import Predictor
 from model.metrics import evaluate
 from model.native_logs import import_tensorflow
@@ -204,6 +204,4 @@ def combine_artifacts(
         measured = evaluate(y, scores)
         manifest.metrics = {"validation": measured.summary()}
         held_out = Validation(x, y, manifest.training["validation_data"], measured.mean_average_precision)
-    if not compile_forms:
-        return save(combined, manifest, output)
-    return save_with_forms(combined, manifest, output, held_out)
+    return publish(combined, manifest, output, held_out, with_forms=compile_forms)

@@ -151,13 +151,20 @@ def _gate(blob: bytes, precision: str, manifest: Manifest, validation: Validatio
     }
 
 
-def save_with_forms(
-    keras_model: keras.Model, manifest: Manifest, artifact: str | Path, validation: Validation | None = None
+def publish(
+    keras_model: keras.Model,
+    manifest: Manifest,
+    artifact: str | Path,
+    validation: Validation | None = None,
+    *,
+    with_forms: bool = True,
 ) -> Manifest:
-    """:func:`~model.artifact.save` with the compiled forms: what ``train`` and ``ensemble`` write."""
+    """What ``train`` and ``ensemble`` write: :func:`~model.artifact.save` with the compiled forms, or without
+    them (``with_forms=False``: Keras serves it until ``audioset compile`` adds them)."""
     directory = Path(artifact)
     directory.mkdir(parents=True, exist_ok=True)
-    manifest.compiled = compile_forms(keras_model, directory, manifest, validation)
+    if with_forms:
+        manifest.compiled = compile_forms(keras_model, directory, manifest, validation)
     return save(keras_model, manifest, directory)
 
 

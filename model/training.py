@@ -71,7 +71,7 @@ def train(
     clip of ``x`` is trained on and no split is held out.
     """
     from model import artifact
-    from model.form_builder import Validation, save_with_forms
+    from model.form_builder import Validation, publish
     from model.metrics import evaluate
 
     if x.ndim != 3 or x.shape[2] != 128:
@@ -175,10 +175,7 @@ def train(
         manifest.training["masked_negatives"] = int(missing.sum())
     manifest.metrics = {"validation": final.summary()}
     held_out = Validation(x_held, y_held, manifest.training["validation_data"], final.mean_average_precision)
-    if config.compile_forms:
-        save_with_forms(fitted.net, manifest, output / "model", held_out)
-    else:
-        artifact.save(fitted.net, manifest, output / "model")
+    publish(fitted.net, manifest, output / "model", held_out, with_forms=config.compile_forms)
     return TrainResult(
         output / "model",
         int(state["best_iteration"]),
