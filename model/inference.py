@@ -316,13 +316,16 @@ class Predictor:
         batch of ``n`` clips done (a long evaluation's progress bar)."""
         if x.shape[0] == 0:
             return np.zeros((0, self.classes), dtype=np.float32)
+        # A forward that cuts its own parts takes bigger calls; one that dequantises in its graph takes uint8 as is
+        step = max(self.batch_size, getattr(self._forward, "call_clips", 0))
+        raw = getattr(self._forward, "takes_uint8", False) and x.dtype == np.uint8
         outputs = []
-        for start in range(0, x.shape[0], self.batch_size):
-            batch = dequantize(x[start : start + self.batch_size])
+        for start in range(0, x.shape[0], step):
+            batch = x[start : start + step] if raw else dequantize(x[start : start + step])
             outputs.append(np.asarray(self._forward(batch), dtype=np.float32))
             if progress is not None:
                 progress(len(batch))
-        return np.concatenate(outputs, axis=0)
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
 
     def predict_frames(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Clip probabilities and, where the model has per-frame evidence (:mod:`model.frame_evidence`), each

@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,6 +98,35 @@ def test_a_batch_cut_into_parts_across_streams_gives_each_clip_its_own_row(compi
     rows = np.concatenate([one_stream(x[i : i + 1]) for i in (0, PART_CLIPS, 2 * PART_CLIPS + 2)])
     assert np.allclose(whole[[0, PART_CLIPS, 2 * PART_CLIPS + 2]], rows, atol=1e-6)  # each row is its own clip's
     assert np.array_equal(two_streams(x[:5]), whole[:5]) and two_streams(x[:0]).shape == (0, 12)
+
+
+def test_uint8_codes_are_dequantised_inside_the_graph_as_the_predictor_would(compiled: Path) -> None:
+    forward = OpenVINOForward(read_form(compiled, read_manifest(compiled).compiled["bfloat16"]), 10, 12)
+    codes = np.random.default_rng(7).integers(0, 256, size=(PART_CLIPS + 9, 10, 128), dtype=np.uint8)
+    in_graph, outside = forward(codes), forward(inference.dequantize(codes))  # the float twin compiles on first use
+    assert in_graph.shape == (len(codes), 12) and not np.array_equal(in_graph[0], in_graph[1])
+    assert np.allclose(in_graph, outside, atol=1e-6)
+    assert np.array_equal(forward(codes[: PART_CLIPS + 1]), in_graph[: PART_CLIPS + 1])  # requests reused, rows kept
+
+
+def test_the_predictor_hands_openvino_uint8_in_calls_bigger_than_its_batch(
+    compiled: Path, bfloat16_cpu: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[np.dtype[Any], int]] = []
+    original = OpenVINOForward.__call__
+
+    def spy(self: OpenVINOForward, batch: np.ndarray) -> np.ndarray:
+        calls.append((batch.dtype, len(batch)))
+        return original(self, batch)
+
+    monkeypatch.setattr(OpenVINOForward, "__call__", spy)
+    served = Predictor.from_artifact(compiled, precision="bfloat16", batch_size=16)
+    codes = np.random.default_rng(8).integers(0, 256, size=(3 * PART_CLIPS, 10, 128), dtype=np.uint8)
+    scores = served.predict(codes)
+    assert calls == [(np.dtype(np.uint8), 3 * PART_CLIPS)]  # one call, not 48 of 16 clips each dequantised here
+    reference = Predictor.from_artifact(compiled, precision="bfloat16", batch_size=16)
+    assert np.allclose(scores, reference.predict(inference.dequantize(codes)), atol=1e-6)
+    assert calls[1:] == [(np.dtype(np.float32), 3 * PART_CLIPS)]  # float embeddings take the float32-input twin
 
 
 def test_the_compile_gate_says_what_openvino_computed_in(tmp_path: Path) -> None:
