@@ -91,8 +91,14 @@ class OpenVINOForward:
             request.set_input_tensor(self._ov.Tensor(x[start : start + PART_CLIPS], shared_memory=True))
             request.set_output_tensor(self._ov.Tensor(out[start : start + PART_CLIPS], shared_memory=True))
             request.start_async()
+        failure: RuntimeError | None = None
         for request in requests[: len(starts)]:  # every part is awaited, even after one fails: none writes later
-            request.wait()
+            try:
+                request.wait()
+            except RuntimeError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return out
 
     def _requests_for(self, codes: bool, parts: int) -> list[Any]:
