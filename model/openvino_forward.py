@@ -60,7 +60,7 @@ class OpenVINOForward:
         self._where = where
         self._classes = classes
         self._streams = max(1, threads or os.cpu_count() or 1)
-        with self._loading():
+        with _load_errors(where):
             with tempfile.TemporaryDirectory(prefix="audioset-form-") as tmp:
                 path = Path(tmp) / "form.tflite"
                 path.write_bytes(flatbuffer)
@@ -74,8 +74,8 @@ class OpenVINOForward:
             model.reshape([-1, frames, 128])
             self._float_model = model.clone()
             compiled = self._compile(_dequantising(model))
-        self._compiled: dict[bool, Any] = {True: compiled}
-        self._requests: dict[bool, list[Any]] = {True: [], False: []}
+        #: Per input kind (uint8 codes or not): its compiled model and the requests made of it so far.
+        self._served: dict[bool, tuple[Any, list[Any]]] = {True: (compiled, [])}
         #: What OpenVINO computes in on this CPU: ``bfloat16``, or ``float32`` where the CPU has no bfloat16.
         bf16 = compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
         self.computes_in = "bfloat16" if bf16 else "float32"
@@ -83,7 +83,7 @@ class OpenVINOForward:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Clip probabilities ``(clips, classes)`` for uint8 codes or float embeddings."""
         codes = batch.dtype == np.uint8
-        x = np.ascontiguousarray(batch if codes else np.asarray(batch, dtype=np.float32))
+        x = np.ascontiguousarray(batch, dtype=None if codes else np.float32)
         out = np.empty((len(x), self._classes), dtype=np.float32)
         starts = range(0, len(x), PART_CLIPS)
         requests = self._requests_for(codes, len(starts))
@@ -103,12 +103,12 @@ class OpenVINOForward:
 
     def _requests_for(self, codes: bool, parts: int) -> list[Any]:
         """Inference requests enough for ``parts`` (kept between calls; a request holds no more than a part)."""
-        if codes not in self._compiled:
-            with self._loading():
-                self._compiled[codes] = self._compile(self._float_model)
-        pool = self._requests[codes]
+        if codes not in self._served:
+            with _load_errors(self._where):
+                self._served[codes] = (self._compile(self._float_model), [])
+        compiled, pool = self._served[codes]
         while len(pool) < parts:
-            pool.append(self._compiled[codes].create_infer_request())
+            pool.append(compiled.create_infer_request())
         return pool
 
     def _compile(self, model: Any) -> Any:
@@ -119,9 +119,6 @@ class OpenVINOForward:
             "NUM_STREAMS": self._streams,
         }
         return self._core.compile_model(model, "CPU", config)
-
-    def _loading(self) -> contextlib.AbstractContextManager[None]:
-        return _load_errors(self._where)
 
 
 @contextlib.contextmanager
