@@ -4,7 +4,8 @@ Measures, in one run on one machine, and reports each figure as a ratio to forwa
 - forward only: the model (the shipped one, or ``--model``) on in-memory arrays (the ceiling);
 - ``audioset score`` end to end on a local file (read, infer, write JSONL), top-5 and full scores;
 - the same two for each fast precision (bfloat16, int8), with the speed-up over float32 end to end, and with
-  ``--rounds N`` every precision forward only and end to end N times interleaved (medians and ratios);
+  ``--rounds N`` every precision forward only and end to end N times interleaved (medians, and ratios of the
+  medians and paired within each round);
 - the seed's way: ``model.predict`` over the whole array, then ``json.dumps`` per clip (top-5 and full scores),
   with this model and with the seed's model (the serving budget: the model at the default precision end to end
   against the seed's way with the seed's model in float32);
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from model.inference import Predictor
 
 
+WARM_UP_CLIPS = 8192  # one full call of the OpenVINO form (model/openvino_forward.py's CALL_CLIPS)
+
+
 @functools.cache
 def loaded(model: Path, precision: str) -> Predictor:
     """The model in ``precision``, loaded and warmed up once per run: every figure is timed after the warm-up, so
@@ -49,7 +53,8 @@ def loaded(model: Path, precision: str) -> Predictor:
     from audioset_batch.scoring.model_loading import load_predictor
 
     predictor = load_predictor(settings(model), precision=precision)
-    predictor.predict(np.zeros((2048, 10, 128), np.uint8))  # warm-up: trace and allocate
+    # warm-up: trace, allocate, and make every request one full call uses (OpenVINO's are made on first need)
+    predictor.predict(np.zeros((WARM_UP_CLIPS, 10, 128), np.uint8))
     return predictor
 
 
@@ -241,6 +246,14 @@ def interleaved(model: Path, path: Path, clips: int, forward_clips: int, precisi
                 "range": [round(min(measured[precision][kind]), 1), round(max(measured[precision][kind]), 1)],
                 **{
                     f"vs_{base}": round(value / medians[base][kind], 2)
+                    for base in ("float32", "int8")
+                    if base in medians and base != precision
+                },
+                # the ratio within each round, then its median: drift slower than a round cancels out
+                **{
+                    f"vs_{base}_paired": round(
+                        float(np.median(np.divide(measured[precision][kind], measured[base][kind]))), 2
+                    )
                     for base in ("float32", "int8")
                     if base in medians and base != precision
                 },

@@ -49,6 +49,9 @@ def test_benchmark_command_prints_every_figure_as_json() -> None:
             rounds["int8"][kind]["clips_per_second_median"] / rounds["float32"][kind]["clips_per_second_median"],
             abs=0.01,
         )
+        paired = rounds["int8"][kind]["vs_float32_paired"]  # the median of the two rounds' own ratios
+        assert min(rounds["int8"][kind]["range"]) / max(rounds["float32"][kind]["range"]) - 0.01 <= paired
+        assert paired <= max(rounds["int8"][kind]["range"]) / min(rounds["float32"][kind]["range"]) + 0.01
     assert "training" not in report  # --training-iterations 0
     from benchmarks.training_speed import training_recipes
 
