@@ -41,7 +41,7 @@ def cpu_supports_bfloat16() -> bool:
 
 
 def cpu_has_amx() -> bool:
-    """AMX tiles with bfloat16: where OpenVINO's bfloat16 outruns LiteRT's int8 (1.37x end to end, measured)."""
+    """AMX tiles with bfloat16: where OpenVINO's bfloat16 outruns LiteRT's int8 (1.3-1.4x end to end, measured)."""
     return "amx_bf16" in _cpu_flags()
 
 
@@ -53,7 +53,7 @@ def cpu_supports_int8() -> bool:
 def resolve_precision(requested: str, forms: dict[str, dict[str, Any]] | None = None) -> str:
     """The precision to compute in, given the artifact's compiled ``forms`` (its manifest's ``compiled``).
 
-    ``auto`` prefers, on a CPU with AMX, the bfloat16 form in OpenVINO (1.37x int8 end to end there, same mAP); else
+    ``auto`` prefers, on a CPU with AMX, the bfloat16 form in OpenVINO (1.3-1.4x int8 end to end there, same mAP); else
     int8 (LiteRT; 2.5-2.9x faster than float32 with VNNI, 1.2-1.6x without, same mAP); a form that failed its
     accuracy gate is passed over; then bfloat16 (avx512_bf16/AMX), else float32, and logs the fall back. An
     explicit ``bfloat16`` or ``int8`` that cannot run is an error, not a silent downgrade.

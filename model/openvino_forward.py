@@ -1,7 +1,7 @@
 """A compiled serving form run by OpenVINO's CPU plugin in bfloat16: the fastest path measured on CPUs with AMX.
 
-On a 2-core Intel Xeon with AMX the shipped model's float16 form scored 1.37x as many clips per second end to end as
-the int8 form in LiteRT (1.5x forward only), at float32's eval_half mAP (``docs/performance.md``). Only OpenVINO's
+On a 2-core Intel Xeon with AMX the shipped model's float16 form scored 1.3-1.4x as many clips per second end to end
+as the int8 form in LiteRT and 5.2x float32, at float32's eval_half mAP (``docs/performance.md``). Only OpenVINO's
 built-in operators are used: no extension is ever loaded. OpenVINO reads a model from a file, so the checked bytes
 are written to a private temporary file first and read back from there: what runs is what was hashed.
 """
