@@ -18,6 +18,9 @@ from audioset_batch.storage.object_store import MULTIPART_THRESHOLD, ObjectInfo
 if TYPE_CHECKING:
     from audioset_batch.settings import Settings
 
+#: Requests the SDK makes for one call before a transient failure reaches the caller (who retries the file later).
+REQUEST_ATTEMPTS = 3
+
 _TRANSIENT_CODES = {
     "InternalError",
     "ServiceUnavailable",
@@ -85,7 +88,8 @@ class CosStore:
                 "https://s3.us-south.cloud-object-storage.appdomain.cloud (IBM COS) or http://minio:9000 (MinIO)"
             )
         kwargs: dict[str, Any] = {"endpoint_url": settings.cos_endpoint}
-        retries = {"max_attempts": 3, "mode": "standard"}
+        # total_max_attempts counts the first try; the SDK's max_attempts counts retries only (3 meant 4 requests)
+        retries = {"total_max_attempts": REQUEST_ATTEMPTS, "mode": "standard"}
         if settings.cos_api_key is not None:
             kwargs.update(
                 ibm_api_key_id=settings.cos_api_key.get_secret_value(),

@@ -14,10 +14,11 @@ from audioset_batch.errors import (
     TransientStorageError,
 )
 from audioset_batch.settings import load_settings
-from audioset_batch.storage.cos_store import CosStore, translate_error
+from audioset_batch.storage.cos_store import REQUEST_ATTEMPTS, CosStore, translate_error
 from audioset_batch.storage.local_store import LocalStore
 from audioset_batch.storage.object_store import ObjectURL, decode_key
 from tests.conftest import cos_env
+from tests.faults.proxy import FaultProxy
 
 
 def test_url_parsing() -> None:
@@ -101,6 +102,26 @@ def test_cos_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) 
     store = CosStore(load_settings())
     with pytest.raises(TransientStorageError):
         store.stat("b", "k")
+
+
+def test_cos_tries_each_request_three_times_in_all(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REQUEST_ATTEMPTS counts the first try: the SDK's own ``max_attempts`` counts retries only (3 made 4)."""
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        for name, value in {**cos_env(s3_endpoint), "AUDIOSET_COS_ENDPOINT": proxy.url}.items():
+            monkeypatch.setenv(name, value)
+        store = CosStore(load_settings())
+        store.client.create_bucket(Bucket="tries")
+        store.put_bytes(b"x", "tries", "a.h5")
+        proxy.fail_next(REQUEST_ATTEMPTS - 1)  # all but the last try fail: the call succeeds
+        assert store.stat("tries", "a.h5").size == 1
+        assert proxy.injected == REQUEST_ATTEMPTS - 1
+        proxy.fail_next(REQUEST_ATTEMPTS + 1)  # one more than the SDK makes: the caller hears of it
+        with pytest.raises(TransientStorageError):
+            store.stat("tries", "a.h5")
+        assert proxy.injected == 2 * REQUEST_ATTEMPTS - 1  # the last failure was never asked for
+    finally:
+        proxy.close()
 
 
 def test_error_translation() -> None:
