@@ -52,6 +52,7 @@ def time_quality(spans: list[tuple[int, int, float, float]], y: np.ndarray, per:
 def measure(data: Path, clips: int, precision: str) -> dict[str, Any]:
     import audioset_batch.scoring.recordings as recordings
     from audioset_batch.scoring.pipeline import ObjectScorer
+    from audioset_batch.scoring.windows import FRAME_EDGE_SCALE
     from audioset_batch.settings import load_settings
 
     with h5py.File(data / "eval_half.h5", "r") as f:
@@ -61,7 +62,7 @@ def measure(data: Path, clips: int, precision: str) -> dict[str, Any]:
     clips = len(x) - len(x) % per
     x, y = x[:clips].reshape(clips // per, per * WINDOW, 128), y[:clips]
     scorer = ObjectScorer.from_settings(load_settings(precision=precision))
-    served = recordings.FRAME_EDGE_SCALE
+    served = FRAME_EDGE_SCALE
     report: dict[str, Any] = {"clips": clips, "recordings": clips // per, "hop": scorer.options.window_hop}
     with tempfile.TemporaryDirectory(prefix="edges-bench-") as tmp:
         joined = Path(tmp) / "joined.h5"
@@ -82,11 +83,11 @@ def measure(data: Path, clips: int, precision: str) -> dict[str, Any]:
         report["window_edges"] = time_quality(windows, y, per)
         try:
             for scale in SCALES:  # the frame threshold as a share of the class's threshold: frames score lower
-                recordings.FRAME_EDGE_SCALE = scale
+                recordings.FRAME_EDGE_SCALE = scale  # type: ignore[attr-defined]  # read by recordings at each call
                 name = "frame_edges_served" if scale == served else f"frame_edges_at_{scale:g}_x_threshold"
                 report[name] = {**time_quality(events_of(with_frames), y, per), "frame_edge_scale": scale}
         finally:
-            recordings.FRAME_EDGE_SCALE = served
+            recordings.FRAME_EDGE_SCALE = served  # type: ignore[attr-defined]
     return report
 
 
