@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         1024,
         ge=1,
         le=65536,
-        description=("Clips per forward pass (the OpenVINO form takes at least 8,192 per call, in 256-clip parts)."),
+        description="Clips per forward pass (the OpenVINO form takes at least 8,192 per call, in 256-clip parts).",
     )
     read_chunk_clips: int = Field(8192, ge=1, description="Clips read from the HDF5 file at a time.")
     top_k: int = Field(5, ge=1, description="Labels per clip in each result line.")

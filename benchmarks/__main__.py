@@ -38,12 +38,10 @@ from benchmarks.memory import peak_rss_mb, worker_child_peak_rss_mb
 from benchmarks.training_speed import training_report
 from model.artifact import DEFAULT_ARTIFACT
 from model.labels import ClassLabel
+from model.openvino_forward import CALL_CLIPS
 
 if TYPE_CHECKING:
     from model.inference import Predictor
-
-
-WARM_UP_CLIPS = 8192  # one full call of the OpenVINO form (model/openvino_forward.py's CALL_CLIPS)
 
 
 @functools.cache
@@ -54,7 +52,7 @@ def loaded(model: Path, precision: str) -> Predictor:
 
     predictor = load_predictor(settings(model), precision=precision)
     # warm-up: trace, allocate, and make every request one full call uses (OpenVINO's are made on first need)
-    predictor.predict(np.zeros((WARM_UP_CLIPS, 10, 128), np.uint8))
+    predictor.predict(np.zeros((CALL_CLIPS, 10, 128), np.uint8))
     return predictor
 
 

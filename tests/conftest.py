@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.proxy import FaultProxy
 from tests.helpers import build_artifact
 from worker.config import worker_command
 
@@ -104,6 +105,14 @@ def s3_endpoint() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     reap_stopped_workers()
     server.stop()
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    """A fault-injecting HTTP proxy in front of :func:`s3_endpoint` (point ``AUDIOSET_COS_ENDPOINT`` at its url)."""
+    p = FaultProxy(s3_endpoint)
+    yield p
+    p.close()
 
 
 @pytest.fixture(scope="session")

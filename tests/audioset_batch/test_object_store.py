@@ -104,24 +104,20 @@ def test_cos_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) 
         store.stat("b", "k")
 
 
-def test_cos_tries_each_request_three_times_in_all(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cos_tries_each_request_three_times_in_all(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
     """REQUEST_ATTEMPTS counts the first try: the SDK's own ``max_attempts`` counts retries only (3 made 4)."""
-    proxy = FaultProxy(s3_endpoint)
-    try:
-        for name, value in {**cos_env(s3_endpoint), "AUDIOSET_COS_ENDPOINT": proxy.url}.items():
-            monkeypatch.setenv(name, value)
-        store = CosStore(load_settings())
-        store.client.create_bucket(Bucket="tries")
-        store.put_bytes(b"x", "tries", "a.h5")
-        proxy.fail_next(REQUEST_ATTEMPTS - 1)  # all but the last try fail: the call succeeds
-        assert store.stat("tries", "a.h5").size == 1
-        assert proxy.injected == REQUEST_ATTEMPTS - 1
-        proxy.fail_next(REQUEST_ATTEMPTS + 1)  # one more than the SDK makes: the caller hears of it
-        with pytest.raises(TransientStorageError):
-            store.stat("tries", "a.h5")
-        assert proxy.injected == 2 * REQUEST_ATTEMPTS - 1  # the last failure was never asked for
-    finally:
-        proxy.close()
+    for name, value in {**cos_env(proxy.target), "AUDIOSET_COS_ENDPOINT": proxy.url}.items():
+        monkeypatch.setenv(name, value)
+    store = CosStore(load_settings())
+    store.client.create_bucket(Bucket="tries")
+    store.put_bytes(b"x", "tries", "a.h5")
+    proxy.fail_next(REQUEST_ATTEMPTS - 1)  # all but the last try fail: the call succeeds
+    assert store.stat("tries", "a.h5").size == 1
+    assert proxy.injected == REQUEST_ATTEMPTS - 1
+    proxy.fail_next(REQUEST_ATTEMPTS + 1)  # one more than the SDK makes: the caller hears of it
+    with pytest.raises(TransientStorageError):
+        store.stat("tries", "a.h5")
+    assert proxy.injected == 2 * REQUEST_ATTEMPTS - 1  # the last failure was never asked for
 
 
 def test_error_translation() -> None:

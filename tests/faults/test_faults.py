@@ -29,13 +29,6 @@ from worker.app import make_app
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(s3_endpoint)
-    yield p
-    p.close()
-
-
 def upload(stack: Stack, tmp_path: Path, prefix: str, count: int, clips: int = 3) -> dict[str, int]:
     store = CosStore(stack.settings())
     inputs = {}
