@@ -20,10 +20,15 @@ from tests.helpers import build_artifact
 from worker.config import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Tests in this process compare exact float32 scores and model tags. The queued workers of `stack` serve the
-# compiled form at `auto` instead (see the fixture); tests of the default precision unset this.
-os.environ.setdefault("AUDIOSET_PRECISION", "float32")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's environment, set when pytest starts, not on import: the benchmarks import helpers from here
+    and must run at the default precision (the soak ran at float32 while it said it did not)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Tests in this process compare exact float32 scores and model tags. The queued workers of `stack` serve the
+    # compiled form at `auto` instead (see the fixture); tests of the default precision unset this.
+    os.environ.setdefault("AUDIOSET_PRECISION", "float32")
 
 
 def free_port() -> int:
@@ -61,9 +66,12 @@ class RedisServer:
     def restart(self, pause: float = 0.0) -> None:
         """Stop and start the private server on the same port (fault tests)."""
         assert self.process is not None, "cannot restart an external Redis"
-        self.process.terminate()
-        self.process.wait(10)
+        self.stop()
         time.sleep(pause)
+        self.start()
+
+    def start(self) -> None:
+        """Start the private server again after :meth:`stop`, on the same port and folder (its AOF, if on)."""
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 

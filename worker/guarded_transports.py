@@ -13,6 +13,12 @@ in a second command. When Redis goes away between the two, the message is in nei
 process's memory, and the consumer drops it as it reconnects. The file stayed pending for ever (the soak caught
 it). Such a message is kept here (:func:`keep_undelivered`) and put back on its queue by the redelivery thread
 as soon as Redis answers again (:func:`put_back_undelivered`), unless it did reach the unacknowledged set.
+
+And one more: a channel whose close failed part way (Redis down) outlives its connection, and a later call on it
+(the consumer closing it again once Redis is back, or acknowledging a file that finished after the reconnect)
+asked the detached transport for its URL and raised ``AttributeError``, which Celery treats as unrecoverable: the
+whole worker stopped and its files stayed pending (the soak caught it). Such a call now raises the connection
+error kombu and Celery handle; the messages stay unacknowledged in Redis, where the redelivery sweep finds them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import filesystem, redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger("audioset.worker")
 
@@ -91,7 +98,16 @@ class _Guarded:
         super()._deliver(fixed, queue)  # type: ignore[misc]
 
 
+class DetachedChannelError(RedisConnectionError):
+    """A call on a channel whose connection has been closed: a connection error, so kombu and Celery recover."""
+
+
 class _RedisChannel(redis.Channel):  # type: ignore[misc]
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:  # closed under this channel: see the module's note
+            raise DetachedChannelError("this channel's broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
     def _brpop_read(self, **options: Any) -> Any:
         try:
             return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
