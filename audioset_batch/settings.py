@@ -17,6 +17,7 @@ from model.choices import Precision
 
 ENV_PREFIX = "AUDIOSET_"
 DEFAULT_MODEL_PATH = DEFAULT_ARTIFACT
+DEFAULT_QUEUE = "audioset.score"
 
 
 class Settings(BaseSettings):
@@ -37,7 +38,7 @@ class Settings(BaseSettings):
         description="Where job state and dedupe keys live. Default: the broker if it is Redis, "
         "else a SQLite file in AUDIOSET_LOCAL_ROOT.",
     )
-    queue: str = Field("audioset.score", description="Celery queue that scoring tasks go to.")
+    queue: str = Field(DEFAULT_QUEUE, description="Celery queue that scoring tasks go to.")
 
     # Object storage
     cos_endpoint: str | None = Field(
@@ -120,7 +121,8 @@ class Settings(BaseSettings):
         30.0,
         ge=10,
         description="Seconds before a delivery that no live worker holds (lost in a Redis restart, or its worker "
-        "killed) is put back on its queue; at least 10, twice the workers' 5 s heartbeat.",
+        "killed) is put back on its queue, and that a queue stays idle before its jobs' pending files (their "
+        "messages lost with Redis) are sent again; at least 10, twice the workers' 5 s heartbeat.",
     )
     max_attempts: int = Field(5, ge=1, description="Deliveries of one file before it gets an error record.")
     retry_backoff: float = Field(2.0, gt=0, description="First retry delay in seconds; doubles each attempt.")

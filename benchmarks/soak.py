@@ -1,10 +1,11 @@
-"""``python -m benchmarks.soak [--files 2000] [--workers 2]``: the reliability soak, on demand; prints JSON.
+"""``python -m benchmarks.soak [--files 2000] [--workers 2] [--restarts 1]``: the reliability soak; prints JSON.
 
 A job of many small files through real parts (a private redis-server with AOF on, moto's S3 server over HTTP,
 a Celery worker with N processes and the shipped model at the default precision). A quarter of the way in, one
-worker child is killed with SIGKILL; half way in, Redis is stopped and started again 4 s later; both must happen
-while files are in flight. At the end every file must be scored exactly once or errored, none pending, and the
-report says how long after the restart the last file was done; when it fails, the worker log's tail goes to stderr.
+worker child is killed with SIGKILL; half way in, Redis is stopped and started again 4 s later (``--restarts N``:
+N times, the later ones down 0.2-4 s at random); all of it while files are in flight. At the end every file must
+be scored exactly once or errored, none pending, and the report says how long after the last restart the last file
+was done; when it fails, the worker log's tail goes to stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -25,7 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dict[str, Any]:
+def soak(
+    files: int, workers: int, clips: int, timeout: float, tmp: Path, restarts: int = 1, seed: int = 0
+) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
     from audioset_batch.jobs.factory import open_job_store
@@ -74,6 +78,10 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
         stderr=subprocess.STDOUT,
     )
     events: dict[str, float] = {}
+    # the first restart half way in, 4 s down; more (--restarts) spread evenly after it, down 0.2-4 s at random
+    marks = [files // 2 + k * (files - files // 2) // (restarts + 1) for k in range(restarts)]
+    pauses = [4.0] + [random.Random(seed + k).uniform(0.2, 4.0) for k in range(1, restarts)]
+    restarted: list[float] = []
     try:
         jobs = open_job_store(settings.effective_state_url)
         while len(child_pids(worker.pid)) < workers:
@@ -95,9 +103,9 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
             if "kill" not in events and status.done >= files // 4:
                 os.kill(child_pids(worker.pid)[0], signal.SIGKILL)
                 events["kill"] = time.monotonic() - started
-            elif "restart" not in events and status.done >= files // 2:
-                redis.restart(pause=4.0)
-                events["restart"] = time.monotonic() - started
+            elif len(restarted) < restarts and status.done >= marks[len(restarted)]:
+                redis.restart(pause=pauses[len(restarted)])
+                restarted.append(time.monotonic() - started)
             time.sleep(0.1)
         status = jobs.status(job)
     finally:
@@ -112,7 +120,7 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
     counts = {"scored": row.scored, "errored": row.errored, "lost": row.lost, "duplicated": row.duplicated}
     s3.stop()
     redis.stop()
-    faulted = "kill" in events and "restart" in events  # both while the job ran
+    faulted = "kill" in events and len(restarted) == restarts  # all while the job ran
     ok = faulted and counts["lost"] == 0 and counts["duplicated"] == 0 and status.pending == 0
     if not ok:  # what the worker said is the only trace of why: the temporary folder goes with the run
         lines = (tmp / "worker.log").read_text(errors="replace").splitlines()
@@ -125,11 +133,11 @@ def soak(files: int, workers: int, clips: int, timeout: float, tmp: Path) -> dic
         "job": {"scored": status.scored, "skipped": status.skipped, "failed": status.failed, "pending": status.pending},
         "results": counts,
         "child_killed_at_seconds": round(events["kill"], 1) if "kill" in events else None,
-        "redis_restarted_at_seconds": round(events["restart"], 1) if "restart" in events else None,
+        "redis_restarted_at_seconds": [round(at, 1) for at in restarted],
         "finished_at_seconds": None if finished_at is None else round(finished_at, 1),
         "last_file_after_restart_seconds": None
-        if finished_at is None or "restart" not in events
-        else round(finished_at - events["restart"], 1),
+        if finished_at is None or not restarted
+        else round(finished_at - restarted[-1], 1),
         "ok": ok,
     }
 
@@ -140,11 +148,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clips", type=int, default=3, help="clips per file")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job")
+    parser.add_argument("--restarts", type=int, default=1, help="Redis restarts, from half way in")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the down times of restarts after the first")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log: one line per request
     with tempfile.TemporaryDirectory() as tmp:
-        report = soak(args.files, args.workers, args.clips, args.timeout, Path(tmp))
+        report = soak(args.files, args.workers, args.clips, args.timeout, Path(tmp), args.restarts, args.seed)
     print(json.dumps(report, indent=2))
     sys.exit(0 if report["ok"] else 1)
 

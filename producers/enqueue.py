@@ -86,7 +86,7 @@ def enqueue(
     app: Celery, jobs: JobStore, urls: list[str], settings: Settings, job_name: str | None = None, force: bool = False
 ) -> Enqueued:
     objects = [u for url in urls for u in expand(url, settings)]  # before the job: no empty job on a typo
-    job = jobs.create_job(name=job_name)
+    job = jobs.create_job(name=job_name, queue=settings.queue, force=force)
     sent = send(app, jobs, job, objects, settings, force=force)
     jobs.incr_counter("enqueued", sent)
     log.info("job %s: %d objects, %d tasks sent", job, len(objects), sent)

@@ -31,7 +31,7 @@ from celery import Celery
 from audioset_batch.errors import AudiosetError, ConfigError, InvalidObjectKeyError, ObjectNotFoundError
 from audioset_batch.jobs.job_store import JobStore
 from audioset_batch.retry_policy import backoff_delay, is_transient
-from audioset_batch.settings import Settings
+from audioset_batch.settings import DEFAULT_QUEUE, Settings
 from audioset_batch.storage.factory import store_for
 from audioset_batch.storage.object_store import ObjectURL, check_source, is_result_key
 from producers.enqueue import send
@@ -73,8 +73,11 @@ class Listener:
         self.jobs = jobs
         self.filter = event_filter or EventFilter()
         self.scheme = scheme
-        ident = hashlib.sha1(f"{scheme}:{self.filter}".encode(), usedforsecurity=False).hexdigest()[:12]
-        self.job = jobs.create_job(name=f"listen {scheme}://", job_id=f"listen-{ident}")
+        # One job per event source and queue: a job's pending files are sent again on its queue when a message
+        # is lost (worker/redelivery.py). The default queue keeps the id listeners had before.
+        route = f"{scheme}:{self.filter}" + ("" if settings.queue == DEFAULT_QUEUE else f":{settings.queue}")
+        ident = hashlib.sha1(route.encode(), usedforsecurity=False).hexdigest()[:12]
+        self.job = jobs.create_job(name=f"listen {scheme}://", job_id=f"listen-{ident}", queue=settings.queue)
         self._lock = threading.Lock()
 
     def handle(self, payload: bytes | str | Any) -> Handled:

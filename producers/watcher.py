@@ -39,7 +39,7 @@ class Watcher:
         self.settings = settings
         self.app = app
         self.jobs = jobs
-        self.job = jobs.create_job(name=f"watch {self.url}", job_id=watch_job_id(self.url))
+        self.job = jobs.create_job(name=f"watch {self.url}", job_id=watch_job_id(self.url), queue=settings.queue)
         self._known: set[str] = set()  # items this process already registered: saves round trips
         self.sweep_every = SWEEP_EVERY
         self._polls = 0

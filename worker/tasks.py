@@ -121,7 +121,10 @@ def _start_redelivery(sender: Any = None, **_: Any) -> None:
     """In the main process, once consuming: the heartbeat that lets a message whose holder is gone come back in
     seconds, not after the visibility timeout (``worker/redelivery.py``)."""
     if sender is not None:
-        redelivery.start(sender.app, sender.hostname, get_settings().redelivery_grace)
+        settings = get_settings()
+        consumed = {queue.name for queue in getattr(getattr(sender, "task_consumer", None), "queues", None) or ()}
+        scoring = settings.queue if settings.queue in consumed else None  # a training-only worker sends nothing
+        redelivery.start(sender.app, sender.hostname, settings.redelivery_grace, scoring, settings.effective_state_url)
 
 
 @worker_shutdown.connect
@@ -259,14 +262,14 @@ def score_object(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def _not_to_score(ref: JobItem) -> str:
-    """Why a message is not to be scored, or "": its item was cancelled, or a retry sent it again since (the job
+    """Why a message is not to be scored, or "": its item was cancelled, or it was sent again since (the job
     store is asked, not the worker's memory: Celery's revokes are lost when a worker restarts)."""
     job = ref.job or ""
     status, generation = with_state_retry(f"reading {ref.item}", lambda: job_store().item_state(job, ref.item))
     if status == "cancelled":
         return f"job {job} was cancelled"
     if generation != ref.generation:
-        return f"`jobs retry` sent it again since (generation {generation}; this message is {ref.generation})"
+        return f"it was sent again since (generation {generation}; this message is {ref.generation})"
     return ""
 
 

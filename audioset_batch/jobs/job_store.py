@@ -80,6 +80,8 @@ class JobStatus:
     clips: int = 0  # clips scored so far
     last_end: float | None = None  # when a file last ended
     cancelled: int = 0
+    queue: str | None = None  # where its tasks go; a job from before this was kept has None
+    force: bool = False  # its tasks were sent with --force
 
     @property
     def done(self) -> int:
@@ -129,7 +131,12 @@ class JobStatus:
 
 
 class JobStore(Protocol):
-    def create_job(self, name: str | None = None, job_id: str | None = None) -> str: ...
+    def create_job(
+        self, name: str | None = None, job_id: str | None = None, queue: str | None = None, force: bool = False
+    ) -> str:
+        """A new job, or the one ``job_id`` names (a watcher's); ``queue`` and ``force`` are how its tasks are sent,
+        kept so a task lost with the broker can be sent again alike (:mod:`worker.redelivery`)."""
+        ...
 
     def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]: ...
 
@@ -154,6 +161,11 @@ class JobStore(Protocol):
     def retry(self, job_id: str, statuses: Iterable[str]) -> dict[str, int]:
         """Items with one of these final statuses back to ``pending``, each with its generation raised (so a
         message sent before cannot mark it); returns item -> new generation."""
+        ...
+
+    def renew_pending(self, job_id: str, sources: Iterable[str]) -> dict[str, int]:
+        """Raise the generation of each of these items that is still ``pending``, so that only a message sent now
+        can mark it (one lost with the broker that turns up after all is not scored); returns item -> generation."""
         ...
 
     def cancel(self, job_id: str) -> int:

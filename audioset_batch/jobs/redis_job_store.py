@@ -85,6 +85,18 @@ end
 return moved
 """
 
+# KEYS: items, generations; ARGV: items. Raises the generation of each still pending; returns item, generation, ...
+_RENEW_LUA = """
+local renewed = {}
+for i, item in ipairs(ARGV) do
+  if redis.call('HGET', KEYS[1], item) == 'pending' then
+    table.insert(renewed, item)
+    table.insert(renewed, redis.call('HINCRBY', KEYS[2], item, 1))
+  end
+end
+return renewed
+"""
+
 # KEYS: items, counts, ends, the job's own hash; ARGV: now, how a cancelled item ended (JSON).
 _CANCEL_LUA = """
 local n = 0
@@ -124,16 +136,21 @@ class RedisJobStore:
         self._drop_finished = self.redis.register_script(_DROP_FINISHED_LUA)
         self._retry = self.redis.register_script(_RETRY_LUA)
         self._cancel = self.redis.register_script(_CANCEL_LUA)
+        self._renew = self.redis.register_script(_RENEW_LUA)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def create_job(self, name: str | None = None, job_id: str | None = None) -> str:
+    def create_job(
+        self, name: str | None = None, job_id: str | None = None, queue: str | None = None, force: bool = False
+    ) -> str:
         job_id = job_id or new_job_id()
         created = time.time()
         if self.redis.hsetnx(self._k("job", job_id), "created", created):
             self.redis.hset(self._k("job", job_id), "name", name or job_id)
             self.redis.zadd(self._k("jobs"), {job_id: created})
+        if queue is not None:  # a watcher's job is made again at each start, perhaps for another queue
+            self.redis.hset(self._k("job", job_id), mapping={"queue": queue, "force": int(force)})
         return job_id
 
     def add_items(self, job_id: str, sources: Iterable[str]) -> list[str]:
@@ -214,6 +231,11 @@ class RedisJobStore:
         self.note_changed(job_id)
         return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
+    def renew_pending(self, job_id: str, sources: Iterable[str]) -> dict[str, int]:
+        keys = [self._k("job", job_id, "items"), self._k("job", job_id, "gens")]
+        flat = self._renew(keys=keys, args=list(sources))
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
     def cancel(self, job_id: str) -> int:
         self.status(job_id)
         now = time.time()
@@ -246,6 +268,8 @@ class RedisJobStore:
             clips=counts.get("clips", 0),
             last_end=float(meta["last_end"]) if "last_end" in meta else None,
             cancelled=counts.get("cancelled", 0),
+            queue=meta.get("queue"),
+            force=meta.get("force") == "1",
         )
 
     def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:

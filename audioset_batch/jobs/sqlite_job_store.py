@@ -51,6 +51,10 @@ class SqliteJobStore:
             for column, kind in added:
                 if column not in columns:  # a state file from before the column existed
                     conn.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+            job_columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for column, kind in (("queue", "TEXT"), ("force", "INTEGER DEFAULT 0")):
+                if column not in job_columns:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -60,9 +64,16 @@ class SqliteJobStore:
             self._local.conn = conn
         return conn
 
-    def create_job(self, name: str | None = None, job_id: str | None = None) -> str:
+    def create_job(
+        self, name: str | None = None, job_id: str | None = None, queue: str | None = None, force: bool = False
+    ) -> str:
         job_id = job_id or new_job_id()
-        self._conn().execute("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)", (job_id, name or job_id, time.time()))
+        conn = self._conn()
+        conn.execute(
+            "INSERT OR IGNORE INTO jobs (id, name, created) VALUES (?, ?, ?)", (job_id, name or job_id, time.time())
+        )
+        if queue is not None:  # a watcher's job is made again at each start, perhaps for another queue
+            conn.execute("UPDATE jobs SET queue = ?, force = ? WHERE id = ?", (queue, int(force), job_id))
         return job_id
 
     @contextmanager
@@ -160,6 +171,19 @@ class SqliteJobStore:
         self.note_changed(job_id)
         return {source: int(gen) for source, gen in rows}
 
+    def renew_pending(self, job_id: str, sources: Iterable[str]) -> dict[str, int]:
+        renewed: dict[str, int] = {}
+        with self._transaction() as conn:
+            for source in sources:
+                row = conn.execute(
+                    "UPDATE items SET gen = COALESCE(gen, 0) + 1 WHERE job = ? AND source = ? AND status = 'pending' "
+                    "RETURNING gen",
+                    (job_id, source),
+                ).fetchone()
+                if row is not None:
+                    renewed[source] = int(row[0])
+        return renewed
+
     def cancel(self, job_id: str) -> int:
         self.status(job_id)
         now = time.time()
@@ -180,7 +204,7 @@ class SqliteJobStore:
 
     def status(self, job_id: str) -> JobStatus:
         conn = self._conn()
-        row = conn.execute("SELECT name, created FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = conn.execute("SELECT name, created, queue, force FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(job_id)
         counts = dict(
@@ -200,6 +224,8 @@ class SqliteJobStore:
             clips=int(clips),
             last_end=last_end,
             cancelled=counts.get("cancelled", 0),
+            queue=row[2],
+            force=bool(row[3]),
         )
 
     def items(self, job_id: str, status: str | None = None, prefix: str = "") -> dict[str, str]:

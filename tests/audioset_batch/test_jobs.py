@@ -170,6 +170,7 @@ def test_a_state_file_from_before_reasons_were_kept_opens_and_counts(tmp_path: P
     assert store.mark("j", "b", "scored")
     status = store.status("j")
     assert (status.failed, status.scored, status.finished) == (1, 1, True)
+    assert (status.queue, status.force) == (None, False)  # a job from before its queue was kept
 
 
 def test_retry_and_cancel_move_items_with_generations_that_stale_messages_cannot_match(jobs: JobStore) -> None:
@@ -198,3 +199,23 @@ def test_retry_and_cancel_move_items_with_generations_that_stale_messages_cannot
     assert (status.pending, status.scored, status.cancelled, status.clips, status.state) == (4, 0, 0, 0, "running")
     with pytest.raises(UnknownJobError):
         jobs.retry("no-such-job", ["failed"])
+
+
+def test_a_job_keeps_how_its_tasks_are_sent_and_renews_only_pending_items(jobs: JobStore) -> None:
+    """What the workers need to send a lost message again alike, and the generation that keeps a late one out."""
+    from audioset_batch.jobs.job_store import ItemEnd
+
+    job = jobs.create_job(name="lane", queue="audioset.score", force=True)
+    assert (jobs.status(job).queue, jobs.status(job).force) == ("audioset.score", True)
+    assert jobs.status(job).to_json()["queue"] == "audioset.score"
+    watch = jobs.create_job(name="watch", job_id="watch-1", queue="old")
+    assert jobs.create_job(name="watch", job_id="watch-1", queue="new") == watch  # made again at each start
+    assert (jobs.status(watch).queue, jobs.status(watch).force) == ("new", False)
+    assert jobs.status(jobs.create_job()).queue is None
+    jobs.add_items(job, ["a", "b", "c"])
+    jobs.mark(job, "a", "scored", ItemEnd(clips=1))
+    assert jobs.renew_pending(job, ["a", "b", "c", "not-an-item"]) == {"b": 1, "c": 1}
+    assert jobs.renew_pending(job, ["b"]) == {"b": 2}
+    assert not jobs.mark(job, "b", "scored", ItemEnd(clips=1), generation=1)  # a message from before the renewal
+    assert jobs.mark(job, "b", "scored", ItemEnd(clips=1), generation=2)
+    assert jobs.item_state(job, "c") == ("pending", 1) and jobs.status(job).pending == 1

@@ -107,6 +107,8 @@ def test_prefix_is_scored_corrupt_file_is_isolated_reenqueue_is_noop_force_repla
     forced = enqueue(app, jobs, [f"cos://{stack.input_bucket}/batch/f0.h5"], settings, force=True)
     status3 = wait_job(jobs, forced.job)
     assert (status3.total, status3.scored) == (1, 1)
+    # kept so a worker sends a task lost with Redis again alike (worker/redelivery.py)
+    assert (status2.queue, status2.force, status3.queue, status3.force) == (settings.queue, False, settings.queue, True)
     body = store.get_bytes(results, f"predictions/{stack.input_bucket}/batch/f0.h5.jsonl") or b""
     assert len(body.splitlines()) == clips["batch/f0.h5"]  # replaced, never appended
     head = store.client.head_object(Bucket=results, Key=f"predictions/{stack.input_bucket}/batch/f0.h5.jsonl")

@@ -78,7 +78,7 @@ def test_retry_scores_the_failed_files_once_and_a_stale_message_cannot_mark_them
     url = f"cos://{stack.input_bucket}/retry/late.h5"
     stale = ScoreMessage(url=url, job=job, item=url)
     make_app(settings).send_task(SCORE_TASK, args=[url], kwargs=stale.kwargs(), queue=settings.queue)
-    wait_for_text(worker, "`jobs retry` sent it again since", 1)
+    wait_for_text(worker, "it was sent again since", 1)
     assert jobs.status(job).scored == 2 and jobs.item_state(job, url) == ("scored", 1)
 
     everything = cli(stack, "jobs", "retry", "to-retry", "--all")

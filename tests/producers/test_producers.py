@@ -115,6 +115,7 @@ def test_watcher_new_objects_restart_and_overwrite(stack: Stack, worker: WorkerP
     assert watcher.poll_once() == 0
     restarted = Watcher(url, settings, app, jobs)
     assert restarted.job == watcher.job and restarted.poll_once() == 0
+    assert jobs.status(watcher.job).queue == settings.queue
     assert results_exist(stack, ["watched/a.h5", "watched/deep/b.hdf5"])
 
     store.upload_file(write_h5(tmp_path / "a2.h5", clips=6, seed=5), stack.input_bucket, "watched/a.h5")
@@ -160,7 +161,9 @@ def test_minio_payloads_on_redis_list_are_scored_once(
     with consuming(listener, redis_db, "bucketevents"):
         assert results_exist(stack, keys)
         wait_until(lambda: not client.llen("bucketevents"))
-    # the listener's job is shared with other tests (one per listener): wait for this test's items, not the job's
+    # one job per event source and queue (this stack's queue is its own); its items are checked by this bucket
+    assert listener.job != Listener(settings.model_copy(update={"queue": "other"}), make_app(settings), jobs).job
+    assert jobs.status(listener.job).queue == settings.queue
     own_prefix = f"cos://{stack.input_bucket}/"
     wait_until(lambda: "pending" not in jobs.items(listener.job, prefix=own_prefix).values(), timeout=120)
     own = jobs.items(listener.job, prefix=own_prefix)
