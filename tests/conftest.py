@@ -238,6 +238,13 @@ class WorkerProcess:
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        """Until the log says ``text`` ``count`` times; fails with the log's tail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.text().count(text) < count:
+            assert time.monotonic() < deadline, f"{count} x {text!r} not in the worker log:\n{self.text()[-3000:]}"
+            time.sleep(0.2)
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -22,13 +22,6 @@ from worker.app import make_app
 pytestmark = pytest.mark.integration
 
 
-def wait_for_text(worker: WorkerProcess, text: str, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while worker.text().count(text) < count:
-        assert time.monotonic() < deadline, f"{count} x {text!r} not in the worker log:\n{worker.text()[-3000:]}"
-        time.sleep(0.2)
-
-
 def test_a_cancelled_job_is_not_scored_by_workers_started_after_it(stack: Stack, tmp_path: Path) -> None:
     """Celery's revokes live in a worker's memory and are lost when it restarts: the job store is asked instead."""
     store = CosStore(stack.settings())
@@ -43,7 +36,7 @@ def test_a_cancelled_job_is_not_scored_by_workers_started_after_it(stack: Stack,
 
     worker = WorkerProcess(stack.env, tmp_path / "worker.log")  # starts after the cancel, with no revokes
     try:
-        wait_for_text(worker, "was cancelled", 4)
+        worker.wait_for("was cancelled", 4)
     finally:
         worker.stop()
     written = [info.key for info in store.list(stack.results_bucket, "predictions/")]
@@ -78,7 +71,7 @@ def test_retry_scores_the_failed_files_once_and_a_stale_message_cannot_mark_them
     url = f"cos://{stack.input_bucket}/retry/late.h5"
     stale = ScoreMessage(url=url, job=job, item=url)
     make_app(settings).send_task(SCORE_TASK, args=[url], kwargs=stale.kwargs(), queue=settings.queue)
-    wait_for_text(worker, "it was sent again since", 1)
+    worker.wait_for("it was sent again since", 1)
     assert jobs.status(job).scored == 2 and jobs.item_state(job, url) == ("scored", 1)
 
     everything = cli(stack, "jobs", "retry", "to-retry", "--all")
