@@ -91,7 +91,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
     (root / "incoming" / "batch" / "broken.h5").write_bytes(b"not hdf5 at all")
     scorer = ObjectScorer(settings, fake_model, CLASSES, "fake@1", 10)
     jobs = open_job_store(f"sqlite:///{root / 'state.db'}")
-    job = jobs.create_job(name="nightly")
+    job = jobs.create_job(name="nightly", queue="audioset.score", force=True)
     names = ["labelled.h5", "unsafe.h5", "broken.h5"]
     jobs.add_items(job, [f"file://incoming/batch/{name}" for name in names])
     for name in names:
@@ -156,6 +156,7 @@ def test_the_jobs_page_shows_counts_and_the_job_page_lists_failed_files_first_wi
     files = re.findall(r'<tr class="(\w+)">', body)
     assert files == ["failed", "scored", "scored"]
     assert "NotHDF5Error" in body and "not an HDF5 file" in body
+    assert 'data-field="queue">audioset.score (--force)<' in body  # where its tasks went, and how
     _, _, only_failed = board.request("GET", f"/jobs/{board.job}?status=failed")
     assert re.findall(r'<tr class="(\w+)">', only_failed) == ["failed"]
 
