@@ -52,6 +52,12 @@ class _Metrics:
             "Seconds to score one file (download to upload)",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
         )
+        self.redelivered = Counter(
+            "audioset_redelivered",
+            "Messages sent again because no worker had them, by why: holder_gone (its worker was lost), "
+            "lost_in_delivery (Redis went away while handing it over), lost_whole (Redis lost it in a restart)",
+            ["reason"],
+        )
         self.model = Gauge(
             "audioset_model_info", "The model each worker process serves", ["model"], multiprocess_mode="max"
         )
@@ -75,6 +81,12 @@ def record_file(status: str, clips: int, seconds: float, error: str | None) -> N
         m.seconds.observe(seconds)
     if error:
         m.failures.labels(error).inc()
+
+
+def record_redelivered(reason: str, count: int = 1) -> None:
+    """Count messages the worker's main process sent again (a no-op without ``AUDIOSET_METRICS_PORT``)."""
+    if count and enabled():
+        metrics().redelivered.labels(reason).inc(count)
 
 
 class QueueDepthCollector:

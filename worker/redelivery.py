@@ -36,6 +36,7 @@ from audioset_batch.jobs.job_store import JobStatus, JobStore, item_url
 from audioset_batch.task_messages import ScoreMessage
 from audioset_batch.task_names import SCORE_TASK
 from worker.guarded_transports import put_back_undelivered
+from worker.prometheus_metrics import record_redelivered
 
 log = logging.getLogger("audioset.worker")
 
@@ -115,7 +116,7 @@ class Redelivery(threading.Thread):
     def tick(self) -> None:
         channel = self._channel()
         client = channel.client
-        put_back_undelivered(channel)  # this process's messages Redis lost mid-delivery, first
+        record_redelivered("lost_in_delivery", put_back_undelivered(channel))  # this process's, first
         now = time.time()
         mine = f"{HELD_PREFIX}{self.node}:{os.getpid()}"  # two workers given one node name still count apart
         client.set(mine, json.dumps({"at": now, "tags": held_tags()}), ex=HOLDER_TTL_SECONDS)
@@ -140,6 +141,7 @@ class Redelivery(threading.Thread):
         holders = [json.loads(raw) for raw in client.mget(list(client.scan_iter(HELD_PREFIX + "*"))) if raw]
         for tag in orphans(unacked, holders, now, self.grace):
             channel.qos.restore_by_tag(tag, leftmost=True)
+            record_redelivered("holder_gone")
             log.warning("put back delivery %s: no live worker holds it (its holder is gone); it is sent again", tag)
 
     def send_lost_again(self) -> None:
@@ -157,6 +159,7 @@ class Redelivery(threading.Thread):
             message = ScoreMessage(url=url, job=status.id, item=item, force=status.force, generation=generation)
             self.app.send_task(SCORE_TASK, args=[url], kwargs=message.kwargs(), queue=self.queue)
         if renewed:
+            record_redelivered("lost_whole", len(renewed))
             log.warning(
                 "job %s: %d pending file(s) had no message on %r nor in any worker's hands (lost in a Redis "
                 "restart); sent them again",

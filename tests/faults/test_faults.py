@@ -19,7 +19,7 @@ from audioset_batch.jobs.factory import open_job_store
 from audioset_batch.jobs.job_store import JobStatus
 from audioset_batch.storage.cos_store import CosStore
 from producers.enqueue import enqueue
-from tests.conftest import RedisServer, Stack, WorkerProcess, start_redis
+from tests.conftest import RedisServer, Stack, WorkerProcess, free_port, start_redis
 from tests.faults.conftest import Tally, child_pids, tally
 from tests.faults.proxy import FaultProxy
 from tests.helpers import wait_job as wait_finished
@@ -560,6 +560,8 @@ def test_a_message_redis_lost_whole_is_sent_again_once_the_queue_is_idle(stack: 
     nowhere: not on the queue, not unacknowledged. Its file stayed pending for ever (1 restart in about 30 of the
     stress runs). Here the job holds a file whose message never existed, beside one sent as usual, and a pending
     file of a job on another queue that this worker must leave alone."""
+    import urllib.request
+
     from audioset_batch.task_messages import ScoreMessage
 
     inputs = upload(stack, tmp_path, "vanished", 2)
@@ -576,12 +578,16 @@ def test_a_message_redis_lost_whole_is_sent_again_once_the_queue_is_idle(stack: 
         kwargs = ScoreMessage(url=url, job=job, item=url).kwargs()
         app.send_task("audioset.score_object", args=[url], kwargs=kwargs, queue=queue)
 
-    worker = WorkerProcess({**stack.env, "AUDIOSET_REDELIVERY_GRACE": "10"}, tmp_path / "w.log")
+    port = free_port()
+    env = {**stack.env, "AUDIOSET_REDELIVERY_GRACE": "10", "AUDIOSET_METRICS_PORT": str(port)}
+    worker = WorkerProcess(env, tmp_path / "w.log")
     try:
         send(sent_url)
         status = wait_finished(jobs, job, 120)  # without the repair: pending until the timeout
         send(lost_url)  # the lost message turns up after all: it must not score the file a second time
         worker.wait_for("it was sent again since (generation 1; this message is 0)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
     finally:
         worker.stop()
     text = worker.text()
@@ -589,5 +595,6 @@ def test_a_message_redis_lost_whole_is_sent_again_once_the_queue_is_idle(stack: 
     assert (row.scored, row.lost, row.duplicated) == (2, 0, 0)
     assert (status.scored, status.pending) == (2, 0)
     assert text.count("had no message") == 1 and f"job {job}: 1 pending file(s) had no message" in text
+    assert 'audioset_redelivered_total{reason="lost_whole"} 1.0' in metrics.splitlines()
     assert jobs.item_state(elsewhere, lost_url) == ("pending", 0)  # another queue's job: not this worker's
     assert jobs.status(job).scored == 2
