@@ -77,7 +77,7 @@ def soak(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    events: dict[str, float] = {}
+    killed: float | None = None
     # the first restart half way in, 4 s down; more (--restarts) spread evenly after it, down 0.2-4 s at random
     marks = [files // 2 + k * (files - files // 2) // (restarts + 1) for k in range(restarts)]
     pauses = [4.0] + [random.Random(seed + k).uniform(0.2, 4.0) for k in range(1, restarts)]
@@ -100,9 +100,9 @@ def soak(
                 finished_at = time.monotonic() - started
                 break
             # only while files are in flight: a fault after the last file tests nothing
-            if "kill" not in events and status.done >= files // 4:
+            if killed is None and status.done >= files // 4:
                 os.kill(child_pids(worker.pid)[0], signal.SIGKILL)
-                events["kill"] = time.monotonic() - started
+                killed = time.monotonic() - started
             elif len(restarted) < restarts and status.done >= marks[len(restarted)]:
                 redis.restart(pause=pauses[len(restarted)])
                 restarted.append(time.monotonic() - started)
@@ -120,7 +120,7 @@ def soak(
     counts = {"scored": row.scored, "errored": row.errored, "lost": row.lost, "duplicated": row.duplicated}
     s3.stop()
     redis.stop()
-    faulted = "kill" in events and len(restarted) == restarts  # all while the job ran
+    faulted = killed is not None and len(restarted) == restarts  # all while the job ran
     ok = faulted and counts["lost"] == 0 and counts["duplicated"] == 0 and status.pending == 0
     if not ok:  # what the worker said is the only trace of why: the temporary folder goes with the run
         lines = (tmp / "worker.log").read_text(errors="replace").splitlines()
@@ -132,7 +132,7 @@ def soak(
         "precision": settings.precision,
         "job": {"scored": status.scored, "skipped": status.skipped, "failed": status.failed, "pending": status.pending},
         "results": counts,
-        "child_killed_at_seconds": round(events["kill"], 1) if "kill" in events else None,
+        "child_killed_at_seconds": None if killed is None else round(killed, 1),
         "redis_restarted_at_seconds": [round(at, 1) for at in restarted],
         "finished_at_seconds": None if finished_at is None else round(finished_at, 1),
         "last_file_after_restart_seconds": None
